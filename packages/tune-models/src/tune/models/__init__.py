@@ -1,5 +1,98 @@
 """tune.models: Transformer components, model families built from HF configs, key maps, TP plans, generation."""
 
+# Importing the family folders registers them by HF model_type.
+from tune.models import gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3, smollm2  # noqa: F401
 from tune.models._version import __version__
+from tune.models.attention import Attention, softcapped_attention
+from tune.models.attention_mask import build_attention_mask
+from tune.models.build import (
+    build_from_hf_config,
+    build_model,
+    config_from_hf,
+    resolve_config,
+)
+from tune.models.checkpoint_model import CheckpointModel, model_from_checkpoint_dir
+from tune.models.decoder_builder import assemble_decoder
+from tune.models.decoder_config import DecoderConfig, common_fields, layer_windows
+from tune.models.gemma2 import Gemma2Config
+from tune.models.gemma3 import Gemma3TextConfig
+from tune.models.generation import generate, sample_next_token
+from tune.models.hf_config import ConfigFields, UnsupportedConfigError, load_hf_config
+from tune.models.hf_keys import (
+    convert_hf_to_native,
+    convert_native_to_hf,
+    hf_to_native_key,
+    native_to_hf_key,
+    state_dict_converters,
+)
+from tune.models.key_map import GEMMA_KEY_MAP, LLAMA_KEY_MAP, KeyMap
+from tune.models.kv_cache import KVCache, cache_length, setup_kv_cache, teardown_kv_cache
+from tune.models.llama import LlamaConfig
+from tune.models.mistral import MistralConfig
+from tune.models.mlp import GatedMLP
+from tune.models.named_sizes import build_named_size, named_size_config, named_sizes
+from tune.models.param_count import param_count
+from tune.models.phi3 import Phi3Config
+from tune.models.qwen2 import Qwen2Config
+from tune.models.qwen3 import Qwen3Config
+from tune.models.registry import ModelFamily, register_family, supported_model_types
+from tune.models.rms_norm import RMSNorm
+from tune.models.rotary import RopeSpec, RotaryEmbedding, apply_rotary
+from tune.models.tp_plan import tp_plan
+from tune.models.transformer import Transformer, TransformerBlock
 
-__all__ = ["__version__"]
+__all__ = [
+    "GEMMA_KEY_MAP",
+    "LLAMA_KEY_MAP",
+    "Attention",
+    "CheckpointModel",
+    "ConfigFields",
+    "DecoderConfig",
+    "GatedMLP",
+    "Gemma2Config",
+    "Gemma3TextConfig",
+    "KVCache",
+    "KeyMap",
+    "LlamaConfig",
+    "MistralConfig",
+    "ModelFamily",
+    "Phi3Config",
+    "Qwen2Config",
+    "Qwen3Config",
+    "RMSNorm",
+    "RopeSpec",
+    "RotaryEmbedding",
+    "Transformer",
+    "TransformerBlock",
+    "UnsupportedConfigError",
+    "__version__",
+    "apply_rotary",
+    "assemble_decoder",
+    "build_attention_mask",
+    "build_from_hf_config",
+    "build_model",
+    "build_named_size",
+    "cache_length",
+    "common_fields",
+    "config_from_hf",
+    "convert_hf_to_native",
+    "convert_native_to_hf",
+    "generate",
+    "hf_to_native_key",
+    "layer_windows",
+    "load_hf_config",
+    "model_from_checkpoint_dir",
+    "named_size_config",
+    "named_sizes",
+    "native_to_hf_key",
+    "param_count",
+    "register_family",
+    "resolve_config",
+    "sample_next_token",
+    "setup_kv_cache",
+    "softcapped_attention",
+    "state_dict_converters",
+    "supported_model_types",
+    "teardown_kv_cache",
+    "tp_plan",
+]

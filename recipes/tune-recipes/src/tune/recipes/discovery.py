@@ -1,10 +1,19 @@
-"""Find recipes through the ``tune.recipes`` entry-point group (no hand-kept registry)."""
+"""Find recipes (``tune.recipes`` entry points) and configs (``configs/<recipe>/*.yaml``).
+
+Nothing is hand-kept: recipes come from the entry-point group, bundled configs from scanning the
+package's ``configs/`` data directory (and a third-party recipe's ``config_dir``).
+"""
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from importlib.resources import files
+from pathlib import Path
+
+from tune.recipes.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +35,26 @@ class RecipeEntry:
     distribution: str
 
 
+@dataclass(frozen=True)
+class BundledConfig:
+    """A config shipped with a recipe.
+
+    Args:
+        recipe: the recipe it is for (its directory name).
+        name: the file name without ``.yaml``.
+        path: where it is.
+    """
+
+    recipe: str
+    name: str
+    path: Path
+
+    @property
+    def qualified_name(self) -> str:
+        """``<recipe>/<name>``, unique across recipes."""
+        return f"{self.recipe}/{self.name}"
+
+
 def installed_recipes() -> list[RecipeEntry]:
     """Every recipe registered in the entry-point group, sorted by name."""
     found: dict[str, RecipeEntry] = {}
@@ -43,3 +72,75 @@ def installed_recipes() -> list[RecipeEntry]:
             continue
         found.setdefault(ep.name, RecipeEntry(ep.name, ep.value, dist))
     return sorted(found.values(), key=lambda r: r.name)
+
+
+def load_recipe(name: str) -> Recipe:
+    """Import the recipe object registered as ``name``.
+
+    Raises:
+        LookupError: no such recipe (the message lists the installed ones).
+        TypeError: the entry point does not point at a ``Recipe``-like object.
+    """
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            obj = ep.load()
+            missing = [a for a in ("name", "config_class", "run") if not hasattr(obj, a)]
+            if missing:
+                raise TypeError(
+                    f"entry point {ep.name} = {ep.value} is not a recipe: it lacks {missing}"
+                )
+            return obj
+    names = ", ".join(r.name for r in installed_recipes()) or "none"
+    raise LookupError(f"no recipe named {name!r} is installed (installed: {names})")
+
+
+def _scan(directory: Path, recipe: str | None) -> list[BundledConfig]:
+    if not directory.is_dir():
+        return []
+    if recipe is not None:
+        return [BundledConfig(recipe, p.stem, p) for p in sorted(directory.glob("*.yaml"))]
+    return [c for sub in sorted(directory.iterdir()) for c in _scan(sub, sub.name)]
+
+
+def bundled_configs(include_installed: bool = True) -> list[BundledConfig]:
+    """Configs in this package's ``configs/<recipe>/`` dirs, plus recipes' own ``config_dir``."""
+    configs = _scan(Path(str(files("tune.recipes") / "configs")), None)
+    if include_installed:
+        for entry in installed_recipes():
+            try:
+                recipe = load_recipe(entry.name)
+            except Exception as exc:
+                logger.warning("cannot load recipe %r (%s): %s", entry.name, entry.target, exc)
+                continue
+            extra = getattr(recipe, "config_dir", None)
+            if extra is not None:
+                configs.extend(_scan(Path(str(extra)), entry.name))
+    unique = {c.path.resolve(): c for c in configs}
+    return sorted(unique.values(), key=lambda c: (c.recipe, c.name))
+
+
+def find_config(name: str, recipe: str | None = None) -> tuple[Path, str | None]:
+    """A config by file path, ``<recipe>/<name>``, or bare name; returns (path, its recipe).
+
+    Raises:
+        FileNotFoundError: nothing matches (the message lists close names).
+        LookupError: a bare name shared by configs of several recipes.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path, None
+    stem = name.removesuffix(".yaml").removesuffix(".yml")
+    configs = bundled_configs(include_installed=True)
+    matches = [c for c in configs if stem in (c.qualified_name, c.name)]
+    if recipe is not None:
+        matches = [c for c in matches if c.recipe == recipe]
+    if len(matches) == 1:
+        return matches[0].path, matches[0].recipe
+    if len(matches) > 1:
+        names = ", ".join(c.qualified_name for c in matches)
+        raise LookupError(f"config name {name!r} is ambiguous: {names}; use <recipe>/<name>")
+    pool = [c.qualified_name for c in configs if recipe in (None, c.recipe)]
+    close = difflib.get_close_matches(stem, pool + [c.name for c in configs], n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `tune ls` lists them"
+    scope = f" for recipe {recipe!r}" if recipe else ""
+    raise FileNotFoundError(f"no config file or bundled config named {name!r}{scope}{hint}")

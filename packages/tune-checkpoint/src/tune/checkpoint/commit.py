@@ -1,0 +1,131 @@
+"""Durable file writes and the atomic directory commit: fsync, manifest, rename."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune.checkpoint.errors import CorruptCheckpointError, UnsafeCheckpointPathError
+from tune.checkpoint.safetensors_dir import safe_child_path
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "tune-checkpoint/1"
+_CHUNK = 16 * 1024 * 1024
+
+
+def fsync_file(path: Path) -> None:
+    """Flush one file's data to stable storage."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (new names, renames) to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def torch_save_durable(path: Path, obj: Any, fsync: bool) -> None:
+    """`torch.save` to `path`, flushed to stable storage when `fsync`."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(directory: Path) -> list[str]:
+    """Relative POSIX paths of every regular file under `directory`, sorted."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def write_manifest(
+    directory: Path, step: int, world_size: int, checksums: bool, fsync: bool
+) -> dict[str, Any]:
+    """Describe every file of `directory` (size, optional sha256) in `manifest.json`, written last."""
+    files: dict[str, dict[str, Any]] = {}
+    for name in list_files(directory):
+        if name == MANIFEST_NAME:
+            continue
+        path = directory / name
+        if fsync:
+            fsync_file(path)
+        entry: dict[str, Any] = {"size": path.stat().st_size}
+        if checksums:
+            entry["sha256"] = sha256_file(path)
+        files[name] = entry
+    manifest = {"format": MANIFEST_FORMAT, "step": step, "world_size": world_size, "files": files}
+    with open(directory / MANIFEST_NAME, "w") as f:
+        json.dump(manifest, f, indent=2)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    if fsync:
+        for sub in {directory, *(p for p in directory.rglob("*") if p.is_dir())}:
+            fsync_dir(sub)
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Parse `manifest.json` of a step directory.
+
+    Raises:
+        CorruptCheckpointError: the manifest is missing (an uncommitted directory) or malformed.
+    """
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise CorruptCheckpointError(f"{directory}: no {MANIFEST_NAME} (save did not complete)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptCheckpointError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise CorruptCheckpointError(f"{path}: not a {MANIFEST_FORMAT} manifest")
+    return manifest
+
+
+def verify_directory(directory: Path, checksums: bool = False) -> dict[str, Any]:
+    """Check a committed directory against its manifest; returns the manifest.
+
+    Args:
+        directory: a step directory.
+        checksums: also compare sha256 digests (reads every byte), not only sizes.
+
+    Raises:
+        CorruptCheckpointError: a file is missing, has another size, or another digest.
+    """
+    manifest = read_manifest(directory)
+    for name, entry in manifest["files"].items():
+        try:
+            path = safe_child_path(directory, name)
+        except UnsafeCheckpointPathError as err:
+            raise CorruptCheckpointError(str(err)) from err
+        if not path.is_file():
+            raise CorruptCheckpointError(
+                f"{directory}: file {name!r} listed in the manifest is missing"
+            )
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CorruptCheckpointError(
+                f"{path}: {size} bytes, the manifest says {entry['size']} (truncated or modified)"
+            )
+        if checksums and "sha256" in entry and sha256_file(path) != entry["sha256"]:
+            raise CorruptCheckpointError(f"{path}: sha256 differs from the manifest (corrupt)")
+    return manifest

@@ -1,0 +1,178 @@
+"""Sharded state with torch.distributed.checkpoint (DCP): save, load (resharding), export to HF."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from tune.checkpoint.errors import StateDictMismatchError, first_keys
+from tune.checkpoint.hf_checkpoint import HF_SIDE_FILES, write_hf_metadata
+from tune.checkpoint.key_map import KeyMap
+from tune.checkpoint.safetensors_dir import (
+    DEFAULT_MAX_SHARD_BYTES,
+    parse_size,
+    plan_shards,
+    remove_stale_shards,
+    shard_file_names,
+    write_index,
+)
+from tune.checkpoint.safetensors_file import write_safetensors_file
+
+logger = logging.getLogger(__name__)
+
+
+def save_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) -> None:
+    """Save a (possibly DTensor-sharded) state dict with DCP; every rank calls this.
+
+    Args:
+        directory: the DCP directory (one `.distcp` file per rank plus `.metadata`).
+        state_dict: nested dict of tensors/DTensors and plain values, e.g.
+            `{"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(...)}`.
+    """
+    dcp.save(state_dict, checkpoint_id=str(directory))
+
+
+def read_sharded_metadata(
+    directory: str | os.PathLike[str],
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Global shape and dtype of every tensor in a DCP directory (flattened `a.b.c` names)."""
+    metadata = FileSystemReader(str(directory)).read_metadata()
+    return {
+        key: (tuple(item.size), item.properties.dtype)
+        for key, item in metadata.state_dict_metadata.items()
+        if isinstance(item, TensorStorageMetadata)
+    }
+
+
+def load_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) -> None:
+    """Load a DCP directory in place into `state_dict`, resharding to this run's layout.
+
+    The world size may differ from the one that saved. Every rank calls this with its own
+    (sharded) template state dict.
+
+    Raises:
+        StateDictMismatchError: a key of the template is not in the checkpoint, or its global shape
+            differs (names the directory and the first keys).
+    """
+    saved = read_sharded_metadata(directory)
+    flat = _flatten(state_dict)
+    missing = [k for k, v in flat.items() if isinstance(v, torch.Tensor) and k not in saved]
+    wrong = [
+        f"{k}: checkpoint {list(saved[k][0])}, template {list(v.shape)}"
+        for k, v in flat.items()
+        if isinstance(v, torch.Tensor) and k in saved and tuple(v.shape) != saved[k][0]
+    ]
+    if missing or wrong:
+        msg = f"{directory}: DCP checkpoint does not match the state dict"
+        if missing:
+            msg += f"\n  missing keys (template has, checkpoint lacks): {first_keys(missing)}"
+        if wrong:
+            msg += "\n  shape mismatches: " + "; ".join(wrong[:5])
+        raise StateDictMismatchError(msg)
+    dcp.load(state_dict, checkpoint_id=str(directory))
+
+
+def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def export_dcp_to_hf(
+    dcp_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    state_prefix: str = "model.",
+    key_map: KeyMap | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
+    config: Mapping[str, object] | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
+    side_files: Iterable[str] = HF_SIDE_FILES,
+) -> list[Path]:
+    """Write the model tensors of a DCP checkpoint as an HF directory, one shard in memory.
+
+    Runs in a single process (no process group needed), e.g. after training or on another machine.
+
+    Args:
+        dcp_dir: a DCP directory written by `save_sharded`.
+        out_dir: the HF output directory.
+        state_prefix: only flattened keys starting with this are exported, with it stripped
+            (`"model."` for `{"model": ..., "optim": ...}`; `""` for everything).
+        key_map: native name -> HF name; None drops a key.
+        dtype: cast floating-point tensors to this dtype.
+        max_shard_size: largest shard in bytes or e.g. `"5GB"`.
+        config: `config.json` content (default: `source_dir/config.json`), `dtype` updated.
+        source_dir: the original HF directory to copy tokenizer and generation files from.
+        side_files: file names copied from `source_dir` when present.
+
+    Returns:
+        The written shard files.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    selected: dict[str, tuple[str, tuple[int, ...], torch.dtype]] = {}  # hf -> (dcp, shape, dtype)
+    for key, (shape, saved_dtype) in read_sharded_metadata(dcp_dir).items():
+        if not key.startswith(state_prefix):
+            continue
+        name = key.removeprefix(state_prefix)
+        hf = key_map(name) if key_map is not None else name
+        if hf is None:
+            continue
+        if hf in selected:
+            raise StateDictMismatchError(f"{dcp_dir}: two keys map to {hf!r}")
+        selected[hf] = (key, shape, saved_dtype)
+    if not selected:
+        raise StateDictMismatchError(f"{dcp_dir}: no tensor key starts with {state_prefix!r}")
+
+    def out_dtype(saved: torch.dtype) -> torch.dtype:
+        return dtype if dtype is not None and saved.is_floating_point else saved
+
+    sizes = {
+        hf: torch.Size(shape).numel() * out_dtype(dt).itemsize
+        for hf, (_, shape, dt) in selected.items()
+    }
+    shards = plan_shards(sizes, parse_size(max_shard_size))
+    names = shard_file_names("model", len(shards))
+    weight_map: dict[str, str] = {}
+    for keys, file_name in zip(shards, names, strict=True):
+        chunk = {
+            selected[hf][0]: torch.empty(selected[hf][1], dtype=selected[hf][2]) for hf in keys
+        }
+        dcp.load(
+            chunk,
+            checkpoint_id=str(dcp_dir),
+            planner=DefaultLoadPlanner(allow_partial_load=True),
+            no_dist=True,
+        )
+        tensors = {hf: chunk[selected[hf][0]].to(out_dtype(selected[hf][2])) for hf in keys}
+        write_safetensors_file(out / file_name, tensors)
+        weight_map.update(dict.fromkeys(keys, file_name))
+        del chunk, tensors
+    keep = set(names)
+    if len(shards) > 1:
+        keep.add(write_index(out, "model", weight_map, sum(sizes.values()), fsync=False).name)
+    remove_stale_shards(out, "model", keep)
+    floats = [out_dtype(dt) for _, _, dt in selected.values() if dt.is_floating_point]
+    write_hf_metadata(
+        out,
+        weights_dtype=floats[0] if floats else None,
+        config=config,
+        source_dir=source_dir,
+        side_files=side_files,
+    )
+    logger.info("exported %d tensors from %s to %s", len(selected), dcp_dir, out)
+    return [out / n for n in names]

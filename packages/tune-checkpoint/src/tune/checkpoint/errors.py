@@ -1,0 +1,33 @@
+"""Exceptions raised by tune.checkpoint; each message names the file and the offending keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class CheckpointError(Exception):
+    """Base class of every error raised by tune.checkpoint."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file or directory is truncated, malformed or fails its manifest check."""
+
+
+class UnsafeCheckpointPathError(CheckpointError):
+    """A file name from an index or manifest escapes the checkpoint directory."""
+
+
+class StateDictMismatchError(CheckpointError):
+    """Keys or shapes of a checkpoint differ from what the model or template expects."""
+
+
+class NoCheckpointFoundError(CheckpointError, FileNotFoundError):
+    """Resuming was asked for, but the path holds no committed, valid checkpoint."""
+
+
+def first_keys(keys: Iterable[str], limit: int = 5) -> str:
+    """Format the first `limit` sorted keys for an error message, with a count of the rest."""
+    ordered = sorted(keys)
+    shown = ", ".join(repr(k) for k in ordered[:limit])
+    rest = len(ordered) - limit
+    return shown + (f" (and {rest} more)" if rest > 0 else "")

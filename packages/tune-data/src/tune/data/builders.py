@@ -1,0 +1,328 @@
+"""Turn dataset rows into tokenized samples: instruction, chat, text, preference, prompt+answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+
+from tune.data.bundled_templates import BUNDLED_TEMPLATES, bundled_template
+from tune.data.chat_template import ChatTemplate
+from tune.data.masking import tokenize_messages, tokenize_text
+from tune.data.messages import MessageError
+from tune.data.sources import require_columns
+from tune.data.tokenizer import Tokenizer
+
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+}
+
+
+def resolve_template(tokenizer: Tokenizer, template: str | ChatTemplate | None) -> ChatTemplate:
+    """A `ChatTemplate` from a bundled name, jinja source, an instance, or the tokenizer's own.
+
+    Args:
+        tokenizer: supplies the special tokens (and the default template when `template` is None).
+        template: a bundled name (`llama3`, ...), jinja source, a `ChatTemplate`, or None.
+    """
+    if isinstance(template, ChatTemplate):
+        return template
+    if template is None:
+        if tokenizer.chat_template is None:
+            raise ValueError(
+                "the tokenizer directory has no chat_template; pass template= one of "
+                f"{list(BUNDLED_TEMPLATES)} or jinja source"
+            )
+        source = tokenizer.chat_template
+    elif template in BUNDLED_TEMPLATES:
+        source = bundled_template(template)
+    elif "{%" in template or "{{" in template:
+        source = template
+    else:
+        raise ValueError(f"unknown template {template!r}; bundled: {list(BUNDLED_TEMPLATES)}")
+    return ChatTemplate(source, tokenizer.special_tokens)
+
+
+def sharegpt_to_messages(
+    conversation: Sequence[Mapping[str, Any]], where: str
+) -> list[dict[str, Any]]:
+    """Convert ShareGPT turns (`{"from": "human"|"gpt"|..., "value": ...}`) to OpenAI messages.
+
+    Args:
+        conversation: the ShareGPT turns.
+        where: where the conversation comes from, for errors.
+    """
+    out = []
+    for i, turn in enumerate(conversation):
+        speaker = turn.get("from")
+        if speaker not in SHAREGPT_ROLES:
+            raise MessageError(
+                f"{where}: turn {i} has 'from'={speaker!r}; expected one of {sorted(SHAREGPT_ROLES)}"
+            )
+        out.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
+    return out
+
+
+class _Builder:
+    kind = "sft"
+    required: tuple[str, ...] = ()
+
+    def __init__(self, columns: Mapping[str, str] | None) -> None:
+        self.columns = dict(self._default_columns())
+        unknown = set(columns or {}) - set(self.columns)
+        if unknown:
+            raise ValueError(
+                f"unknown column keys {sorted(unknown)}; expected {sorted(self.columns)}"
+            )
+        self.columns.update(columns or {})
+
+    def _default_columns(self) -> dict[str, str]:
+        return {}
+
+    def col(self, row: Mapping[str, Any], key: str) -> Any:
+        return row.get(self.columns[key])
+
+    def validate(self, dataset: datasets.Dataset) -> None:
+        """Check that the mapped columns exist (naming the available ones) and rows exist.
+
+        Args:
+            dataset: the source.
+        """
+        require_columns(dataset, [self.columns[k] for k in self.required], f"{type(self).__name__}")
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class InstructionBuilder(_Builder):
+    """Alpaca-style rows (`instruction`, optional `input`, `output`, optional `system`) as a
+    one-turn chat: the user turn is the instruction (+ blank line + input).
+
+    Args:
+        tokenizer: the tokenizer.
+        template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
+        columns: map of `instruction`/`input`/`output`/`system` to the dataset's column names.
+        train_on: `assistant` or `all`.
+    """
+
+    required = ("instruction", "output")
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: str | ChatTemplate | None = None,
+        columns: Mapping[str, str] | None = None,
+        train_on: str = "assistant",
+    ) -> None:
+        super().__init__(columns)
+        self.tokenizer = tokenizer
+        self.template = resolve_template(tokenizer, template)
+        self.train_on = train_on
+
+    def _default_columns(self) -> dict[str, str]:
+        return {
+            "instruction": "instruction",
+            "input": "input",
+            "output": "output",
+            "system": "system",
+        }
+
+    def messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The conversation for a row."""
+        prompt = self.col(row, "instruction")
+        extra = self.col(row, "input")
+        if extra:
+            prompt = f"{prompt}\n\n{extra}"
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": self.col(row, "output")},
+        ]
+        system = self.col(row, "system")
+        return [{"role": "system", "content": system}, *messages] if system else messages
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        return tokenize_messages(
+            self.tokenizer,
+            self.template,
+            self.messages(row),
+            self.train_on,
+            where=f"example {index}",
+        )
+
+
+class ChatBuilder(_Builder):
+    """Conversations in a column: OpenAI `messages` or ShareGPT `conversations`.
+
+    Args:
+        tokenizer: the tokenizer.
+        template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
+        columns: `{"messages": <column>}`.
+        style: `openai` (`role`/`content`) or `sharegpt` (`from`/`value`).
+        train_on: `assistant` or `all`.
+    """
+
+    required = ("messages",)
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: str | ChatTemplate | None = None,
+        columns: Mapping[str, str] | None = None,
+        style: str = "openai",
+        train_on: str = "assistant",
+    ) -> None:
+        if style not in ("openai", "sharegpt"):
+            raise ValueError(f"style must be 'openai' or 'sharegpt', got {style!r}")
+        self.style = style
+        super().__init__(columns)
+        self.tokenizer = tokenizer
+        self.template = resolve_template(tokenizer, template)
+        self.train_on = train_on
+
+    def _default_columns(self) -> dict[str, str]:
+        return {"messages": "messages" if self.style == "openai" else "conversations"}
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        where = f"example {index}"
+        messages = self.col(row, "messages")
+        if self.style == "sharegpt":
+            messages = sharegpt_to_messages(messages, where)
+        return tokenize_messages(
+            self.tokenizer, self.template, messages, self.train_on, where=where
+        )
+
+
+class TextBuilder(_Builder):
+    """Plain documents for continued pre-training: every token trained.
+
+    Args:
+        tokenizer: the tokenizer.
+        columns: `{"text": <column>}`.
+        add_bos: prepend BOS (if the tokenizer has one; never doubled).
+        add_eos: append EOS.
+    """
+
+    required = ("text",)
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        columns: Mapping[str, str] | None = None,
+        add_bos: bool = True,
+        add_eos: bool = True,
+    ) -> None:
+        super().__init__(columns)
+        self.tokenizer = tokenizer
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+
+    def _default_columns(self) -> dict[str, str]:
+        return {"text": "text"}
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        text = self.col(row, "text")
+        if not isinstance(text, str):
+            raise MessageError(f"example {index}: column {self.columns['text']!r} is not a string")
+        return tokenize_text(self.tokenizer, text, self.add_bos, self.add_eos)
+
+
+class PreferenceBuilder(_Builder):
+    """Preference pairs: `prompt` (string or messages) with `chosen` and `rejected` replies
+    (strings or assistant messages), or full `chosen`/`rejected` conversations without a prompt.
+
+    Args:
+        tokenizer: the tokenizer.
+        template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
+        columns: map of `prompt`/`chosen`/`rejected` to the dataset's column names.
+    """
+
+    kind = "preference"
+    required = ("chosen", "rejected")
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: str | ChatTemplate | None = None,
+        columns: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(columns)
+        self.tokenizer = tokenizer
+        self.template = resolve_template(tokenizer, template)
+
+    def _default_columns(self) -> dict[str, str]:
+        return {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+
+    def _conversation(self, prompt: Any, reply: Any) -> list[dict[str, Any]]:
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        prompt = list(prompt or [])
+        if isinstance(reply, str):
+            reply = [{"role": "assistant", "content": reply}]
+        return [*prompt, *reply]
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        where = f"example {index}"
+        prompt = self.col(row, "prompt")
+        out: dict[str, Any] = {}
+        for side in ("chosen", "rejected"):
+            messages = self._conversation(prompt, self.col(row, side))
+            sample = tokenize_messages(
+                self.tokenizer, self.template, messages, where=f"{where} ({side})"
+            )
+            out[f"{side}_tokens"] = sample["tokens"]
+            out[f"{side}_labels"] = sample["labels"]
+        return out
+
+
+class PromptAnswerBuilder(_Builder):
+    """Prompts with reference answers (RL): the prompt rendered with the generation prompt.
+
+    Args:
+        tokenizer: the tokenizer.
+        template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
+        columns: map of `prompt`/`answer`/`system` to the dataset's column names.
+        **template_kwargs: extra template variables (e.g. `enable_thinking=False`).
+    """
+
+    kind = "prompt"
+    required = ("prompt", "answer")
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: str | ChatTemplate | None = None,
+        columns: Mapping[str, str] | None = None,
+        **template_kwargs: Any,
+    ) -> None:
+        super().__init__(columns)
+        self.tokenizer = tokenizer
+        self.template = resolve_template(tokenizer, template)
+        self.template_kwargs = template_kwargs
+
+    def _default_columns(self) -> dict[str, str]:
+        return {"prompt": "prompt", "answer": "answer", "system": "system"}
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        prompt = self.col(row, "prompt")
+        messages = (
+            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        )
+        system = self.col(row, "system")
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        rendered = self.template.render(
+            messages, add_generation_prompt=True, where=f"example {index}", **self.template_kwargs
+        )
+        return {
+            "prompt_tokens": self.tokenizer.encode(rendered.text, add_bos=False, add_eos=False),
+            "answer": str(self.col(row, "answer")),
+            "index": index,
+        }

@@ -1,0 +1,149 @@
+"""Grouped-query self-attention with rotary embeddings, optional q/k norm, bias and soft-capping."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune.models.kv_cache import KVCache
+from tune.models.rotary import apply_rotary
+
+try:  # FlexAttention is used for packed documents on CUDA only.
+    from torch.nn.attention.flex_attention import BlockMask
+except ImportError:  # pragma: no cover - torch without flex attention
+    BlockMask = None  # type: ignore[assignment,misc]
+
+
+def softcapped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    softcap: float,
+) -> torch.Tensor:
+    """Explicit attention with ``softcap * tanh(scores / softcap)`` on the logits (Gemma 2).
+
+    Args:
+        q: [B, H, T, D] queries.
+        k: [B, H_kv, S, D] keys.
+        v: [B, H_kv, S, D] values.
+        mask: [B or 1, 1, T, S] boolean, True = may attend.
+        scale: multiplier of q·k before capping.
+        softcap: the cap.
+    """
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)  # (B, H, T, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with grouped key/value heads.
+
+    Args:
+        dim: model width.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (divides ``num_heads``).
+        head_dim: per-head width.
+        qkv_bias: biases on q/k/v projections (Qwen2).
+        o_bias: bias on the output projection.
+        q_norm: norm over head_dim applied to queries before rotary (Qwen3, Gemma 3).
+        k_norm: norm over head_dim applied to keys before rotary.
+        scale: q·k multiplier; defaults to ``head_dim ** -0.5``.
+        logit_softcap: cap the attention logits with tanh (Gemma 2); uses the explicit path.
+        sliding_window: attend to the last ``sliding_window`` tokens only (None = global).
+        rope_key: which of the model's rotary tables this layer uses.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
+        scale: float | None = None,
+        logit_softcap: float | None = None,
+        sliding_window: int | None = None,
+        rope_key: str = "default",
+    ) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}"
+            )
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale if scale is not None else head_dim**-0.5
+        self.logit_softcap = logit_softcap
+        self.sliding_window = sliding_window
+        self.rope_key = rope_key
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=o_bias)
+        self.q_norm = q_norm
+        self.k_norm = k_norm
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend over ``x`` [B, T, dim].
+
+        Args:
+            x: normed hidden states [B, T, dim].
+            cos: rotary cosines [B, T, rotary_dim].
+            sin: rotary sines [B, T, rotary_dim].
+            mask: None for plain causal attention, a boolean [B or 1, 1, T, S] mask, or a
+                FlexAttention ``BlockMask`` (CUDA).
+
+        Returns:
+            [B, T, dim].
+        """
+        q = self.q_proj(x)
+        B, T = q.shape[:2]
+        # -1 heads: under tensor parallelism each rank holds a slice of the heads.
+        q = q.view(B, T, -1, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, H_kv, D)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(k, v)  # (B, H_kv, S, D)
+        out = self._attend(q, k, v, mask)  # (B, H, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if BlockMask is not None and isinstance(mask, BlockMask):
+            from tune.models.flex_attention import flex_attend
+
+            return flex_attend(q, k, v, mask, scale=self.scale, softcap=self.logit_softcap)
+        if self.logit_softcap is not None:
+            if mask is None:
+                raise ValueError("soft-capped attention needs an explicit mask")
+            return softcapped_attention(q, k, v, mask, self.scale, self.logit_softcap)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True
+        )

@@ -1,0 +1,382 @@
+"""PEFT interop: `adapter_config.json` vocabulary and `adapter_model.safetensors` key names.
+
+PEFT keys look like `base_model.model.<hf module name>.lora_A.weight`. Native module names map to
+HF ones through a caller-supplied key map over *parameter* keys (the same `str -> str` function
+that maps a base checkpoint, e.g. `layers.0.attn.q_proj.weight` ->
+`model.layers.0.self_attn.q_proj.weight`); it is applied to `<module>.weight` and inverted over the
+model's own linear layers, so one function serves both directions. Without a key map, native names
+are used as they are (a `transformers` model adapted directly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from tune.peft.config import ALL_LINEAR, LoraConfig
+from tune.peft.inject import apply_lora, linear_module_names, lora_modules
+from tune.peft.module_patterns import REGEX_PREFIX, closest_names
+from tune.peft.state import adapter_state_dict, load_adapter_state_dict
+
+KeyMap = Callable[[str], str]
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
+_GLOB_CHARS = frozenset("*?[")
+# PEFT settings we cannot represent; loading refuses anything but these values.
+_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+    "modules_to_save": None,
+    "lora_bias": False,
+    "fan_in_fan_out": False,
+    "use_qalora": False,
+    "trainable_token_indices": None,
+    "layer_replication": None,
+}
+
+
+def _identity(key: str) -> str:
+    return key
+
+
+def _hf_module_name(fqn: str, key_map: KeyMap) -> str:
+    mapped = key_map(f"{fqn}.weight")
+    if not mapped.endswith(".weight"):
+        raise ValueError(
+            f"key_map({fqn + '.weight'!r}) returned {mapped!r}; expected a name ending in '.weight'"
+        )
+    return mapped[: -len(".weight")]
+
+
+def adapter_key_map(key_map: KeyMap) -> KeyMap:
+    """Lift a base-parameter key map to adapter keys, for writers that rename key by key.
+
+    `<m>.lora_A.weight` -> `<HF m>.lora_A.weight` (likewise `lora_B.weight`,
+    `lora_magnitude_vector`) where `<HF m>` is `key_map("<m>.weight")` minus `.weight`; any other
+    key goes through `key_map` as it is. Trained biases of adapted layers need PEFT's
+    `base_layer.bias` name, which only `export_peft_adapter` (it knows which layers are adapted)
+    produces.
+
+    Args:
+        key_map: Native -> HF parameter-key function, e.g. `layers.0.attn.q_proj.weight` ->
+            `model.layers.0.self_attn.q_proj.weight`.
+    """
+
+    def mapped(key: str) -> str:
+        suffix = next((s for s in ADAPTER_SUFFIXES if key.endswith("." + s)), None)
+        if suffix is None:
+            return key_map(key)
+        return f"{_hf_module_name(key[: -len(suffix) - 1], key_map)}.{suffix}"
+
+    return mapped
+
+
+def _peft_alpha(alpha: float) -> int | float:
+    return int(alpha) if float(alpha).is_integer() else float(alpha)
+
+
+def to_peft_config(
+    config: LoraConfig,
+    target_modules: list[str] | str | None = None,
+    *,
+    task_type: str | None = "CAUSAL_LM",
+    base_model_name_or_path: str | None = None,
+) -> dict[str, Any]:
+    """`config` in PEFT's `adapter_config.json` vocabulary.
+
+    Args:
+        config: The adapter's settings.
+        target_modules: PEFT's `target_modules` (HF names); default derived from `config.targets`
+            (plain names as they are, `"all-linear"`, or one `re:` regex), which must then not
+            contain globs. `export_peft_adapter` passes the exact set it adapted.
+        task_type: PEFT task type (`"CAUSAL_LM"`), or None.
+        base_model_name_or_path: Recorded for PEFT's loader; may be None.
+    """
+    exclude: list[str] | str | None = None
+    if target_modules is None:
+        patterns = [] if config.targets == ALL_LINEAR else list(config.targets)
+        if any(_GLOB_CHARS.intersection(p) for p in [*patterns, *config.exclude]):
+            raise ValueError(
+                f"LoraConfig targets/exclude {patterns + list(config.exclude)} contain globs, which "
+                "PEFT cannot read; pass target_modules (export_peft_adapter computes it)"
+            )
+        regexes = [p for p in patterns if p.startswith(REGEX_PREFIX)]
+        if config.targets == ALL_LINEAR:
+            target_modules = ALL_LINEAR
+        elif regexes:
+            if len(patterns) > 1:
+                raise ValueError(f"PEFT takes one regex or a list of names, got {patterns}")
+            target_modules = regexes[0][len(REGEX_PREFIX) :]
+        else:
+            target_modules = patterns
+        if config.exclude:
+            exclude = list(config.exclude)
+    init: bool | str = "gaussian" if config.init == "gaussian" else True
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": None,
+        "r": config.r,
+        "lora_alpha": _peft_alpha(config.alpha),
+        "lora_dropout": float(config.dropout),
+        "target_modules": target_modules,
+        "exclude_modules": exclude,
+        "bias": config.bias,
+        "use_rslora": config.use_rslora,
+        "use_dora": config.use_dora,
+        # PiSSA adapters are saved as plain LoRA factors over the residual base they were trained on.
+        "init_lora_weights": init,
+        "inference_mode": True,
+        "layers_pattern": None,
+        **_UNSUPPORTED_DEFAULTS,
+    }
+
+
+def _peft_patterns(value: Any, key: str) -> tuple[str, ...] | str:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return ALL_LINEAR if value == ALL_LINEAR else (REGEX_PREFIX + value,)
+    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
+        return tuple(sorted(value))
+    raise ValueError(
+        f"adapter_config.json {key!r}: expected a string or a list of strings, got {value!r}"
+    )
+
+
+def from_peft_config(adapter_config: dict[str, Any]) -> LoraConfig:
+    """A `LoraConfig` from PEFT's `adapter_config.json` contents.
+
+    Target patterns keep PEFT's meaning (a list: names matched as dot-suffixes; a string: a full
+    regex, here `re:<regex>`). Settings tune.peft cannot represent (rank/alpha patterns,
+    `modules_to_save`, `lora_bias`, ...) raise.
+
+    Args:
+        adapter_config: The parsed JSON.
+    """
+    peft_type = adapter_config.get("peft_type")
+    if peft_type != "LORA":
+        raise ValueError(f"adapter_config.json 'peft_type' is {peft_type!r}; expected 'LORA'")
+    for key, default in _UNSUPPORTED_DEFAULTS.items():
+        value = adapter_config.get(key, default)
+        if value is not None and value != default and not (isinstance(default, dict) and not value):
+            raise ValueError(
+                f"adapter_config.json {key!r} = {value!r} is not supported by tune.peft "
+                f"(expected {default!r})"
+            )
+    for key in ("r", "lora_alpha"):
+        if key not in adapter_config:
+            raise ValueError(f"adapter_config.json lacks {key!r}")
+    init = adapter_config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.startswith("pissa"):
+        init_name = "pissa"
+    elif init == "gaussian":
+        init_name = "gaussian"
+    elif init in (True, False):
+        init_name = "default"
+    else:
+        raise ValueError(f"adapter_config.json 'init_lora_weights' = {init!r} is not supported")
+    targets = _peft_patterns(adapter_config.get("target_modules"), "target_modules")
+    exclude = _peft_patterns(adapter_config.get("exclude_modules"), "exclude_modules")
+    if exclude == ALL_LINEAR:
+        raise ValueError("adapter_config.json 'exclude_modules' cannot be 'all-linear'")
+    return LoraConfig(
+        r=int(adapter_config["r"]),
+        alpha=adapter_config["lora_alpha"],
+        dropout=float(adapter_config.get("lora_dropout", 0.0) or 0.0),
+        targets=targets if targets else ALL_LINEAR,
+        exclude=exclude,
+        use_rslora=bool(adapter_config.get("use_rslora", False)),
+        use_dora=bool(adapter_config.get("use_dora", False)),
+        init=init_name,  # type: ignore[arg-type]
+        bias=adapter_config.get("bias", "none"),
+    )
+
+
+def peft_target_modules(
+    model: nn.Module, adapted: list[str], key_map: KeyMap | None = None
+) -> list[str]:
+    """PEFT `target_modules` selecting exactly `adapted` in the HF model.
+
+    The sorted leaf names (`["q_proj", "v_proj"]`) when they select exactly these layers, else the
+    full HF module names.
+
+    Args:
+        model: The native model.
+        adapted: Native names of the adapted layers.
+        key_map: Native -> HF parameter-key function (None: identity).
+    """
+    key_map = key_map or _identity
+    hf_adapted = {_hf_module_name(n, key_map) for n in adapted}
+    leaves = {n.rpartition(".")[2] for n in hf_adapted}
+    hf_linear = set()
+    for name in linear_module_names(model):
+        try:
+            hf_linear.add(_hf_module_name(name, key_map))
+        except (KeyError, ValueError):
+            continue
+    wrappers = list(lora_modules(model))
+    others = {
+        n.rpartition(".")[2]
+        for n, m in model.named_modules()
+        if n and not isinstance(m, nn.Linear) and not any(n.startswith(w + ".") for w in wrappers)
+    }
+    by_leaf = {n for n in hf_linear if n.rpartition(".")[2] in leaves}
+    if by_leaf == hf_adapted and not leaves & others:
+        return sorted(leaves)
+    return sorted(hf_adapted)
+
+
+def export_peft_adapter(
+    model: nn.Module,
+    *,
+    adapter_name: str | None = None,
+    key_map: KeyMap | None = None,
+    task_type: str | None = "CAUSAL_LM",
+    base_model_name_or_path: str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapter as PEFT writes it: (tensors for `adapter_model.safetensors`, `adapter_config.json`).
+
+    Args:
+        model: A model with LoRA layers.
+        adapter_name: Which adapter; None for the active one.
+        key_map: Native -> HF parameter-key function (None: names kept as they are).
+        task_type: PEFT task type recorded in the config.
+        base_model_name_or_path: Recorded in the config.
+
+    Returns:
+        `(state_dict, adapter_config)`: contiguous CPU-independent tensors keyed like
+        `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, and a JSON-ready dict.
+    """
+    key_map = key_map or _identity
+    to_hf = adapter_key_map(key_map)
+    layers = lora_modules(model)
+    native = adapter_state_dict(model, adapter_name)
+    adapted = [
+        fqn
+        for fqn, m in layers.items()
+        if (m.active_adapter if adapter_name is None else adapter_name) in m.adapter_names
+    ]
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in native.items():
+        if any(key.endswith("." + s) for s in ADAPTER_SUFFIXES):
+            peft_key = PEFT_PREFIX + to_hf(key)
+        elif key[: -len(".bias")] in layers:  # a bias of an adapted layer: PEFT's base_layer
+            peft_key = (
+                f"{PEFT_PREFIX}{_hf_module_name(key[: -len('.bias')], key_map)}.base_layer.bias"
+            )
+        else:
+            peft_key = PEFT_PREFIX + key_map(key)
+        tensors[peft_key] = value.contiguous()
+    config = layers[adapted[0]].adapter_config(adapter_name)
+    adapter_config = to_peft_config(
+        config,
+        peft_target_modules(model, adapted, key_map),
+        task_type=task_type,
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    return tensors, adapter_config
+
+
+def _native_names(model: nn.Module, key_map: KeyMap) -> tuple[dict[str, str], dict[str, str]]:
+    """HF module name -> native linear name, and HF bias key -> native bias key."""
+    modules: dict[str, str] = {}
+    for name in linear_module_names(model):
+        try:
+            modules[_hf_module_name(name, key_map)] = name
+        except (KeyError, ValueError):
+            continue
+    biases: dict[str, str] = {}
+    for name, _ in model.named_parameters():
+        if name == "bias" or name.endswith(".bias"):
+            try:
+                biases[key_map(name)] = name
+            except (KeyError, ValueError):
+                continue
+    return modules, biases
+
+
+def load_peft_adapter(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    adapter_config: dict[str, Any],
+    *,
+    key_map: KeyMap | None = None,
+    adapter_name: str = "default",
+    freeze_base: bool = True,
+) -> list[str]:
+    """Add the adapter a PEFT directory holds to `model` and load its tensors; it becomes active.
+
+    The layers adapted are exactly those the tensors name (after mapping back through `key_map`).
+
+    Args:
+        model: The native model (base weights already loaded).
+        state_dict: Contents of `adapter_model.safetensors` (PEFT keys).
+        adapter_config: Contents of `adapter_config.json`.
+        key_map: Native -> HF parameter-key function used for the base (None: identity).
+        adapter_name: Name to give the adapter here.
+        freeze_base: Freeze all but the adapter afterwards.
+
+    Returns:
+        Native names of the adapted layers.
+    """
+    key_map = key_map or _identity
+    config = from_peft_config(adapter_config)
+    if any(adapter_name in m.adapter_names for m in lora_modules(model).values()):
+        raise ValueError(
+            f"the model already has an adapter named {adapter_name!r}; pass another adapter_name "
+            "or delete_adapter() it first"
+        )
+    hf_to_module, hf_to_bias = _native_names(model, key_map)
+    native: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not key.startswith(PEFT_PREFIX):
+            raise ValueError(f"PEFT adapter key {key!r} does not start with {PEFT_PREFIX!r}")
+        hf_key = key[len(PEFT_PREFIX) :]
+        if hf_key.endswith(".lora_magnitude_vector.weight"):  # how some PEFT versions name it
+            hf_key = hf_key[: -len(".weight")]
+        suffix = next((s for s in ADAPTER_SUFFIXES if hf_key.endswith("." + s)), None)
+        if suffix is None and hf_key.endswith(".base_layer.bias"):
+            suffix = "base_layer.bias"
+        if suffix is not None:
+            hf_module = hf_key[: -len(suffix) - 1]
+            if hf_module not in hf_to_module:
+                close = closest_names(hf_module, hf_to_module)
+                raise ValueError(
+                    f"PEFT adapter key {key!r}: module {hf_module!r} is no nn.Linear of the model "
+                    f"(after key_map); closest: {close}"
+                )
+            native_suffix = "bias" if suffix == "base_layer.bias" else suffix
+            native[f"{hf_to_module[hf_module]}.{native_suffix}"] = value
+        elif hf_key in hf_to_bias:
+            native[hf_to_bias[hf_key]] = value
+        else:
+            raise ValueError(
+                f"PEFT adapter key {key!r} matches no adapter tensor or bias of the model"
+            )
+    targets = sorted(
+        {k[: -len(".lora_A.weight")] for k in native if k.endswith(".lora_A.weight")},
+        key=list(hf_to_module.values()).index,
+    )
+    if not targets:
+        raise ValueError("PEFT adapter state dict has no '*.lora_A.weight' tensor")
+    for fqn in targets:
+        rank = native[f"{fqn}.lora_A.weight"].shape[0]
+        if rank != config.r:
+            raise ValueError(
+                f"{fqn}.lora_A.weight has rank {rank} but adapter_config.json says r={config.r}"
+            )
+    exact = tuple(REGEX_PREFIX + re.escape(t) for t in targets)
+    # The saved factors replace any init; PiSSA must not rewrite the base weight again here.
+    load_config = dataclasses.replace(config, targets=exact, exclude=(), init="default")
+    apply_lora(model, load_config, adapter_name, activate=True, freeze_base=freeze_base)
+    load_adapter_state_dict(model, native, adapter_name)
+    return targets

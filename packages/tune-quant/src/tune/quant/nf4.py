@@ -1,0 +1,109 @@
+"""NF4 (4-bit NormalFloat) storage of frozen Linear weights, the base of QLoRA."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+from torchao.quantization import NF4Tensor, to_nf4
+
+from tune.quant.memory import tensor_storage_bytes
+from tune.quant.module_filter import ModuleFilter, select_linear_modules
+
+__all__ = ["NF4Stats", "nf4_storage_bytes", "to_nf4_linear_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NF4Stats:
+    """What an NF4 conversion did.
+
+    Args:
+        modules: FQNs of the converted Linear modules.
+        num_params: weight elements converted.
+        float_bytes: bytes those weights took before.
+        nf4_bytes: bytes they take as NF4, codes, scales and lookup table included (measured on
+            the tensors' storages).
+    """
+
+    modules: tuple[str, ...]
+    num_params: int
+    float_bytes: int
+    nf4_bytes: int
+
+    @property
+    def bytes_per_param(self) -> float:
+        """NF4 bytes per converted weight element."""
+        return self.nf4_bytes / max(self.num_params, 1)
+
+
+def nf4_storage_bytes(tensor: NF4Tensor) -> int:
+    """Bytes held by an NF4 tensor's inner tensors: codes, scales, lookup table (measured).
+
+    Args:
+        tensor: an ``NF4Tensor``.
+    """
+    return tensor_storage_bytes(tensor)
+
+
+def to_nf4_linear_weights(
+    model: nn.Module,
+    *,
+    include: ModuleFilter = None,
+    exclude: Sequence[str] = (),
+    block_size: int = 64,
+    scaler_block_size: int = 256,
+) -> NF4Stats:
+    """Convert the chosen Linear weights to frozen NF4 tensors in place (adapters excluded).
+
+    The weights stay NF4: ``F.linear`` dequantizes per call, and gradients flow to the input (and to
+    LoRA adapters around the layer), never to the NF4 weight.
+
+    Args:
+        model: model whose base Linear weights are frozen (or about to be).
+        include: module-name patterns, a callable ``(module, fqn) -> bool``, or None for all Linears.
+        exclude: module-name patterns to keep in float.
+        block_size: elements sharing one absmax scale.
+        scaler_block_size: scales sharing one second-level (double-quantization) scale.
+
+    Returns:
+        Counts and measured bytes before and after.
+
+    Raises:
+        ValueError: a chosen weight is trainable, already quantized, or its element count is not a
+            multiple of ``block_size * scaler_block_size``, naming the module and its shape.
+    """
+    fqns = select_linear_modules(model, include, exclude)
+    modules = dict(model.named_modules())
+    quantum = block_size * scaler_block_size
+    for fqn in fqns:
+        weight = modules[fqn].weight
+        if isinstance(weight, NF4Tensor):
+            raise ValueError(f"module {fqn!r} already holds an NF4 weight")
+        if weight.requires_grad:
+            raise ValueError(
+                f"module {fqn!r}: weight requires grad; NF4 weights are frozen, "
+                f"call requires_grad_(False) on the base weights first"
+            )
+        if weight.numel() % quantum != 0:
+            raise ValueError(
+                f"module {fqn!r} has weight of shape {tuple(weight.shape)} ({weight.numel()} elements): "
+                f"NF4 needs a multiple of block_size*scaler_block_size = {quantum}; exclude it"
+            )
+    num_params = float_bytes = nf4_bytes = 0
+    for fqn in fqns:
+        module = modules[fqn]
+        weight = module.weight.detach()
+        nf4 = to_nf4(weight, block_size, scaler_block_size)
+        module.weight = nn.Parameter(nf4, requires_grad=False)
+        num_params += weight.numel()
+        float_bytes += weight.numel() * weight.element_size()
+        nf4_bytes += nf4_storage_bytes(nf4)
+    stats = NF4Stats(tuple(fqns), num_params, float_bytes, nf4_bytes)
+    logger.info(
+        "NF4: %d modules, %d params, %.3f bytes/param", len(fqns), num_params, stats.bytes_per_param
+    )
+    return stats

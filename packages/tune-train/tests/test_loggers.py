@@ -1,0 +1,181 @@
+"""Loggers write what they should, and never a secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from tune.train import JsonlLogger, MetricLogger, MultiLogger, StdoutLogger, redact_secrets
+from tune.train.loggers import REDACTED, is_secret_key
+
+SECRET = "hf_abcdefSECRETvalue123"
+WANDB_SECRET = "wandb0123456789secret"
+
+CONFIG = {
+    "model": {"path": "/models/tiny", "eos_token": "</s>", "max_new_tokens": 64},
+    "hf_token": SECRET,
+    "logging": {"wandb": {"api_key": WANDB_SECRET, "project": "p"}},
+    "output_dir": f"/runs/{SECRET}/out",  # the env secret embedded in a string
+    "tokenizer_path": "/models/tiny/tokenizer.json",
+    "db_password": 1234,
+    "use_auth_token": True,
+}
+
+
+@pytest.fixture(autouse=True)
+def _secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setenv("WANDB_API_KEY", WANDB_SECRET)
+
+
+def test_redaction_of_keys_and_env_values() -> None:
+    red = redact_secrets(CONFIG)
+    assert red["hf_token"] == REDACTED
+    assert red["logging"]["wandb"] == {"api_key": REDACTED, "project": "p"}
+    assert red["output_dir"] == "/runs/***/out"
+    assert red["db_password"] == REDACTED
+    # not secrets: tokenizer settings, counts, paths, flags
+    assert red["model"] == CONFIG["model"]
+    assert red["tokenizer_path"] == CONFIG["tokenizer_path"]
+    assert red["use_auth_token"] is True
+    assert CONFIG["hf_token"] == SECRET  # the input is not modified
+    assert is_secret_key("apiKey", "x")
+    assert is_secret_key("GITHUB_TOKEN", "x")
+    assert not is_secret_key("num_tokens", 12)
+    assert not is_secret_key("tokens_per_s", 3.0)
+
+
+def test_jsonl_logger_writes_steps_and_redacted_config(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "metrics.jsonl"
+    logger = JsonlLogger(path)
+    assert isinstance(logger, MetricLogger)
+    logger.log_config(CONFIG)
+    logger.log({"loss": torch.tensor(2.5), "lr": 1e-4, "num_tokens": 39}, step=1)
+    logger.log({"loss": float("nan"), "skipped_steps": 1, "note": f"token {SECRET}"}, step=2)
+    logger.close()
+    text = path.read_text()
+    assert SECRET not in text
+    assert WANDB_SECRET not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    assert records[0]["config"]["hf_token"] == REDACTED
+    assert records[0]["config"]["model"]["eos_token"] == "</s>"
+    assert {k: records[1][k] for k in ("step", "loss", "lr", "num_tokens")} == {
+        "step": 1, "loss": 2.5, "lr": 1e-4, "num_tokens": 39
+    }  # fmt: skip
+    assert records[2]["loss"] == "nan"
+    assert records[2]["note"] == "token ***"
+    with pytest.raises(RuntimeError, match="closed"):
+        logger.log({"loss": 1.0}, step=3)
+
+
+def test_stdout_logger_line_format() -> None:
+    stream = io.StringIO()
+    logger = StdoutLogger(stream)
+    logger.log({"loss": 2.34567, "tokens_per_s": 1500.0, "skipped_steps": 0}, step=10)
+    logger.log_config(CONFIG)
+    out = stream.getvalue()
+    assert out.splitlines()[0] == "step 10 | loss 2.346 | tokens_per_s 1500 | skipped_steps 0"
+    assert SECRET not in out
+    assert WANDB_SECRET not in out
+
+
+def test_multi_logger_fans_out(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    multi = MultiLogger([StdoutLogger(stream), JsonlLogger(tmp_path / "m.jsonl")])
+    multi.log({"loss": 1.0}, step=0)
+    multi.close()
+    assert "step 0 | loss 1" in stream.getvalue()
+    assert json.loads((tmp_path / "m.jsonl").read_text())["loss"] == 1.0
+
+
+def test_tensorboard_logger_writes_scalars_and_redacted_config(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tune.train import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    for step, loss in enumerate([3.0, 2.0, 1.5]):
+        logger.log({"loss": loss, "note": "text is skipped"}, step=step)
+    logger.log_config(CONFIG)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(0, 3.0), (1, 2.0), (2, 1.5)]
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "tb").iterdir())
+    assert SECRET.encode() not in raw
+    assert WANDB_SECRET.encode() not in raw
+    assert b"eos_token" in raw  # the config was written
+
+
+def test_wandb_logger_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("wandb", reason="wandb is an optional extra, not installed")
+    from tune.train import WandbLogger
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger("tune-test", mode="offline", dir=str(tmp_path), config=CONFIG)
+    logger.log({"loss": 1.0}, step=1)
+    logger.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert SECRET.encode() not in raw
+    assert WANDB_SECRET.encode() not in raw
+
+
+def test_wandb_logger_sends_only_redacted_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a recording stand-in for the wandb module (the real one is optional)."""
+    calls: list[tuple] = []
+
+    class Run:
+        config = types.SimpleNamespace(update=lambda d, **kw: calls.append(("update", d, kw)))
+
+        def log(self, data, step):
+            calls.append(("log", data, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.append(("init", kw)) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from tune.train import WandbLogger
+
+    logger = WandbLogger("proj", mode="offline", config=CONFIG)
+    logger.log({"loss": torch.tensor(0.5)}, step=4)
+    logger.log_config({"hf_token": SECRET})
+    logger.close()
+    assert calls[0][1]["config"]["hf_token"] == REDACTED
+    assert calls[0][1]["mode"] == "offline"
+    assert calls[1] == ("log", {"loss": 0.5}, 4)
+    assert calls[2][1] == {"hf_token": REDACTED}
+    assert calls[3] == ("finish",)
+    assert SECRET not in repr(calls)
+    assert WANDB_SECRET not in repr(calls)
+
+
+def test_mlflow_logger_local_file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow", reason="mlflow is an optional extra, not installed")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 deprecates the file store
+    from tune.train import MLflowLogger
+
+    logger = MLflowLogger("tune-test", tracking_uri=(tmp_path / "mlruns").as_uri())
+    logger.log_config(CONFIG)
+    logger.log({"loss": 1.25}, step=3)
+    logger.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert SECRET.encode() not in raw
+    assert WANDB_SECRET.encode() not in raw
+    assert b"1.25" in raw
+
+
+def test_optional_backends_fail_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tune.train import MLflowLogger
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` raise ImportError
+    with pytest.raises(ImportError, match=r"tune-train\[mlflow\]"):
+        MLflowLogger()

@@ -1,0 +1,1 @@
+"""One module per ``tune`` sub-command; each has ``add_parser(subparsers)`` and ``main(args)``."""

@@ -1,0 +1,57 @@
+"""``tune run <recipe> --config <name|path> [key=value ...]``: in-process, or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+
+from tune.recipes.config import load_config
+from tune.recipes.discovery import find_config, load_recipe
+from tune.recipes.launch import (
+    add_torchrun_arguments,
+    build_torchrun_argv,
+    launch_world_size,
+    torchrun_args,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``tune run``."""
+    p = sub.add_parser(
+        "run",
+        help="run a recipe",
+        description="Without launch flags the recipe runs in this process and reads RANK / "
+        "WORLD_SIZE from the environment (so a plain torchrun works too); with any launch flag "
+        "the same recipe and config run on every rank under torch.distributed.run.",
+    )
+    p.add_argument("recipe", help="an installed recipe (`tune ls`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")
+    p.add_argument("--config", required=True, help="bundled config name or a YAML file")
+    p.add_argument("--allow-import", action="append", default=[], metavar="PATTERN")
+    add_torchrun_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Validate, then run here or relaunch under torchrun; returns the exit status."""
+    recipe = load_recipe(args.recipe)
+    path, _ = find_config(args.config, args.recipe)
+    flags = torchrun_args(args)
+    common = {"recipe": args.recipe, "allow_imports": args.allow_import}
+    if flags:
+        # Fail on a bad config here, once, before starting any rank.
+        world_size = launch_world_size(flags)
+        load_config(path, recipe.config_class, args.overrides, world_size=world_size, **common)
+        argv = build_torchrun_argv(
+            flags, args.recipe, str(path.resolve()), args.overrides, args.allow_import
+        )
+        logger.info("launching: %s", " ".join(argv))
+        return subprocess.call(argv)
+    config = load_config(path, recipe.config_class, args.overrides, **common)
+    run_recipe = recipe.load_run()
+    args.recipe_started = True
+    run_recipe(config)
+    return 0

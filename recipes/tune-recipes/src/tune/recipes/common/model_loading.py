@@ -1,0 +1,43 @@
+"""Build a native model from an HF checkpoint directory and load its weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from tune.checkpoint import load_hf_checkpoint, load_safetensors_dir
+from tune.models import CheckpointModel, model_from_checkpoint_dir
+
+logger = logging.getLogger(__name__)
+
+
+def load_pretrained(
+    checkpoint_dir: str | Path, *, dtype: torch.dtype, device: torch.device
+) -> CheckpointModel:
+    """The model of ``checkpoint_dir`` with its weights, built on meta and filled shard by shard.
+
+    Args:
+        checkpoint_dir: an HF directory with ``config.json`` and safetensors weights.
+        dtype: parameter dtype.
+        device: where the weights go.
+    """
+    ckpt = model_from_checkpoint_dir(checkpoint_dir, device="meta", dtype=dtype)
+    if ckpt.keys_one_to_one:
+        load_hf_checkpoint(
+            ckpt.model, checkpoint_dir, key_map=ckpt.hf_to_native_key, dtype=dtype, device=device
+        )
+    else:  # fused HF tensors (Phi-3): convert the whole state dict, then assign
+        state = ckpt.hf_to_native(load_safetensors_dir(checkpoint_dir))
+        state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+        ckpt.model.load_state_dict(state, assign=True, strict=True)
+    ckpt.model.init_buffers(device)
+    logger.info(
+        "loaded %s (%s, %.1fM parameters) from %s",
+        ckpt.config.model_type,
+        dtype,
+        sum(p.numel() for p in ckpt.model.parameters()) / 1e6,
+        checkpoint_dir,
+    )
+    return ckpt

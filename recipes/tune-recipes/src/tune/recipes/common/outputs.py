@@ -1,0 +1,115 @@
+"""Write the results of a run: an HF model directory and a PEFT adapter directory.
+
+Works for one process and for FSDP/TP runs: sharded weights are gathered to rank 0 first, and
+rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tune.checkpoint import save_hf_checkpoint, save_peft_adapter
+from tune.dist import gather_full_state_dict
+from tune.models import CheckpointModel
+from tune.peft import (
+    LoraConfig,
+    export_peft_adapter,
+    load_adapter_state_dict,
+    merge_and_unload,
+)
+from tune.recipes.common.finetune_method import prepare_for_method
+from tune.recipes.common.model_loading import load_pretrained
+
+logger = logging.getLogger(__name__)
+
+
+def write_final_outputs(
+    out_dir: Path,
+    model: nn.Module,
+    ckpt: CheckpointModel,
+    base_dir: Path,
+    *,
+    method: str,
+    lora: LoraConfig | None,
+    dtype: torch.dtype,
+    save_adapter: bool,
+    save_merged: bool,
+    is_main: bool,
+    distributed: bool,
+) -> dict[str, str]:
+    """Write ``out_dir/adapter`` (PEFT) and/or ``out_dir/model`` (HF); returns their paths.
+
+    Args:
+        out_dir: the run directory.
+        model: the trained model (possibly sharded).
+        ckpt: the base checkpoint's model and key maps.
+        base_dir: the base checkpoint directory (config and tokenizer files are copied from it).
+        method: ``full``, ``lora``, ``qlora`` or ``dora``.
+        lora: the adapter settings (adapter methods).
+        dtype: dtype of the written weights.
+        save_adapter: write the PEFT directory (adapter methods).
+        save_merged: write the base with the adapter merged (always written for ``full``).
+        is_main: this is rank 0.
+        distributed: the model is sharded (collectives: every rank must call).
+    """
+    written: dict[str, str] = {}
+    adapters = lora is not None
+    if not distributed:
+        if adapters and save_adapter:
+            written["adapter_dir"] = str(_save_adapter(out_dir / "adapter", model, ckpt, base_dir))
+        if not adapters or save_merged:
+            if adapters:
+                merge_and_unload(model, dequantize=True)
+            state = {k: v.detach() for k, v in model.state_dict().items()}
+            written["model_dir"] = str(_save_model(out_dir / "model", state, ckpt, base_dir, dtype))
+        return written
+
+    # Sharded: gather on rank 0 (collective), then rebuild a plain model there to export.
+    state = gather_full_state_dict(model, trainable_only=adapters)
+    if not is_main:
+        return written
+    if not adapters:
+        written["model_dir"] = str(_save_model(out_dir / "model", state, ckpt, base_dir, dtype))
+        return written
+    plain = load_pretrained(base_dir, dtype=dtype, device=torch.device("cpu"))
+    prepare_for_method(plain.model, method, lora)
+    load_adapter_state_dict(plain.model, state)
+    if save_adapter:
+        written["adapter_dir"] = str(
+            _save_adapter(out_dir / "adapter", plain.model, ckpt, base_dir)
+        )
+    if save_merged:
+        merge_and_unload(plain.model, dequantize=True)
+        merged = {k: v.detach() for k, v in plain.model.state_dict().items()}
+        written["model_dir"] = str(_save_model(out_dir / "model", merged, ckpt, base_dir, dtype))
+    return written
+
+
+def _save_adapter(directory: Path, model: nn.Module, ckpt: CheckpointModel, base_dir: Path) -> Path:
+    tensors, adapter_config = export_peft_adapter(
+        model, key_map=ckpt.native_to_hf_key, base_model_name_or_path=str(base_dir)
+    )
+    # export_peft_adapter already produced PEFT's full key names.
+    path = save_peft_adapter(directory, tensors, adapter_config, prefix="")
+    logger.info("wrote PEFT adapter (%d tensors) to %s", len(tensors), path)
+    return path
+
+
+def _save_model(
+    directory: Path,
+    state_dict: dict[str, Any],
+    ckpt: CheckpointModel,
+    base_dir: Path,
+    dtype: torch.dtype,
+) -> Path:
+    hf_state = ckpt.native_to_hf(state_dict)
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    save_hf_checkpoint(directory, hf_state, dtype=dtype, config=config, source_dir=base_dir)
+    logger.info("wrote HF model (%d tensors) to %s", len(hf_state), directory)
+    return directory

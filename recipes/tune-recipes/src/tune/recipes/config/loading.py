@@ -1,0 +1,226 @@
+"""Load a YAML config into its recipe's schema: overrides, imports, closed keys, types."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tune.recipes.config.errors import ConfigError
+from tune.recipes.config.imports import check_component_keys
+from tune.recipes.config.registries import check_components
+from tune.recipes.config.schema import (
+    build,
+    convert,
+    did_you_mean,
+    find_unknown_keys,
+    strip_optional,
+    type_at,
+    type_name,
+)
+from tune.recipes.config.validation import ValidationContext, validate_config, world_size_from_env
+
+logger = logging.getLogger(__name__)
+
+# Top-level keys every config may carry, whether or not its schema declares them.
+RESERVED_KEYS: dict[str, Any] = {"recipe": str | None, "allow_imports": list[str]}
+COMMAND_LINE = "command line"
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line number of every key (and list item) in a YAML document."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = f"{prefix}{key_node.value}"
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{prefix}{i}"] = item.start_mark.line + 1
+                walk(item, f"{prefix}{i}.")
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _schema_type(schema: type, key: str) -> Any:
+    root = key.split(".")[0]
+    hints = {f.name for f in dataclasses.fields(schema)}
+    if root in RESERVED_KEYS and root not in hints:
+        if "." in key:
+            raise KeyError(key)
+        return RESERVED_KEYS[root]
+    return type_at(schema, key)
+
+
+def parse_override(schema: type, item: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value typed by the schema's annotation of ``key``).
+
+    Strings stay verbatim (``resume=007`` is the string "007"); numbers, booleans, lists and
+    mappings are parsed as YAML; ``null`` sets an optional key to None.
+
+    Raises:
+        ConfigError: malformed item, unknown key (with did-you-mean) or a value of the wrong type.
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or key.startswith("-"):
+        raise ConfigError(
+            item, "overrides are written key=value (e.g. training.epochs=2)", COMMAND_LINE
+        )
+    try:
+        tp = _schema_type(schema, key)
+    except KeyError:
+        raise ConfigError(
+            key, "unknown key" + did_you_mean(key, schema), f"{COMMAND_LINE} ({item!r})"
+        ) from None
+    inner, optional = strip_optional(tp)
+    if optional and raw.strip() in ("null", "~", "None"):
+        return key, None
+    is_str = inner is str or (
+        typing.get_origin(inner) is Literal
+        and all(isinstance(a, str) for a in typing.get_args(inner))
+    )
+    if is_str:
+        return key, raw
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"cannot parse {raw!r}: {exc}", COMMAND_LINE) from None
+    if inner is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            raise ConfigError(key, f"expected {type_name(tp)}, got {raw!r}", COMMAND_LINE) from None
+    return key, value
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The raw (unresolved) mapping of a YAML file and its key -> line map."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read config: {exc}", str(path)) from None
+    try:
+        cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except (yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError("<file>", f"not valid YAML: {exc}", str(path)) from None
+    if not OmegaConf.is_dict(cfg):
+        raise ConfigError("<file>", "the top level must be a mapping of keys", str(path))
+    return OmegaConf.to_container(cfg, resolve=False), key_lines(text)  # type: ignore[return-value]
+
+
+def resolve_tree(
+    schema: type,
+    raw: dict[str, Any],
+    overrides: Sequence[str],
+    source: str,
+    lines: dict[str, int | str] | None = None,
+) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a raw tree, then resolve ``${...}`` interpolations.
+
+    ``lines`` (key -> location) is updated so that overridden keys point at the command line.
+    """
+    cfg = OmegaConf.create(raw)
+    for item in overrides:
+        key, value = parse_override(schema, item)
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        if lines is not None:
+            for k in [k for k in lines if k == key or k.startswith(key + ".")]:
+                del lines[k]
+            lines[key] = f"{COMMAND_LINE} ({item!r})"
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "<interpolation>"
+        raise ConfigError(
+            str(key), f"cannot resolve: {exc.msg if hasattr(exc, 'msg') else exc}", source
+        ) from None
+
+
+def load_config(
+    path: str | Path,
+    schema: type,
+    overrides: Sequence[str] = (),
+    *,
+    recipe: str | None = None,
+    allow_imports: Sequence[str] = (),
+    validate: bool = True,
+    world_size: int | None = None,
+    missing_paths: Literal["error", "warn"] = "error",
+) -> Any:
+    """Parse a YAML file with overrides into an instance of ``schema`` and validate it.
+
+    Order: overrides typed by the schema, interpolation, refusal of dotted imports outside the
+    allow-list, closed keys (did-you-mean), types, registry names, then ``schema.validate()``.
+
+    Args:
+        path: the YAML file.
+        schema: the recipe's config dataclass.
+        overrides: ``key=value`` items applied on top of the file.
+        recipe: the recipe the config is for; a ``recipe:`` key naming another is an error.
+        allow_imports: glob patterns of dotted paths a config may import (added to the
+            config's own ``allow_imports``).
+        validate: run the schema's ``validate()``.
+        world_size: processes of the run (default: ``WORLD_SIZE`` from the environment, or 1).
+        missing_paths: ``"warn"`` reports paths absent on this machine as warnings.
+
+    Raises:
+        ConfigError: a key, type, or import problem, naming the dotted key and the file.
+        ConfigValidationError: range or relation problems, every one named by its key.
+    """
+    source = str(path)
+    raw, file_lines = read_yaml(path)
+    lines: dict[str, int | str] = dict(file_lines)
+    tree = resolve_tree(schema, raw, overrides, source, lines)
+    allowed = [*allow_imports, *(tree.get("allow_imports") or [])]
+    check_component_keys(tree, allowed, source, lines)
+    declared = tree.get("recipe")
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for name, tp in RESERVED_KEYS.items():
+        if name in tree and name not in fields:
+            convert(tp, tree.pop(name), name, source, lines)
+    if recipe is not None and declared is not None and declared != recipe:
+        raise ConfigError(
+            "recipe",
+            f"config is for recipe {declared!r}, not {recipe!r}",
+            source,
+            lines.get("recipe"),
+        )
+    unknown = find_unknown_keys(tree, schema)
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(key, "unknown key" + did_you_mean(key, schema), source, lines.get(key))
+    config = build(schema, tree, source, lines)
+    check_components(config, allowed, source, lines)
+    if validate:
+        context = ValidationContext(
+            world_size=world_size if world_size is not None else world_size_from_env(),
+            missing_paths=missing_paths,
+        )
+        for issue in validate_config(config, context, source):
+            logger.warning("%s: %s", source, issue)
+    return config
+
+
+def declared_recipe(path: str | Path) -> str | None:
+    """The ``recipe:`` a YAML config declares, if any."""
+    raw, _ = read_yaml(path)
+    value = raw.get("recipe")
+    return value if isinstance(value, str) else None

@@ -1,0 +1,74 @@
+"""Fixtures: the `echo` test recipe installed through a fake distribution."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tune.recipes.testing import install_echo_recipe
+
+
+@pytest.fixture
+def echo_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The echo recipe installed on sys.path (in-process) and on PYTHONPATH (subprocesses)."""
+    root = install_echo_recipe(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in [str(root), os.environ.get("PYTHONPATH")] if p)
+    )
+    return root
+
+
+@pytest.fixture
+def sft_dirs(tmp_path: Path) -> dict[str, Path]:
+    """An HF-style checkpoint directory (config.json + safetensors) and a data file."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 32}))
+    save_file(
+        {"lm_head.weight": np.zeros((4, 4), dtype=np.float32)}, str(ckpt / "model.safetensors")
+    )
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "say hi", "output": "hi"}\n')
+    return {"checkpoint": ckpt, "data": data, "root": tmp_path}
+
+
+@pytest.fixture
+def sft_yaml(sft_dirs: dict[str, Path]):
+    """Write an SFT config (the tiny LoRA one pointed at real local paths, plus edits)."""
+    import yaml
+
+    import tune.recipes
+
+    base = Path(tune.recipes.__file__).parent / "configs" / "sft" / "tiny_cpu_lora.yaml"
+
+    def write(text: str | None = None, name: str = "cfg.yaml", **sections: dict) -> Path:
+        if text is None:
+            tree = yaml.safe_load(base.read_text())
+            tree["model"]["checkpoint_dir"] = str(sft_dirs["checkpoint"])
+            tree["data"]["source"] = str(sft_dirs["data"])
+            tree["checkpointing"]["output_dir"] = str(sft_dirs["root"] / "out")
+            tree["logging"]["jsonl_path"] = "${checkpointing.output_dir}/metrics.jsonl"
+            for key, value in sections.items():
+                tree[key].update(value) if isinstance(value, dict) else tree.update({key: value})
+            text = yaml.safe_dump(tree, sort_keys=False)
+        path = sft_dirs["root"] / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny random Llama checkpoint (NF4-friendly sizes) and 240 instruction rows."""
+    from tune.recipes.sft_testing import make_tiny_assets
+
+    return make_tiny_assets(tmp_path_factory.mktemp("sft_assets"))

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import nox
 
-nox.options.default_venv_backend = "venv"
+# uv installs torch and friends from its cache in seconds instead of a minute per venv; plain
+# venv + pip is the fallback when uv is not installed.
+nox.options.default_venv_backend = "uv|venv"
 nox.options.sessions = ["tests"]
 nox.options.error_on_external_run = True
 
@@ -26,8 +28,10 @@ PACKAGE_DIRS["all"] = ROOT / "packages" / "tune-all"
 TESTED_PACKAGES = [*LIBRARIES, "recipes"]
 
 # Byte-compiling torch on install costs ~20 s per venv; modules compile lazily on import instead.
-# Benchmarks and tests pick their own thread counts; keep BLAS from oversubscribing two cores.
 SESSION_ENV = {"PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+# Where a CPU torch wheel lies on this machine's disk (pip finds it through its own config; uv
+# reads no pip config, so it is told). Elsewhere, point pip/uv at a CPU index (see ci.yml).
+LOCAL_WHEELS = os.environ.get("TUNE_FIND_LINKS", "/opt/wheels")
 
 ISOLATION_CHECK = """
 import importlib.metadata as md
@@ -44,16 +48,26 @@ print(f"isolated: only tune.{own} is importable; installed tune distributions: {
 """
 
 
+def _uses_uv(session: nox.Session) -> bool:
+    return session.venv_backend == "uv"
+
+
 def _build_wheels(session: nox.Session, names: list[str]) -> dict[str, str]:
     """Build wheels of the named packages into the session's tmp dir; returns name -> wheel path."""
     wheel_dir = Path(session.create_tmp()) / "wheels"
     shutil.rmtree(wheel_dir, ignore_errors=True)
     wheel_dir.mkdir(parents=True)
-    session.run(
-        "python", "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheel_dir),
-        *[str(PACKAGE_DIRS[n]) for n in names],
-        env=SESSION_ENV,
-    )  # fmt: skip
+    for name in names:
+        if _uses_uv(session):
+            session.run(
+                "uv", "build", "--wheel", "--quiet", "--out-dir", str(wheel_dir),
+                str(PACKAGE_DIRS[name]), external=True,
+            )  # fmt: skip
+        else:
+            session.run(
+                "python", "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheel_dir),
+                str(PACKAGE_DIRS[name]), env=SESSION_ENV,
+            )  # fmt: skip
     wheels: dict[str, str] = {}
     for name in names:
         dist = f"tune_{name}-"
@@ -65,7 +79,8 @@ def _build_wheels(session: nox.Session, names: list[str]) -> dict[str, str]:
 
 
 def _install(session: nox.Session, *requirements: str) -> None:
-    session.install("-c", CONSTRAINTS, *requirements, env=SESSION_ENV)
+    links = ["--find-links", LOCAL_WHEELS] if Path(LOCAL_WHEELS).is_dir() else []
+    session.install("-c", CONSTRAINTS, *links, *requirements, env=SESSION_ENV)
 
 
 def _pytest_args(session: nox.Session, default: list[str]) -> list[str]:
@@ -139,7 +154,12 @@ def typecheck(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """Everything installed together (tune-all): end-to-end runs through the CLI and interop tests."""
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
-    _install(session, *[f"{w}[test]" for n, w in wheels.items() if n != "all"], wheels["all"])
+    _install(
+        session,
+        *[f"{w}[test]" for n, w in wheels.items() if n != "all"],
+        wheels["all"],
+        "matplotlib>=3.8",  # the demo's loss curve
+    )
     session.run(
         "python", "-m", "pytest", str(ROOT / "integration_tests"), "-p", "no:cacheprovider",
         *_pytest_args(session, ["-m", "not slow and not gpu", "-q"]),
@@ -168,9 +188,26 @@ def demo(session: nox.Session) -> None:
     )
 
 
+def _torchtune_venv(session: nox.Session) -> Path:
+    """A venv of its own for the torchtune peer benchmark (torchtune 0.6.1 needs torchao <= 0.15)."""
+    venv = ROOT / ".nox" / "bench-torchtune"
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        session.run("python", "-m", "venv", str(venv))
+    requirements = ROOT / "benchmarks" / "peers" / "torchtune-requirements.txt"
+    session.run(
+        str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements),
+        external=True, env=SESSION_ENV,
+    )  # fmt: skip
+    return python
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Throughput and memory benchmarks (ratios, not pass/fail); results land in bench_results/."""
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(session, *[f"{w}[test]" for n, w in wheels.items() if n != "all"], "matplotlib>=3.8")
-    session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs)
+    env = {}
+    if not session.posargs or any("peers" in arg for arg in session.posargs):
+        env["TUNE_BENCH_TORCHTUNE_PYTHON"] = str(_torchtune_venv(session))
+    session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs, env=env)

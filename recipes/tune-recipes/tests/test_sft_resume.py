@@ -91,3 +91,50 @@ def test_resume_path_without_checkpoint_is_an_error(
     assert result.returncode != 0
     assert str(empty) in result.stderr
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+# A wrapper around the real CLI that SIGKILLs the process at a chosen point of the save of
+# step 4: before the manifest is written, or just before the commit rename.
+_KILL_IN_SAVE = """
+import os, signal, sys
+import tune.checkpoint.training_state as ts
+point, step = sys.argv[1], int(sys.argv[2])
+if point == "manifest":
+    original = ts.write_manifest
+    def patched(tmp, at_step, *args, **kwargs):
+        if at_step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(tmp, at_step, *args, **kwargs)
+    ts.write_manifest = patched
+else:
+    original = ts.CheckpointManager._commit
+    def patched(self, tmp, final):
+        if final.name == f"step_{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, tmp, final)
+    ts.CheckpointManager._commit = patched
+from tune.recipes.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["manifest", "rename"])
+def test_kill_inside_a_save_resumes_from_the_previous_step(
+    point: str, tiny_assets: TinyAssets, reference: dict[int, float], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    command = _command(tiny_assets, out)
+    cli_args = command[command.index("run") :]
+    killed = subprocess.run(
+        [command[0], "-c", _KILL_IN_SAVE, point, "4", *cli_args],
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert killed.returncode == -signal.SIGKILL
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "step_2" in steps
+    assert "step_4" not in steps  # only the scratch directory of the interrupted save
+    run_to_end(command, TIMEOUT)  # resumes from step 2, cleans the scratch directory
+    assert read_metrics(out / "metrics.jsonl") == reference
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")) == []

@@ -50,6 +50,10 @@ def _errors(path: Path, overrides: list[str], world_size: int = 1) -> list[str]:
             "data.validation_fraction: set either data.validation_split or",
         ),
         (
+            ["data.validation_split=test", "data.validation_fraction=0", "eval.every_n_steps=null"],
+            "data.validation_split: ",  # a local jsonl has no named splits
+        ),
+        (
             ["data.validation_fraction=0"],
             "eval.every_n_steps: needs validation data",
         ),

@@ -63,6 +63,11 @@ def split_source(
     source: str, split: str, validation_split: str | None, validation_fraction: float, seed: int
 ) -> tuple[Any, Any | None]:
     """(train, validation) datasets; the validation part is None when there is none."""
+    if validation_split is not None and Path(source).exists():
+        raise ValueError(
+            f"data.validation_split={validation_split!r}: a local file ({source}) has no named "
+            "splits; use data.validation_fraction to hold out part of it"
+        )
     train, skipped = load_source(source, split=split)
     if skipped:
         logger.warning("%s: skipped %d malformed rows", source, skipped)

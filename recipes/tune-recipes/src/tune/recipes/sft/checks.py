@@ -59,6 +59,11 @@ def _check_data(cfg: SFTConfig, c: Checks) -> None:
             "data.validation_fraction",
             "set either data.validation_split or data.validation_fraction, not both",
         )
+    if d.validation_split is not None and has_source and Path(d.source).exists():
+        c.error(
+            "data.validation_split",
+            f"{d.source} is a local file without named splits; use data.validation_fraction",
+        )
 
 
 def _check_training(cfg: SFTConfig, c: Checks) -> None:
@@ -144,10 +149,8 @@ def _check_parallel(cfg: SFTConfig, c: Checks) -> None:
         c.error("distributed.cpu_offload", "needs distributed.fsdp=true")
     if cfg.training.activation_offloading and cfg.device == "cpu":
         c.warn("training.activation_offloading", "has no effect on the CPU")
-    q = cfg.qat
-    if q.scheme is not None:
-        if cfg.training.method == "qlora":
-            c.error("qat.scheme", "QAT and QLoRA (an NF4 base) cannot be combined")
+    if cfg.qat.scheme is not None and cfg.training.method == "qlora":
+        c.error("qat.scheme", "QAT and QLoRA (an NF4 base) cannot be combined")
 
 
 def check_sft_config(cfg: SFTConfig, context: ValidationContext) -> list[Issue]:

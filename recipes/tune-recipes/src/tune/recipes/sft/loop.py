@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager, NoCheckpointFoundError
 from tune.dist import (
@@ -82,6 +83,12 @@ def run(config: SFTConfig) -> dict[str, Any]:
 
 
 def _train(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
+    # Log records go through tqdm.write, so INFO lines never break the progress bar.
+    with logging_redirect_tqdm():
+        return _train_logged(cfg, rt)
+
+
+def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
     train_cfg, data_cfg = cfg.training, cfg.data
     out_dir = Path(cfg.checkpointing.output_dir)
     resolved = to_container(cfg)

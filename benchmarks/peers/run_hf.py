@@ -1,0 +1,140 @@
+"""transformers + peft side of the peer benchmark: ``Trainer`` on the fixture's saved batches.
+
+Each dataset item is one whole saved batch (``per_device_train_batch_size=1``, a collator that
+unwraps it, sequential sampling), so the Trainer trains on the saved batches in their order.
+Labels go in as ``shift_labels`` (the saved labels are already aligned with the tokens). Packed
+batches pass ``position_ids`` that restart per document, which transformers turns into a
+block-causal mask (its padding-free path). A step is timed from ``on_step_begin`` to
+``on_step_end`` (forward, backward, clipping, optimizer and scheduler step).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from runner_support import (
+    BETAS,
+    EPS,
+    LORA_ALPHA,
+    LORA_R,
+    LORA_TARGETS_HF,
+    LR,
+    MAX_GRAD_NORM,
+    WEIGHT_DECAY,
+    batch_digest,
+    load_batches,
+    runner_args,
+    single_thread,
+    write_result,
+)
+
+
+def to_hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved batch as LlamaForCausalLM keyword arguments."""
+    inputs = {
+        "input_ids": batch["tokens"],
+        "labels": batch["labels"],
+        "shift_labels": batch["labels"],
+        "position_ids": batch["positions"],
+    }
+    if "attention_mask" in batch:
+        inputs["attention_mask"] = batch["attention_mask"]
+    return inputs
+
+
+def main() -> None:
+    args = runner_args(__doc__.splitlines()[0])
+    single_thread()
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    saved = load_batches(args.fixture, args.packed, args.steps)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.fixture / "model", dtype=torch.float32, attn_implementation="sdpa"
+    )
+    if args.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS_HF,
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
+        model = get_peft_model(model, config)
+
+    items = [to_hf_inputs(b) for b in saved["batches"]]
+    digests: list[str] = []
+
+    def collate(features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        (inputs,) = features  # one saved batch per dataset item
+        digests.append(
+            batch_digest({"tokens": inputs["input_ids"], "labels": inputs["shift_labels"]})
+        )
+        return inputs
+
+    losses: list[float] = []
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            times.append(time.perf_counter() - self.start)
+
+    class RecordingTrainer(Trainer):
+        def training_step(self, *a: Any, **kw: Any) -> torch.Tensor:
+            loss = super().training_step(*a, **kw)
+            losses.append(float(loss))
+            return loss
+
+    training_args = TrainingArguments(
+        output_dir=str(args.work_dir / "trainer"),
+        per_device_train_batch_size=1,
+        max_steps=args.steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        adam_epsilon=EPS,
+        weight_decay=WEIGHT_DECAY,
+        max_grad_norm=MAX_GRAD_NORM,
+        train_sampling_strategy="sequential",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = RecordingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=items,
+        data_collator=collate,
+        callbacks=[StepTimer()],
+    )
+    trainer.train()
+    if len(losses) != args.steps:
+        raise RuntimeError(f"Trainer ran {len(losses)} steps, expected {args.steps}")
+    versions = f"transformers {version('transformers')}"
+    if args.method == "lora":
+        versions += f", peft {version('peft')}"
+    write_result(
+        args.work_dir,
+        library="transformers+peft",
+        version=versions,
+        losses=losses,
+        step_times=times,
+        digests=digests,
+        notes="Trainer, sdpa, adamw_torch",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -156,7 +156,8 @@ def integration(session: nox.Session) -> None:
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(
         session,
-        *[f"{w}[test]" for n, w in wheels.items() if n != "all"],
+        *[f"{w}[test]" for n, w in wheels.items() if n not in ("all", "recipes")],
+        f"{wheels['recipes']}[test,eval]",  # eval: the lm-evaluation-harness adapter
         wheels["all"],
         "matplotlib>=3.8",  # the demo's loss curve
     )
@@ -173,8 +174,9 @@ def docs(session: nox.Session) -> None:
         "mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26", env=SESSION_ENV
     )
     session.run(
-        "mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site")
-    )
+        "mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"),
+        env={"NO_MKDOCS_2_WARNING": "1"},  # Material's banner about MkDocs 2, not a build warning
+    )  # fmt: skip
 
 
 @nox.session

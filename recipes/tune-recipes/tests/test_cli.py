@@ -77,8 +77,10 @@ def test_cat_prints_the_config_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cat_bare_name_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cat", "tiny_cpu_full"]) == 0
-    assert "method: full" in capsys.readouterr().out
+    assert main(["cat", "tiny_cpu_qlora"]) == 0  # a bare name that only one recipe bundles
+    assert "method: qlora" in capsys.readouterr().out
+    assert main(["cat", "tiny_cpu_full"]) == 1  # bundled by sft and distill
+    assert "ambiguous: distill/tiny_cpu_full, sft/tiny_cpu_full" in capsys.readouterr().err
     assert main(["cat", "tiny_cpu_lorra"]) == 1
     err = capsys.readouterr().err
     assert "no config file or bundled config named 'tiny_cpu_lorra'" in err

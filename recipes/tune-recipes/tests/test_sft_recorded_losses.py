@@ -1,4 +1,4 @@
-"""The sft recipe through the real config path: per-step losses equal recorded values.
+"""`tune run sft` (the CLI entry point, in-process): per-step losses equal recorded values.
 
 The values were recorded with this repository's first working loop (float32, tiny Llama from
 ``make_tiny_assets``); a change that moves them is a change of numerics and must be explained.
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.sft_testing import TinyAssets, read_metrics, run_sft_in_process, sft_overrides
+from tune.recipes.cli import main
+from tune.recipes.sft_testing import TinyAssets, read_metrics, sft_overrides
 
 STEPS = 6
 RECORDED: dict[str, list[float]] = {
@@ -24,12 +25,12 @@ RECORDED: dict[str, list[float]] = {
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora"])
 def test_losses_match_recorded(method: str, tiny_assets: TinyAssets, tmp_path: Path) -> None:
     out = tmp_path / method
-    summary = run_sft_in_process(
-        f"sft/tiny_cpu_{method}",
-        sft_overrides(tiny_assets, out, f"training.max_steps={STEPS}", "eval.every_n_steps=3",
-                      "checkpointing.save_every_n_steps=null", "checkpointing.save_merged=false"),
+    overrides = sft_overrides(
+        tiny_assets, out, f"training.max_steps={STEPS}", "eval.every_n_steps=3",
+        "checkpointing.save_every_n_steps=null", "checkpointing.save_merged=false",
     )  # fmt: skip
+    assert main(["run", "sft", "--config", f"sft/tiny_cpu_{method}", *overrides]) == 0
     losses = read_metrics(out / "metrics.jsonl")
+    assert sorted(losses) == list(range(1, STEPS + 1))
     got = [losses[s] for s in range(1, STEPS + 1)]
-    assert summary["step"] == STEPS
     assert got == pytest.approx(RECORDED[method], rel=1e-4)

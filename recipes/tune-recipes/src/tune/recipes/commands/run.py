@@ -6,7 +6,7 @@ import argparse
 import logging
 import subprocess
 
-from tune.recipes.config import load_config
+from tune.recipes.config import REDACTED, is_secret_key, load_config
 from tune.recipes.discovery import find_config, load_recipe
 from tune.recipes.launch import (
     add_torchrun_arguments,
@@ -48,10 +48,21 @@ def main(args: argparse.Namespace) -> int:
         argv = build_torchrun_argv(
             flags, args.recipe, str(path.resolve()), args.overrides, args.allow_import
         )
-        logger.info("launching: %s", " ".join(argv))
+        logger.info("launching: %s", " ".join(_redacted(argv)))
         return subprocess.call(argv)
     config = load_config(path, recipe.config_class, args.overrides, **common)
     run_recipe = recipe.load_run()
     args.recipe_started = True
     run_recipe(config)
     return 0
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """``argv`` with the values of secret-named ``key=value`` overrides replaced."""
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if sep and not key.startswith("-") and is_secret_key(key.rpartition(".")[2]):
+            arg = f"{key}={REDACTED}"
+        out.append(arg)
+    return out

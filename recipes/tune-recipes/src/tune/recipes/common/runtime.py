@@ -57,9 +57,17 @@ def start_runtime(device: str, dtype: str, backend: str = "auto") -> Runtime:
     return Runtime(dist=info, device=dev, dtype=DTYPES[dtype])
 
 
-def stop_runtime() -> None:
-    """Tear the process group down (no-op for a single process)."""
-    destroy_distributed()
+def stop_runtime(wait_for_ranks: bool = True) -> None:
+    """Tear the process group down (no-op for a single process).
+
+    Args:
+        wait_for_ranks: barrier first (a clean end); False when unwinding from an error, where
+            the other ranks may be blocked in a collective this rank will never enter.
+    """
+    if wait_for_ranks:
+        destroy_distributed()
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:

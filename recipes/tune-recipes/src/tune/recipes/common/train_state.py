@@ -74,7 +74,9 @@ def check_resume_compatible(
 
 
 def _options(trainable_only: bool) -> StateDictOptions:
-    return StateDictOptions(ignore_frozen_params=trainable_only)
+    # Adapter runs save only trainable tensors; loading them must not report the frozen base
+    # weights (already loaded from the base checkpoint) as missing.
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
 def save_training_state(

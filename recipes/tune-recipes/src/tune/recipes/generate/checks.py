@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tune.recipes.common.quantize_loading import QUANTIZATION_MANIFEST
 from tune.recipes.config.errors import Issue
 from tune.recipes.config.validation import Checks, ValidationContext
 from tune.recipes.generate.prompts import PROMPT_FILE_SUFFIXES, PromptInputError, parse_prompt
@@ -24,11 +25,17 @@ def _check_model(cfg: GenerateConfig, c: Checks) -> None:
             "model.checkpoint_dir",
             f"{ckpt} has no config.json (expected an HF checkpoint directory)",
         )
+        quantized = (root / QUANTIZATION_MANIFEST).is_file()  # written by `tune run quantize`
         c.require(
-            any(root.glob("*.safetensors")),
+            quantized or any(root.glob("*.safetensors")),
             "model.checkpoint_dir",
             f"{ckpt} has no *.safetensors weights",
         )
+        if quantized and (cfg.model.adapter_dir is not None or cfg.model.quantize is not None):
+            c.error(
+                "model.checkpoint_dir",
+                f"{ckpt} is already quantized: set model.adapter_dir and model.quantize to null",
+            )
         if (root / "adapter_config.json").is_file() and not any(root.glob("model*.safetensors")):
             c.error(
                 "model.checkpoint_dir",

@@ -16,6 +16,10 @@ from tune.models import CheckpointModel
 from tune.peft import load_peft_adapter, merge_and_unload
 from tune.quant import quantize_model
 from tune.recipes.common.model_loading import load_pretrained
+from tune.recipes.common.quantize_loading import (
+    is_quantized_checkpoint_dir,
+    load_quantized_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +134,8 @@ def load_generation_model(
     """The checkpoint's model in eval mode, with a PEFT adapter and quantization applied.
 
     Args:
-        checkpoint_dir: an HF directory (a base or a merged fine-tune).
+        checkpoint_dir: an HF directory (a base or a merged fine-tune), or a directory written
+            by the ``quantize`` recipe (then no adapter and no ``quantize``).
         dtype: parameter dtype.
         device: where the weights go.
         adapter_dir: a PEFT adapter directory for ``checkpoint_dir`` (None: none).
@@ -139,7 +144,15 @@ def load_generation_model(
 
     Raises:
         AdapterMismatchError: the adapter was made for a base of other names or shapes.
+        QuantizedCheckpointError: a quantized directory for another device type or dtype.
     """
+    if is_quantized_checkpoint_dir(checkpoint_dir):
+        if adapter_dir is not None or quantize is not None:
+            raise ValueError(
+                f"{checkpoint_dir} is already quantized: it takes no adapter and no quantize"
+            )
+        ckpt, manifest = load_quantized_checkpoint(checkpoint_dir, dtype=dtype, device=device)
+        return LoadedModel(ckpt, quantized_modules=list(manifest.quantized_modules))
     ckpt = load_pretrained(checkpoint_dir, dtype=dtype, device=device)
     model = ckpt.model
     loaded = LoadedModel(ckpt)

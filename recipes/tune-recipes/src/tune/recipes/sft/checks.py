@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 _LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
     """Whether a data source names a local path rather than a Hub dataset (``owner/name``)."""
     return (
         source.startswith(("/", "./", "../", "~"))
@@ -23,7 +23,7 @@ def _looks_local(source: str) -> bool:
     )
 
 
-def _check_model(cfg: SFTConfig, c: Checks) -> None:
+def check_model_section(cfg: SFTConfig, c: Checks) -> None:
     ckpt = cfg.model.checkpoint_dir
     if not c.require(bool(ckpt), "model.checkpoint_dir", "must name a checkpoint directory"):
         return
@@ -45,12 +45,12 @@ def _check_model(cfg: SFTConfig, c: Checks) -> None:
         c.warn("model.dtype", "bfloat16 on a CPU without bf16 units is several times slower")
 
 
-def _check_data(cfg: SFTConfig, c: Checks) -> None:
+def check_data_section(cfg: SFTConfig, c: Checks) -> None:
     d = cfg.data
     has_source = c.require(
         bool(d.source) or d.builder is not None, "data.source", "must not be empty"
     )
-    if has_source and d.builder is None and _looks_local(d.source):
+    if has_source and d.builder is None and looks_local(d.source):
         c.path_exists("data.source", d.source, "any")
     c.positive("data.max_seq_len", d.max_seq_len)
     c.in_range("data.validation_fraction", d.validation_fraction, 0.0, 1.0)
@@ -66,7 +66,7 @@ def _check_data(cfg: SFTConfig, c: Checks) -> None:
         )
 
 
-def _check_training(cfg: SFTConfig, c: Checks) -> None:
+def check_training_section(cfg: SFTConfig, c: Checks) -> None:
     t = cfg.training
     if t.method != "full":
         lora = t.lora
@@ -113,7 +113,7 @@ def _check_training(cfg: SFTConfig, c: Checks) -> None:
         )
 
 
-def _check_outputs(cfg: SFTConfig, c: Checks) -> None:
+def check_outputs_section(cfg: SFTConfig, c: Checks) -> None:
     ck = cfg.checkpointing
     c.require(bool(ck.output_dir), "checkpointing.output_dir", "must not be empty")
     c.positive("checkpointing.save_every_n_steps", ck.save_every_n_steps)
@@ -137,7 +137,7 @@ def _check_outputs(cfg: SFTConfig, c: Checks) -> None:
         c.warn("logging.options", f"options for loggers not in logging.loggers: {unknown_options}")
 
 
-def _check_parallel(cfg: SFTConfig, c: Checks) -> None:
+def check_parallel_section(cfg: SFTConfig, c: Checks) -> None:
     dist = cfg.distributed
     if c.positive("distributed.tp_size", dist.tp_size):
         c.require(
@@ -151,11 +151,31 @@ def _check_parallel(cfg: SFTConfig, c: Checks) -> None:
         c.warn("training.activation_offloading", "has no effect on the CPU")
     if cfg.qat.scheme is not None and cfg.training.method == "qlora":
         c.error("qat.scheme", "QAT and QLoRA (an NF4 base) cannot be combined")
+    if (
+        cfg.qat.scheme is not None
+        and cfg.training.method in ("lora", "dora")
+        and cfg.checkpointing.save_merged
+    ):
+        c.error(
+            "checkpointing.save_merged",
+            "with qat.scheme the merged, quantized model is written to <output_dir>/quantized; "
+            "set save_merged=false",
+        )
 
 
 def check_sft_config(cfg: SFTConfig, context: ValidationContext) -> list[Issue]:
-    """Every issue of an SFT config (errors and warnings)."""
+    """Every issue of an SFT config (errors and warnings).
+
+    The per-section checks (`check_model_section`, ...) are public: recipes whose configs embed
+    the sft sections (distill, preference) reuse them.
+    """
     checks = Checks(context)
-    for step in (_check_model, _check_data, _check_training, _check_outputs, _check_parallel):
+    for step in (
+        check_model_section,
+        check_data_section,
+        check_training_section,
+        check_outputs_section,
+        check_parallel_section,
+    ):
         step(cfg, checks)
     return checks.issues

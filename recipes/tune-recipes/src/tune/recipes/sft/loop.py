@@ -46,6 +46,7 @@ from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
+from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
     check_resume_compatible,
@@ -55,6 +56,7 @@ from tune.recipes.common.train_state import (
 from tune.recipes.common.training_step import evaluate, micro_batch_loss
 from tune.recipes.config import (
     ValidationContext,
+    redact,
     save_resolved_config,
     to_container,
     validate_config,
@@ -77,9 +79,13 @@ def run(config: SFTConfig) -> dict[str, Any]:
     cfg = config
     rt = start_runtime(cfg.device, cfg.model.dtype, cfg.distributed.backend)
     try:
-        return _train(cfg, rt)
-    finally:
-        stop_runtime()
+        summary = _train(cfg, rt)
+    except BaseException:
+        # No barrier: the other ranks may be waiting inside a training collective.
+        stop_runtime(wait_for_ranks=False)
+        raise
+    stop_runtime()
+    return summary
 
 
 def _train(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
@@ -91,7 +97,7 @@ def _train(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
 def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
     train_cfg, data_cfg = cfg.training, cfg.data
     out_dir = Path(cfg.checkpointing.output_dir)
-    resolved = to_container(cfg)
+    resolved = redact(to_container(cfg))  # saved with every checkpoint: no secrets
     seed_everything(train_cfg.seed)
 
     # ---- model, adapters, quantization-aware training -----------------------------------
@@ -112,9 +118,9 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
             use_rslora=lc.use_rslora,
             init=lc.init,
         )
-    if cfg.qat.scheme is not None:
-        prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
     prepare_for_method(model, train_cfg.method, lora)
+    if cfg.qat.scheme is not None:  # after the adapters, which replace the linear layers
+        prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
 
     # ---- parallelism: TP, activation checkpointing, then FSDP (that order) --------------
     distributed = rt.dist.is_distributed
@@ -336,9 +342,10 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0:
             last_val = run_eval(step)
         every = cfg.checkpointing.save_every_n_steps
-        if (every and step % every == 0 and step < total_steps) or stopper.should_stop():
+        stop = stopper.should_stop()  # a collective: exactly once per step on every rank
+        if (every and step % every == 0 and step < total_steps) or stop:
             save_state(step)
-            if stopper.requested or stopper.should_stop():
+            if stop:
                 logger.warning("stop signal received: saved step %d, exiting", step)
                 bar.close()
                 stopper.uninstall()
@@ -366,6 +373,22 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
             distributed=distributed,
         )
     )
+    if cfg.qat.scheme is not None:  # last: converting replaces the float weights in place
+        summary.update(
+            write_quantized_output(
+                out_dir,
+                model,
+                ckpt,
+                base_dir,
+                scheme=cfg.qat.scheme,
+                exclude=cfg.qat.exclude,
+                method=train_cfg.method,
+                lora=lora,
+                dtype=rt.dtype,
+                is_main=rt.is_main,
+                distributed=distributed,
+            )
+        )
     if rt.is_main:
         metrics_log.close()
     return summary

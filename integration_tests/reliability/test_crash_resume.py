@@ -1,0 +1,158 @@
+"""kill -9 of one rank at a random step, kill inside a save, SIGTERM preemption: 2 gloo ranks.
+
+Every relaunch is the same command line (``checkpointing.resume=auto``), run from the test under
+a hard timeout; torchrun's own restarts are not used. Per-step losses and the final weights must
+equal those of an uninterrupted run bit for bit. The runs fine-tune fully (FSDP2-sharded weights
+and optimizer state in DCP); `test_lora_two_rank_run_resumes` covers an adapter run.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tune.recipes.sft_testing import read_metrics, run_and_signal_rank
+
+pytestmark = [pytest.mark.integration, pytest.mark.distributed]
+
+DEFAULT_TRIALS = 3  # a trial (killed launch + relaunch) takes ~45 s on 2 idle cores
+SOAK_TRIALS = 20
+
+
+def _max_abs_delta(losses: dict[int, float], expected: dict[int, float]) -> float:
+    return max(abs(losses[s] - expected[s]) for s in expected)
+
+
+def _assert_same_run(out: Path, reference: dict[str, Any]) -> float:
+    """Losses and final weights bit-identical to the reference; no scratch left. Returns max |Δ|."""
+    losses = read_metrics(out / "metrics.jsonl")  # a re-run step's later line wins
+    expected = reference["losses"]
+    assert sorted(losses) == sorted(expected)
+    delta = _max_abs_delta(losses, expected)
+    assert losses == expected, f"max |Δloss| = {delta}"
+    ours = load_file(out / "model" / "model.safetensors")
+    theirs = load_file(reference["out"] / "model" / "model.safetensors")
+    assert sorted(ours) == sorted(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == [], "an interrupted save left scratch directories behind"
+    return delta
+
+
+TRIALS = [pytest.param(i, id=f"trial{i}") for i in range(DEFAULT_TRIALS)] + [
+    pytest.param(i, id=f"trial{i}", marks=pytest.mark.slow)
+    for i in range(DEFAULT_TRIALS, SOAK_TRIALS)
+]
+
+
+@pytest.mark.parametrize("trial", TRIALS)
+def test_kill9_random_rank_at_random_step_resumes_bit_identically(
+    trial: int, runs: Any, reference: dict[str, Any], report: Any, tmp_path: Path
+) -> None:
+    rng = random.Random(1129 + trial)
+    kill_step, rank = rng.randint(1, runs.steps - 1), rng.randint(0, 1)
+    out = tmp_path / "run"
+    command = runs.multi_rank(out)
+    killed = run_and_signal_rank(
+        command, out / "metrics.jsonl", kill_step, ranks=[rank], sig=signal.SIGKILL,
+        timeout=runs.timeout, log=tmp_path / "killed.txt",
+    )  # fmt: skip
+    assert killed.returncode != 0, "the launch survived the death of a rank"
+    assert killed.signalled_at < runs.steps, "the run ended before the kill"
+    runs.launch_ok(command, tmp_path / "resumed.txt")
+    delta = _assert_same_run(out, reference)
+    report("kill -9 one rank at a random step, relaunch", trial=trial, kill_step=killed.signalled_at,
+           rank=rank, passed=True, max_abs_dloss=delta)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fault", "rank"),
+    [
+        pytest.param("kill_before_rename", 0, id="rank0-before-commit-rename"),
+        # ~45 s each: in the soak only
+        pytest.param("kill_in_dcp_write", 1, id="rank1-inside-DCP-write", marks=pytest.mark.slow),
+        pytest.param("kill_before_manifest", 0, id="rank0-before-manifest", marks=pytest.mark.slow),
+    ],
+)
+def test_kill_inside_a_save_falls_back_to_the_previous_step(
+    fault: str, rank: int, runs: Any, inject: Any, reference: dict[str, Any], report: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    command = runs.multi_rank(out)
+    save_step = 2 * runs.save_every  # the second save: one committed step exists before it
+    killed = runs.launch(command, tmp_path / "killed.txt", inject(f"{fault}:{save_step}:{rank}"))
+    assert killed.returncode != 0
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert f"step_{runs.save_every}" in names
+    assert f"step_{save_step}" not in names, names  # never committed
+    runs.launch_ok(command, tmp_path / "resumed.txt")  # no manual cleanup in between
+    assert "removing" in (tmp_path / "resumed.txt").read_text()  # the scratch dir was cleared
+    delta = _assert_same_run(out, reference)
+    report(f"kill inside a save ({fault})", trial=0, passed=True, max_abs_dloss=delta)
+
+
+def _preempt(runs: Any, out: Path, ranks: list[int], tmp_path: Path) -> Any:
+    """SIGTERM ``ranks`` once step 3 is logged; the run must end within 40 s of the signal."""
+    try:
+        return run_and_signal_rank(
+            runs.multi_rank(out), out / "metrics.jsonl", 3, ranks=ranks, sig=signal.SIGTERM,
+            timeout=runs.timeout, log=tmp_path / "stopped.txt", grace=40.0,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ranks still running 40 s after SIGTERM to ranks {ranks} (killed)")
+
+
+def _assert_preempted_then_resumed(
+    runs: Any, out: Path, stopped: Any, reference: dict[str, Any], tmp_path: Path
+) -> tuple[int, float]:
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    saved = max(s for s in read_metrics(out / "metrics.jsonl"))
+    assert stopped.signalled_at <= saved <= stopped.signalled_at + 1  # within one step
+    assert saved < runs.steps
+    step_dir = out / "checkpoints" / f"step_{saved}"
+    assert (step_dir / "manifest.json").is_file()
+    # every rank saved its part: its data position, RNG and DCP shard
+    assert {p.name for p in step_dir.glob("*_rank*.pt")} == {
+        "data_rank0.pt", "data_rank1.pt", "rng_rank0.pt", "rng_rank1.pt",
+    }  # fmt: skip
+    assert len(list((step_dir / "sharded").glob("*.distcp"))) == 2
+    runs.launch_ok(runs.multi_rank(out), tmp_path / "resumed.txt")
+    return saved, _assert_same_run(out, reference)
+
+
+def test_sigterm_to_every_rank_saves_exits_zero_and_resumes(
+    runs: Any, reference: dict[str, Any], report: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    stopped = _preempt(runs, out, [0, 1], tmp_path)
+    saved, delta = _assert_preempted_then_resumed(runs, out, stopped, reference, tmp_path)
+    report("SIGTERM to every rank: save, exit 0, relaunch", trial=0, stop_step=saved,
+           passed=True, max_abs_dloss=delta)  # fmt: skip
+
+
+@pytest.mark.parametrize("rank", [1])
+def test_sigterm_to_one_rank_saves_on_all_exits_zero_and_resumes(
+    rank: int, runs: Any, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    stopped = _preempt(runs, out, [rank], tmp_path)
+    _assert_preempted_then_resumed(runs, out, stopped, reference, tmp_path)
+
+
+def test_lora_two_rank_run_resumes(runs: Any, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    lora = ("training.method=lora", "training.max_steps=2", "checkpointing.save_every_n_steps=1")
+    runs.launch_ok(runs.multi_rank(out, *lora), tmp_path / "first.txt")
+    result = runs.launch(runs.multi_rank(out, *lora[:1], "training.max_steps=3"),
+                         tmp_path / "resumed.txt")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(read_metrics(out / "metrics.jsonl")) == [1, 2, 3]

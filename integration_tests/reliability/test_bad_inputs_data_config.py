@@ -63,11 +63,6 @@ def test_missing_column_names_the_column_and_the_available_ones(
     assert "available columns" in str(err), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a row lacking a column that other rows have is read as None (datasets fills it) and "
-    "trained as an empty answer; InstructionBuilder should raise naming the row and column",
-)
 def test_column_missing_in_one_row_names_the_row(in_process: Any, tmp_path: Path) -> None:
     rows = _rows(in_process.runs.assets)
     del rows[6]["output"]
@@ -86,11 +81,6 @@ def test_unknown_role_names_the_role_and_the_example(in_process: Any, tmp_path: 
     assert "example 3" in str(info.value), info.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rows are read lazily (streaming): a bad role in row 3 surfaces when that row is "
-    "reached, after step 0; ChatBuilder.validate(dataset) could check roles of every row first",
-)
 def test_unknown_role_fails_before_step_0(in_process: Any, tmp_path: Path) -> None:
     rows = _chat_rows()
     rows[3]["messages"][0]["role"] = "wizard"
@@ -98,11 +88,6 @@ def test_unknown_role_fails_before_step_0(in_process: Any, tmp_path: Path) -> No
     in_process.fails(f"data.source={data}", "data.format=chat")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an empty assistant turn is trained as a bare end-of-turn token, neither an error nor "
-    "a counted skip; ChatBuilder should raise (or drop and count) naming example and message",
-)
 def test_empty_assistant_turn_is_named(in_process: Any, tmp_path: Path) -> None:
     rows = _chat_rows()
     rows[5]["messages"][1]["content"] = ""
@@ -112,11 +97,6 @@ def test_empty_assistant_turn_is_named(in_process: Any, tmp_path: Path) -> None:
     assert "assistant" in str(err), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 0-rows error prints the Dataset repr, not the file: split_source (recipes "
-    "common/data_loading.py) should raise naming data.source when the split is empty",
-)
 def test_empty_dataset_names_the_source(in_process: Any, tmp_path: Path) -> None:
     data = tmp_path / "empty.jsonl"
     data.write_text("")
@@ -193,11 +173,6 @@ def test_pad_equal_to_eos_still_trains_on_eos(runs: Any, tmp_path: Path) -> None
     assert (batch["attention_mask"][0, n:] == 0).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tokenizer with more ids than the embedding has rows is accepted; ids >= vocab_size "
-    "would fail inside the embedding later. The sft loop should compare them after loading",
-)
 def test_tokenizer_larger_than_the_embedding_names_both_sizes(
     in_process: Any, tmp_path: Path
 ) -> None:

@@ -78,11 +78,6 @@ def test_malicious_pickle_in_a_resumed_step_runs_no_code(
     assert not sentinel.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.load's UnpicklingError does not say which file it was reading; "
-    "CheckpointManager.load should re-raise naming the file (e.g. .../step_2/optimizer.pt)",
-)
 def test_refused_pickle_error_names_the_file(
     committed: Path, in_process: Any, tmp_path: Path
 ) -> None:
@@ -94,13 +89,6 @@ def test_refused_pickle_error_names_the_file(
     assert str(target) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DCP reads sharded/.metadata with plain pickle.load (torch FileSystemReader), so a "
-    "planted .metadata runs code on a multi-rank resume; tune.checkpoint.dcp should read it "
-    "with a restricted Unpickler (allow-list of torch.distributed.checkpoint.metadata classes, "
-    "torch.Size, dtypes) before calling dcp.load",
-)
 def test_malicious_dcp_metadata_runs_no_code(tmp_path: Path) -> None:
     model = torch.nn.Linear(4, 4)
     manager = CheckpointManager(tmp_path / "checkpoints", fsync=False)

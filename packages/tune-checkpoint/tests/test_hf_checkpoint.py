@@ -186,3 +186,32 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"x": _Evil()}))
     with pytest.raises(pickle.UnpicklingError):
         load_hf_checkpoint(_Native(), tmp_path, key_map=_from_hf)
+
+
+def test_integer_tensor_for_a_float_parameter_is_refused_before_reading(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = _Native()
+    hf = {_to_hf(k): v for k, v in source.state_dict().items() if _to_hf(k)}
+    bad = {**hf, "model.layers.0.linear.weight": torch.ones(8, 8, dtype=torch.int32)}
+    save_hf_checkpoint(tmp_path / "int", bad)
+    with torch.device("meta"):
+        target = _Native()
+    with pytest.raises(StateDictMismatchError) as err:
+        load_hf_checkpoint(target, tmp_path / "int", key_map=_from_hf)
+    assert (
+        "model.safetensors: 'model.layers.0.linear.weight' has int32, model expects a floating "
+        "dtype (float32) (model 'layers.0.proj.weight')"
+    ) in str(err.value)
+    assert target.layers["0"]["proj"].weight.is_meta  # nothing was read
+
+    save_hf_checkpoint(tmp_path / "bool", {**hf, "model.layers.0.linear.bias": torch.ones(8) > 0})
+    with pytest.raises(StateDictMismatchError, match=r"linear\.bias' has bool"):
+        load_hf_checkpoint(_Native(), tmp_path / "bool", key_map=_from_hf)
+
+    # Floating -> floating casts stay allowed: a bf16 file loads into a float32 model.
+    save_hf_checkpoint(tmp_path / "bf16", hf, dtype=torch.bfloat16)
+    target = _Native()
+    load_hf_checkpoint(target, tmp_path / "bf16", key_map=_from_hf)
+    weight = target.layers["0"]["proj"].weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, source.layers["0"]["proj"].weight.bfloat16().float())

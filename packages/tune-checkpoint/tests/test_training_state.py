@@ -140,3 +140,36 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "half" / "step_7").mkdir(parents=True)
     with pytest.raises(NoCheckpointFoundError):
         CheckpointManager(tmp_path / "half").load()
+
+
+def test_disk_full_during_a_save_names_the_step_and_keeps_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    import tune.checkpoint.training_state as training_state
+
+    manager = CheckpointManager(tmp_path, fsync=False)
+    manager.save(1, model_state={"w": torch.ones(3)}, optimizer_state={"s": 1})
+    original = training_state.torch_save_durable
+
+    def full_disk(path: Path, obj, fsync: bool) -> None:
+        if path.name == "optimizer.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() reports it
+        original(path, obj, fsync)
+
+    monkeypatch.setattr(training_state, "torch_save_durable", full_disk)
+    with pytest.raises(OSError) as err:
+        manager.save(2, model_state={"w": torch.zeros(3)}, optimizer_state={"s": 2})
+    assert err.value.errno == errno.ENOSPC
+    assert f"writing checkpoint step_2 into {tmp_path / '.step_2.tmp'}" in str(err.value)
+    assert "No space left on device" in str(err.value)
+    assert isinstance(err.value.__cause__, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step_2.tmp", "step_1"]
+    assert manager.latest(checksums=True) == tmp_path / "step_1"
+    assert torch.equal(manager.load().model_state["w"], torch.ones(3))
+
+    monkeypatch.setattr(training_state, "torch_save_durable", original)
+    manager.save(2, model_state={"w": torch.zeros(3)}, optimizer_state={"s": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1", "step_2"]  # scratch removed

@@ -154,9 +154,14 @@ def scenario_fsdp_lora(info: td.DistributedInfo) -> dict[str, Any]:
     model = build_model(lora=True)
     from dist_tiny_transformer import Block
 
-    td.apply_fsdp(model, block_match=Block)
+    # One frozen base weight stays whole on every rank (as an NF4 weight too small to split).
+    kept = model.get_parameter("layers.0.attn.q_proj.weight")
+    td.apply_fsdp(model, block_match=Block, ignored_params=[kept])
+    kept_after = model.get_parameter("layers.0.attn.q_proj.weight")
     losses = train_distributed(model, info.rank, info.world_size, None)
     out = compare(model, losses, ref)
+    out["kept_whole"] = kept_after is kept and type(kept_after.data) is torch.Tensor
+    out["kept_shape"] = list(kept_after.shape)
     adapters = td.gather_full_state_dict(model, trainable_only=True)
     if info.rank == 0:
         out["adapter_keys"] = sorted(adapters)

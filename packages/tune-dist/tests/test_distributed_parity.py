@@ -78,6 +78,9 @@ def test_fsdp_frozen_base_with_lora_params(two_rank: dict[str, Any]) -> None:
         f"layers.{i}.attn.{p}_proj.lora_{ab}.weight" for i in (0, 1) for p in "qv" for ab in "AB"
     )
     assert "layers.0.attn.q_proj.weight" in r0["keys"]  # base FQN unchanged by the adapter
+    # the ignored frozen weight is a plain full tensor on every rank, and parity still holds
+    assert [r["kept_whole"] for r in two_rank["fsdp_lora"]["ranks"]] == [True, True]
+    assert two_rank["fsdp_lora"]["ranks"][1]["kept_shape"] == [64, 64]
 
 
 def test_fsdp_with_checkpointing_and_offloading(two_rank: dict[str, Any]) -> None:

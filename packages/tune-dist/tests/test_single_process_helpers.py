@@ -111,3 +111,10 @@ def test_fsdp_refuses_bad_block_selection_before_sharding() -> None:
     with pytest.raises(ValueError, match="tied parameters"):
         td.apply_fsdp(tied, block_match=("output"))
     assert not hasattr(tied.output, "reshard")  # nothing was sharded
+    model = build_model()
+    with pytest.raises(ValueError, match=r"must be frozen.*'layers\.1\.attn\.q_proj\.weight'"):
+        td.apply_fsdp(
+            model,
+            block_match=Block,
+            ignored_params=[model.get_parameter("layers.1.attn.q_proj.weight")],
+        )

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchao.quantization import NF4Tensor
 
-from tune.quant import nf4_storage_bytes, to_nf4_linear_weights
+from tune.quant import nf4_shardable, nf4_storage_bytes, to_nf4_linear_weights
 
 # NF4 needs element counts that are multiples of 64 * 256 = 16384: widths 128 / 256 here.
 IN, OUT = 256, 128
@@ -98,3 +98,26 @@ def test_errors_name_the_module() -> None:
     to_nf4_linear_weights(model, include=["0"])
     with pytest.raises(ValueError, match="module '0' already holds an NF4 weight"):
         to_nf4_linear_weights(model, include=["0"])
+
+
+@pytest.mark.parametrize(
+    ("rows", "shards", "expected"),
+    [(128, 1, True), (128, 2, False), (256, 2, True), (256, 4, False), (1024, 8, True)],
+)
+def test_nf4_shardable_follows_the_second_level_scale_count(
+    rows: int, shards: int, expected: bool
+) -> None:
+    # [rows, 128] holds rows * 128 / 16384 second-level scales: FSDP2 splits each inner tensor
+    weight = to_nf4_weight(torch.randn(rows, 128))
+    assert weight.quantization_factor.numel() == rows * 128 // (64 * 256)
+    assert nf4_shardable(weight, shards) is expected
+    if expected:  # what FSDP2 does with a shardable one: equal chunks along dim 0
+        chunks = torch.chunk(weight, shards) if shards > 1 else [weight]
+        assert [tuple(c.shape) for c in chunks] == [(rows // shards, 128)] * shards
+    assert nf4_shardable(torch.randn(3, 5), 2)  # a plain tensor: FSDP2 pads it itself
+
+
+def to_nf4_weight(weight: torch.Tensor) -> NF4Tensor:
+    from torchao.quantization import to_nf4
+
+    return to_nf4(weight, 64, 256)

@@ -106,6 +106,17 @@ def test_fused_linear_ce_with_tied_embedding_weight_accumulates_both_grads() -> 
     assert _rel(fused_grad, emb.weight.grad) < 1e-5
 
 
+def test_fused_linear_ce_with_every_label_ignored_is_zero_with_zero_grads() -> None:
+    hidden, weight, _ = _case(n=12)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = fused_linear_cross_entropy(h, w, torch.full((12,), -100), chunk_size=5)
+    out.loss_sum.backward()
+    assert out.loss_sum.item() == 0.0
+    assert int(out.num_tokens) == 0
+    assert torch.count_nonzero(h.grad) == 0
+    assert torch.count_nonzero(w.grad) == 0
+
+
 def test_fused_linear_ce_rejects_mismatched_shapes_and_dtypes() -> None:
     hidden, weight, labels = _case()
     with pytest.raises(ValueError, match=r"weight \(96, 23\)"):

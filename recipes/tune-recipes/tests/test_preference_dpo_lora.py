@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+import tune.recipes.common.finetune_method as finetune_method
 import tune.recipes.preference.loop as loop
 from tune.recipes.preference.testing import (
     preference_overrides,
@@ -62,6 +63,7 @@ def test_dpo_lora_raises_heldout_accuracy_with_adapters_disabled_reference(
     model_class = type(model_from_checkpoint_dir(tiny_assets.checkpoint_dir, device="meta").model)
     seen_before = [_count_alive(model_class)]
     monkeypatch.setattr(loop, "load_pretrained", counting_load)
+    monkeypatch.setattr(finetune_method, "load_pretrained", counting_load)  # the policy
     monkeypatch.setattr(loop, "micro_batch_preference", spying_step)
 
     out = tmp_path / "dpo"

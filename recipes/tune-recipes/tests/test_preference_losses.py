@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import tune.recipes.common.finetune_method as finetune_method
 import tune.recipes.preference.loop as loop
 from tune.recipes.preference.testing import (
     preference_overrides,
@@ -151,6 +152,7 @@ def test_full_dpo_reference_is_a_frozen_copy(
         return ckpt
 
     monkeypatch.setattr(loop, "load_pretrained", recording_load)
+    monkeypatch.setattr(finetune_method, "load_pretrained", recording_load)  # the policy
     out = tmp_path / "full"
     run_preference_in_process(
         "preference/tiny_cpu_dpo_lora",

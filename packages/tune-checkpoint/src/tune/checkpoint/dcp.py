@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
+from tune.checkpoint.dcp_safe_read import (
+    VerifiedMetadataReader,
+    WeightsOnlyLoadPlanner,
+    read_dcp_metadata,
+)
 from tune.checkpoint.errors import StateDictMismatchError, first_keys
 from tune.checkpoint.hf_checkpoint import HF_SIDE_FILES, write_hf_metadata
 from tune.checkpoint.key_map import KeyMap
@@ -43,8 +49,14 @@ def save_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) 
 def read_sharded_metadata(
     directory: str | os.PathLike[str],
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Global shape and dtype of every tensor in a DCP directory (flattened `a.b.c` names)."""
-    metadata = FileSystemReader(str(directory)).read_metadata()
+    """Global shape and dtype of every tensor in a DCP directory (flattened `a.b.c` names).
+
+    `.metadata` is unpickled with an allow-list of DCP metadata classes (see `read_dcp_metadata`).
+    """
+    return _tensor_shapes(read_dcp_metadata(str(directory)))
+
+
+def _tensor_shapes(metadata: Metadata) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     return {
         key: (tuple(item.size), item.properties.dtype)
         for key, item in metadata.state_dict_metadata.items()
@@ -56,13 +68,17 @@ def load_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) 
     """Load a DCP directory in place into `state_dict`, resharding to this run's layout.
 
     The world size may differ from the one that saved. Every rank calls this with its own
-    (sharded) template state dict.
+    (sharded) template state dict. Nothing in the directory runs code: `.metadata` is unpickled
+    once, with an allow-list, and non-tensor values with `torch.load(weights_only=True)`.
 
     Raises:
+        pickle.UnpicklingError: `.metadata` or a saved value refers to a global that is not
+            allowed (names the file or key, and the global).
         StateDictMismatchError: a key of the template is not in the checkpoint, or its global shape
             differs (names the directory and the first keys).
     """
-    saved = read_sharded_metadata(directory)
+    metadata = read_dcp_metadata(str(directory))
+    saved = _tensor_shapes(metadata)
     flat = _flatten(state_dict)
     missing = [k for k, v in flat.items() if isinstance(v, torch.Tensor) and k not in saved]
     wrong = [
@@ -77,7 +93,29 @@ def load_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) 
         if wrong:
             msg += "\n  shape mismatches: " + "; ".join(wrong[:5])
         raise StateDictMismatchError(msg)
-    dcp.load(state_dict, checkpoint_id=str(directory))
+    _safe_dcp_load(state_dict, directory, metadata, WeightsOnlyLoadPlanner(directory))
+
+
+def _safe_dcp_load(
+    state_dict: dict[str, Any],
+    directory: str | os.PathLike[str],
+    metadata: Metadata,
+    planner: WeightsOnlyLoadPlanner,
+    no_dist: bool = False,
+) -> None:
+    """`dcp.load` through the verified metadata; a refused pickle is raised as itself."""
+    try:
+        dcp.load(
+            state_dict,
+            storage_reader=VerifiedMetadataReader(directory, metadata),
+            planner=planner,
+            no_dist=no_dist,
+        )
+    except CheckpointException as err:  # DCP wraps every rank's error in a BaseException
+        refused = [e for e, _ in err.failures.values() if isinstance(e, pickle.UnpicklingError)]
+        if refused:
+            raise refused[0] from err
+        raise
 
 
 def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -125,7 +163,8 @@ def export_dcp_to_hf(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     selected: dict[str, tuple[str, tuple[int, ...], torch.dtype]] = {}  # hf -> (dcp, shape, dtype)
-    for key, (shape, saved_dtype) in read_sharded_metadata(dcp_dir).items():
+    metadata = read_dcp_metadata(str(dcp_dir))
+    for key, (shape, saved_dtype) in _tensor_shapes(metadata).items():
         if not key.startswith(state_prefix):
             continue
         name = key.removeprefix(state_prefix)
@@ -152,12 +191,8 @@ def export_dcp_to_hf(
         chunk = {
             selected[hf][0]: torch.empty(selected[hf][1], dtype=selected[hf][2]) for hf in keys
         }
-        dcp.load(
-            chunk,
-            checkpoint_id=str(dcp_dir),
-            planner=DefaultLoadPlanner(allow_partial_load=True),
-            no_dist=True,
-        )
+        planner = WeightsOnlyLoadPlanner(dcp_dir, allow_partial_load=True)
+        _safe_dcp_load(chunk, dcp_dir, metadata, planner, no_dist=True)
         tensors = {hf: chunk[selected[hf][0]].to(out_dtype(selected[hf][2])) for hf in keys}
         write_safetensors_file(out / file_name, tensors)
         weight_map.update(dict.fromkeys(keys, file_name))

@@ -15,6 +15,7 @@ from torch import nn
 
 from tune.checkpoint.errors import StateDictMismatchError, first_keys
 from tune.checkpoint.key_map import KeyMap, rename_keys
+from tune.checkpoint.safe_torch_load import torch_load_weights_only
 from tune.checkpoint.safetensors_dir import (
     DEFAULT_MAX_SHARD_BYTES,
     read_headers,
@@ -43,10 +44,11 @@ _TORCH_BIN = "pytorch_model.bin"
 
 @dataclass
 class _Shard:
-    """One weight file: its tensors' shapes and a reader for a subset with per-key dtypes."""
+    """One weight file: its tensors' shapes and stored dtypes, and a reader for a subset."""
 
     path: Path
     shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
     read: Callable[[list[str], dict[str, torch.dtype]], dict[str, torch.Tensor]]
 
 
@@ -59,7 +61,8 @@ def _safetensors_shards(directory: Path, prefix: str) -> list[_Shard]:
         def read(names: list[str], dtypes: dict[str, torch.dtype], h=header) -> dict:
             return read_safetensors_file(h.path, names, dtype=dtypes, header=h)
 
-        shards.append(_Shard(path, {k: header.tensors[k].shape for k in keys}, read))
+        shapes = {k: header.tensors[k].shape for k in keys}
+        shards.append(_Shard(path, shapes, {k: header.tensors[k].dtype for k in keys}, read))
     return shards
 
 
@@ -75,21 +78,14 @@ def _torch_bin_shards(directory: Path) -> list[_Shard]:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"{directory}: weight file {path.name!r} is missing")
-        state = _torch_load_weights(path)
+        state = torch_load_weights_only(path, mmap=True)
 
         def read(names: list[str], dtypes: dict[str, torch.dtype], s=state) -> dict:
             return {n: s[n].to(dtypes[n], copy=True) for n in names}
 
-        shards.append(_Shard(path, {k: tuple(v.shape) for k, v in state.items()}, read))
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        shards.append(_Shard(path, shapes, {k: v.dtype for k, v in state.items()}, read))
     return shards
-
-
-def _torch_load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """`torch.load(weights_only=True)`, memory-mapped unless the file predates the zip format."""
-    import zipfile
-
-    mmap = zipfile.is_zipfile(path)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _open_shards(directory: Path, prefix: str) -> list[_Shard]:
@@ -102,6 +98,15 @@ def _open_shards(directory: Path, prefix: str) -> list[_Shard]:
     if has_bin and not has_st:
         return _torch_bin_shards(directory)
     return _safetensors_shards(directory, prefix)
+
+
+def _dtype_problem(stored: torch.dtype, wanted: torch.dtype) -> str | None:
+    """Why a stored tensor cannot fill a model tensor, or None (float -> float casts are fine)."""
+    if wanted.is_floating_point and not stored.is_floating_point:
+        return (
+            f"has {hf_dtype_name(stored)}, model expects a floating dtype ({hf_dtype_name(wanted)})"
+        )
+    return None
 
 
 def _alias_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
@@ -133,7 +138,9 @@ def load_hf_checkpoint(
     """Load a Hugging Face weight directory into `model`, one shard at a time, with `assign=True`.
 
     Build the model on the meta device and peak memory stays near one copy of the weights. Every
-    key and shape is checked against the model before any data is read. Tied parameters (one
+    key, shape and dtype kind is checked against the model before any data is read: floating
+    tensors are cast to the model's (or `dtype`), but an integer or bool tensor is refused for a
+    floating parameter or buffer. Tied parameters (one
     tensor under several names) stay tied. Non-persistent buffers (e.g. RoPE tables) are not in a
     checkpoint: initialise them yourself.
 
@@ -147,8 +154,11 @@ def load_hf_checkpoint(
         prefix: safetensors file name prefix.
 
     Raises:
-        StateDictMismatchError: missing keys, unexpected keys or wrong shapes (names the file and
-            the first differing keys).
+        StateDictMismatchError: missing keys, unexpected keys, wrong shapes or a non-floating
+            tensor for a floating one (names the file, the first differing keys and both
+            shapes/dtypes).
+        pickle.UnpicklingError: a `pytorch_model.bin` the weights-only unpickler refuses (names
+            the file).
         CorruptCheckpointError: a truncated or malformed file.
         FileNotFoundError: no weights, or a shard named by the index is missing.
     """
@@ -161,6 +171,7 @@ def load_hf_checkpoint(
     loaded: dict[str, str] = {}  # native name -> "file: key"
     unexpected: dict[Path, list[str]] = {}
     mismatched: list[str] = []
+    wrong_dtypes: list[str] = []
     for shard in shards:
         rename: dict[str, str] = {}
         for key, shape in shard.shapes.items():
@@ -179,6 +190,9 @@ def load_hf_checkpoint(
                     f"expects {list(want)}"
                 )
                 continue
+            if (problem := _dtype_problem(shard.dtypes[key], expected[name].dtype)) is not None:
+                wrong_dtypes.append(f"{shard.path.name}: {key!r} {problem} (model {name!r})")
+                continue
             tied = [a for a in aliases[name] if a in loaded]
             if tied:
                 if name in loaded:
@@ -192,7 +206,7 @@ def load_hf_checkpoint(
         plan.append((shard, rename))
     covered = {a for name in loaded for a in aliases[name]}
     missing = [k for k in expected if k not in covered]
-    if unexpected or mismatched or missing:
+    if unexpected or mismatched or wrong_dtypes or missing:
         lines = [f"{directory}: checkpoint does not match the model"]
         if missing:
             lines.append(f"missing keys (model has, checkpoint lacks): {first_keys(missing)}")
@@ -200,6 +214,8 @@ def load_hf_checkpoint(
             lines.append(f"unexpected keys in {path.name}: {first_keys(keys)}")
         if mismatched:
             lines.append("shape mismatches: " + "; ".join(mismatched[:5]))
+        if wrong_dtypes:
+            lines.append("dtype mismatches: " + "; ".join(wrong_dtypes[:5]))
         raise StateDictMismatchError("\n  ".join(lines))
 
     for shard, rename in plan:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from tune.checkpoint.errors import CheckpointError, StateDictMismatchError, first_keys
 from tune.checkpoint.key_map import KeyMap, rename_keys
+from tune.checkpoint.safe_torch_load import torch_load_weights_only
 from tune.checkpoint.safetensors_file import read_safetensors_file, write_safetensors_file
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -107,9 +107,7 @@ def load_peft_adapter(
         raw = read_safetensors_file(weights, dtype=dtype)
     elif legacy.is_file():
         weights = legacy
-        raw = torch.load(
-            legacy, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(legacy)
-        )
+        raw = torch_load_weights_only(legacy, mmap=True)
         if dtype is not None:
             raw = {k: v.to(dtype) if v.is_floating_point() else v for k, v in raw.items()}
     else:

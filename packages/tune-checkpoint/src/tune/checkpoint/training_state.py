@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tune.checkpoint.commit import (
 from tune.checkpoint.dcp import load_sharded, save_sharded
 from tune.checkpoint.errors import CorruptCheckpointError, NoCheckpointFoundError
 from tune.checkpoint.rng_state import capture_rng_state, restore_rng_state
+from tune.checkpoint.safe_torch_load import torch_load_weights_only
 from tune.checkpoint.safetensors_dir import (
     DEFAULT_MAX_SHARD_BYTES,
     load_safetensors_dir,
@@ -76,8 +78,22 @@ def _barrier() -> None:
         dist.barrier()
 
 
+@contextlib.contextmanager
+def _naming_the_step(step: int, tmp: Path) -> Iterator[None]:
+    """Re-raise an OSError with the step being written in its message (write() names no file)."""
+    try:
+        yield
+    except OSError as err:
+        what = f"writing checkpoint step_{step} into {tmp} failed: {err.strerror or err}"
+        if err.errno is None:
+            raise OSError(what) from err
+        if err.filename is None:
+            raise OSError(err.errno, what) from err
+        raise OSError(err.errno, what, err.filename) from err
+
+
 def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch_load_weights_only(path)
 
 
 class CheckpointManager:
@@ -147,6 +163,11 @@ class CheckpointManager:
             sharded_state: DCP state (e.g. FSDP2 model and optimizer), written by every rank.
             save_rng: store this rank's python/numpy/torch/CUDA RNG states.
             rng_state: states captured earlier with `capture_rng_state` (default: capture now).
+
+        Raises:
+            OSError: writing failed (e.g. ENOSPC); the message names the step and its scratch
+                directory `.step_<n>.tmp`, errno is kept. Committed steps are left as they were;
+                the next save removes the scratch directory.
         """
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
@@ -157,22 +178,24 @@ class CheckpointManager:
             self._remove_scratch()
             tmp.mkdir()
         _barrier()
-        if save_rng:
-            rng = dict(rng_state) if rng_state is not None else capture_rng_state()
-            torch_save_durable(tmp / f"rng_rank{rank}.pt", rng, self.fsync)
-        if data_state is not None:
-            torch_save_durable(tmp / f"data_rank{rank}.pt", data_state, self.fsync)
-        if sharded_state is not None:
-            save_sharded(tmp / SHARDED_DIR, sharded_state)
-        if rank == 0:
-            self._write_rank0_files(
-                tmp, model_state, optimizer_state, scheduler_state, extra, config
-            )
+        with _naming_the_step(step, tmp):
+            if save_rng:
+                rng = dict(rng_state) if rng_state is not None else capture_rng_state()
+                torch_save_durable(tmp / f"rng_rank{rank}.pt", rng, self.fsync)
+            if data_state is not None:
+                torch_save_durable(tmp / f"data_rank{rank}.pt", data_state, self.fsync)
+            if sharded_state is not None:
+                save_sharded(tmp / SHARDED_DIR, sharded_state)
+            if rank == 0:
+                self._write_rank0_files(
+                    tmp, model_state, optimizer_state, scheduler_state, extra, config
+                )
         _barrier()
         final = self.step_dir(step)
         if rank == 0:
-            write_manifest(tmp, step, world, self.checksums, self.fsync)
-            self._commit(tmp, final)
+            with _naming_the_step(step, tmp):
+                write_manifest(tmp, step, world, self.checksums, self.fsync)
+                self._commit(tmp, final)
             self._apply_retention(keep=final)
         _barrier()
         return final

@@ -10,7 +10,14 @@ import datasets
 from tune.data.bundled_templates import BUNDLED_TEMPLATES, bundled_template
 from tune.data.chat_template import ChatTemplate
 from tune.data.masking import tokenize_messages, tokenize_text
-from tune.data.messages import MessageError
+from tune.data.messages import Message, MessageError, to_messages
+from tune.data.row_checks import (
+    iter_rows,
+    plainly_valid,
+    require_assistant_content,
+    require_text,
+    require_values,
+)
 from tune.data.sources import require_columns
 from tune.data.tokenizer import Tokenizer
 
@@ -90,13 +97,23 @@ class _Builder:
     def col(self, row: Mapping[str, Any], key: str) -> Any:
         return row.get(self.columns[key])
 
+    def check_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise naming the example and column when a required column is null in `row`."""
+        required = {key: self.columns[key] for key in self.required}
+        require_values(row, required, index, type(self).__name__)
+
     def validate(self, dataset: datasets.Dataset) -> None:
-        """Check that the mapped columns exist (naming the available ones) and rows exist.
+        """Check that the mapped columns and rows exist, then `check_row` every row.
+
+        One pass over the raw rows (only the mapped columns, nothing tokenized), so a bad row
+        stops a run before training instead of when it is streamed.
 
         Args:
             dataset: the source.
         """
         require_columns(dataset, [self.columns[k] for k in self.required], f"{type(self).__name__}")
+        for index, row in iter_rows(dataset, list(self.columns.values())):
+            self.check_row(row, index)
 
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -148,7 +165,14 @@ class InstructionBuilder(_Builder):
         system = self.col(row, "system")
         return [{"role": "system", "content": system}, *messages] if system else messages
 
+    def check_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise naming the example and column when `instruction`/`output` is null or the
+        output is empty."""
+        super().check_row(row, index)
+        require_text(self.col(row, "output"), self.columns["output"], index)
+
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        self.check_row(row, index)
         return tokenize_messages(
             self.tokenizer,
             self.template,
@@ -190,13 +214,28 @@ class ChatBuilder(_Builder):
     def _default_columns(self) -> dict[str, str]:
         return {"messages": "messages" if self.style == "openai" else "conversations"}
 
-    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+    def conversation(self, row: Mapping[str, Any], index: int) -> list[Message]:
+        """The row's parsed messages; raises naming the example and message when a role is
+        unknown, a message is malformed, or a trained assistant turn is empty."""
+        super().check_row(row, index)  # the messages column is not null
         where = f"example {index}"
         messages = self.col(row, "messages")
         if self.style == "sharegpt":
             messages = sharegpt_to_messages(messages, where)
+        parsed = to_messages(messages, where)
+        require_assistant_content(parsed, where)
+        return parsed
+
+    def check_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise naming the example (and message, role, allowed roles) for a bad conversation."""
+        if self.style == "openai" and plainly_valid(self.col(row, "messages")):
+            return  # the common case, without building Messages (validate runs on every row)
+        self.conversation(row, index)
+
+    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        parsed = self.conversation(row, index)
         return tokenize_messages(
-            self.tokenizer, self.template, messages, self.train_on, where=where
+            self.tokenizer, self.template, parsed, self.train_on, where=f"example {index}"
         )
 
 
@@ -269,6 +308,7 @@ class PreferenceBuilder(_Builder):
         return [*prompt, *reply]
 
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        self.check_row(row, index)
         where = f"example {index}"
         prompt = self.col(row, "prompt")
         out: dict[str, Any] = {}
@@ -311,6 +351,7 @@ class PromptAnswerBuilder(_Builder):
         return {"prompt": "prompt", "answer": "answer", "system": "system"}
 
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        self.check_row(row, index)
         prompt = self.col(row, "prompt")
         messages = (
             [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -60,10 +60,12 @@ def to_messages(raw: Sequence[Mapping[str, Any] | Message], where: str = "") -> 
             content = item.get("content")
             if content is None and not extra.get("tool_calls"):
                 raise MessageError(f"{prefix}message {i} ({item['role']}) has no 'content'")
+            # datasets fills a key other messages have with None: None means the default
+            trainable = item.get("trainable")
             message = Message(
                 role=item["role"],
                 content="" if content is None else content,
-                trainable=bool(item.get("trainable", True)),
+                trainable=True if trainable is None else bool(trainable),
                 extra=extra,
             )
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ def apply_fsdp(
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
     cpu_offload: bool = False,
+    ignored_params: Iterable[nn.Parameter] = (),
 ) -> nn.Module:
     """Shard every matched block with ``fully_shard``, then the root (everything left over).
 
@@ -66,6 +68,9 @@ def apply_fsdp(
         param_dtype: dtype of the gathered parameters for compute (e.g. torch.bfloat16).
         reduce_dtype: dtype of gradient reduction (e.g. torch.float32).
         cpu_offload: keep sharded parameters, gradients and optimizer state on the CPU.
+        ignored_params: frozen parameters kept whole (not sharded) on every rank, e.g. a
+            quantized weight whose inner tensors cannot be split evenly across the mesh. Their
+            gradients are never reduced, so a trainable one is refused.
 
     Returns:
         The same model object, sharded.
@@ -80,6 +85,13 @@ def apply_fsdp(
             f"{type(model).__name__}; first module names are {names}"
         )
     _check_no_shared_params_across_groups(model, blocks)
+    ignored = set(ignored_params)
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    trainable = sorted(param_names.get(id(p), "<not in model>") for p in ignored if p.requires_grad)
+    if trainable:
+        raise ValueError(
+            f"ignored_params must be frozen (their gradients would not be reduced): {trainable[:5]}"
+        )
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     offload_policy: OffloadPolicy = (
         CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
@@ -91,6 +103,7 @@ def apply_fsdp(
             reshard_after_forward=reshard_after_forward,
             mp_policy=mp_policy,
             offload_policy=offload_policy,
+            ignored_params=ignored or None,
         )
     # The root's parameters (embeddings, final norm, LM head) are needed right at the start of
     # backward, so resharding them after forward would only add an all-gather.
@@ -100,6 +113,9 @@ def apply_fsdp(
         reshard_after_forward=False,
         mp_policy=mp_policy,
         offload_policy=offload_policy,
+        ignored_params=ignored or None,
     )
+    if ignored:
+        logger.info("FSDP2 keeps %d frozen parameters whole on every rank", len(ignored))
     logger.debug("fully_shard applied to %d blocks and the root", len(blocks))
     return model

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.models.document_attention import DocumentLayout, document_attend
 from tune.models.kv_cache import KVCache
 from tune.models.rotary import apply_rotary
 
@@ -110,8 +111,8 @@ class Attention(nn.Module):
             x: normed hidden states [B, T, dim].
             cos: rotary cosines [B, T, rotary_dim].
             sin: rotary sines [B, T, rotary_dim].
-            mask: None for plain causal attention, a boolean [B or 1, 1, T, S] mask, or a
-                FlexAttention ``BlockMask`` (CUDA).
+            mask: None for plain causal attention, a boolean [B or 1, 1, T, S] mask, a
+                ``DocumentLayout`` of packed documents, or a FlexAttention ``BlockMask`` (CUDA).
 
         Returns:
             [B, T, dim].
@@ -136,6 +137,8 @@ class Attention(nn.Module):
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
+        if isinstance(mask, DocumentLayout):
+            return document_attend(q, k, v, mask, scale=self.scale)
         if BlockMask is not None and isinstance(mask, BlockMask):
             from tune.models.flex_attention import flex_attend
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tune.models.rms_norm_function import can_fuse_rms_norm, rms_norm_fp32
+
 
 class RMSNorm(nn.Module):
     """RMSNorm over the last dimension, normalising in float32 and casting back.
@@ -29,6 +31,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` [..., dim] and return it in ``x``'s dtype."""
+        if self.weight_offset == 0.0 and can_fuse_rms_norm(x, self.weight):
+            return rms_norm_fp32(x, self.weight, self.eps)  # same forward, shorter backward
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight_offset == 0.0:

@@ -10,6 +10,7 @@ from torch import nn
 
 from tune.models.attention import Attention
 from tune.models.attention_mask import build_attention_mask
+from tune.models.document_attention import document_layout
 from tune.models.kv_cache import KVCache
 from tune.models.rms_norm import RMSNorm
 from tune.models.rotary import RotaryEmbedding
@@ -140,10 +141,18 @@ class Transformer(nn.Module):
         needs_dense = cache is not None or attention_mask is not None or document_ids is not None
         use_flex = tokens.is_cuda and document_ids is not None and cache is None
         use_flex = use_flex and attention_mask is None
+        use_layout = document_ids is not None and not use_flex and cache is None
+        use_layout = use_layout and attention_mask is None and any(self._mask_kinds.values())
+        # Data-dependent (documents per batch): eager only; a compiled forward keeps the mask.
+        use_layout = use_layout and not torch.compiler.is_compiling()
+        # One document per row for causal SDPA (CPU): no dense [B, 1, T, T] mask to scan.
+        layout = document_layout(document_ids) if use_layout else None  # type: ignore[arg-type]
         masks: dict[int | None, Any] = {}
         for window, plain in self._mask_kinds.items():
             if plain and not needs_dense:
                 masks[window] = None  # SDPA is_causal
+            elif plain and layout is not None:
+                masks[window] = layout
             elif use_flex:
                 from tune.models.flex_attention import document_block_mask
 

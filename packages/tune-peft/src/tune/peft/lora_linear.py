@@ -17,6 +17,7 @@ from torch import nn
 from tune.peft.config import LoraConfig
 from tune.peft.dense_weight import adapter_dtype_for, dense_weight, is_tensor_subclass
 from tune.peft.dora import dora_extra_output, dora_merged_weight, dora_weight_norm
+from tune.peft.lora_function import can_fuse_lora, lora_linear
 from tune.peft.lora_init import init_default, init_gaussian, init_pissa
 
 _SLOTS = ("lora_A", "lora_B", "lora_dropout")
@@ -259,14 +260,18 @@ class LoRALinear(nn.Linear):
         Returns:
             [..., out] output.
         """
-        out = F.linear(x, self.weight, self.bias)  # [..., out]; subclass weights dispatch here
         if self.lora_A is None or self.merged or not self.adapters_enabled:
-            return out
+            return F.linear(x, self.weight, self.bias)  # subclass weights dispatch here
         assert self.lora_B is not None
         assert self.lora_dropout is not None
         assert self.active_config is not None
         scaling = self.active_config.scaling
         x_lora = self.lora_dropout(x)
+        if x_lora is x and self.lora_magnitude_vector is None and self._plain_factors():
+            a, b = self.lora_A.weight, self.lora_B.weight
+            if can_fuse_lora(x, self.weight, self.bias, a, b):
+                return lora_linear(x, self.weight, self.bias, a, b, scaling)  # [..., out]
+        out = F.linear(x, self.weight, self.bias)  # [..., out]; subclass weights dispatch here
         # Adapters may keep another dtype than the activations (e.g. float32 over bf16).
         lora_in = x_lora.to(self.lora_A.weight.dtype)
         lora_out = self.lora_B(self.lora_A(lora_in)).to(out.dtype)  # [..., out]
@@ -282,6 +287,13 @@ class LoRALinear(nn.Linear):
             base_no_bias = out if self.bias is None else out - self.bias
         return out + dora_extra_output(
             base_no_bias, lora_out, self.lora_magnitude_vector, norm, scaling
+        )
+
+    def _plain_factors(self) -> bool:
+        # The fused path reads the factors' weights directly: only for hook-free nn.Linear.
+        return all(
+            type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+            for m in (self.lora_A, self.lora_B)
         )
 
     def delta_weight(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ from tune.quant.hf_config import (
 )
 from tune.quant.memory import model_storage_bytes, tensor_storage_bytes
 from tune.quant.module_filter import ADAPTER_PATTERNS, ModuleFilter, select_linear_modules
-from tune.quant.nf4 import NF4Stats, nf4_storage_bytes, to_nf4_linear_weights
+from tune.quant.nf4 import NF4Stats, nf4_shardable, nf4_storage_bytes, to_nf4_linear_weights
 from tune.quant.ptq import is_quantized_weight, quantize_model, validate_modules_for_scheme
 from tune.quant.qat import convert_qat, prepare_qat, qat_prepared_modules
 from tune.quant.schemes import (
@@ -47,6 +47,7 @@ __all__ = [
     "load_quantized",
     "load_quantized_state_dict",
     "model_storage_bytes",
+    "nf4_shardable",
     "nf4_storage_bytes",
     "prepare_qat",
     "qat_prepared_modules",

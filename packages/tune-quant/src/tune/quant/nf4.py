@@ -6,13 +6,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torchao.quantization import NF4Tensor, to_nf4
 
 from tune.quant.memory import tensor_storage_bytes
 from tune.quant.module_filter import ModuleFilter, select_linear_modules
 
-__all__ = ["NF4Stats", "nf4_storage_bytes", "to_nf4_linear_weights"]
+__all__ = ["NF4Stats", "nf4_shardable", "nf4_storage_bytes", "to_nf4_linear_weights"]
+
+# The inner tensors an NF4 weight is split into when FSDP2 shards it along dim 0.
+_SHARDED_INNER_TENSORS = ("quantized_scalers", "quantization_factor", "quantized_data")
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,25 @@ def nf4_storage_bytes(tensor: NF4Tensor) -> int:
         tensor: an ``NF4Tensor``.
     """
     return tensor_storage_bytes(tensor)
+
+
+def nf4_shardable(weight: torch.Tensor, num_shards: int) -> bool:
+    """Whether FSDP2 can split ``weight`` (an ``NF4Tensor``) evenly into ``num_shards`` along dim 0.
+
+    Every inner tensor (codes, first-level scales, second-level factors) must split evenly: a
+    weight of fewer than ``num_shards * block_size * scaler_block_size`` elements cannot. Such a
+    frozen weight can stay whole on every rank (``fully_shard(..., ignored_params=...)``).
+    Plain tensors are always shardable.
+
+    Args:
+        weight: a parameter's data, ``[out_features, in_features]``.
+        num_shards: data-parallel world size.
+    """
+    if not isinstance(weight, NF4Tensor):
+        return True
+    if weight.size(0) % num_shards:
+        return False
+    return all(getattr(weight, name).numel() % num_shards == 0 for name in _SHARDED_INNER_TENSORS)
 
 
 def to_nf4_linear_weights(

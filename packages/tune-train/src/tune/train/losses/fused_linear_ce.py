@@ -12,11 +12,13 @@ from tune.train.losses.cross_entropy import IGNORE_INDEX, TokenLoss
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """Summed CE of `hidden @ weight.T` computed chunk by chunk over tokens.
+    """Summed CE of `hidden @ weight.T` computed chunk by chunk over the labelled tokens.
 
-    Gradients are computed in the forward pass, one chunk at a time, and only `grad_hidden`
-    [N, D] and `grad_weight` [V, D] are kept for backward; the chunk's [C, V] logits are freed
-    before the next chunk. Backward scales them by the incoming gradient of the scalar loss.
+    Rows whose label is `ignore_index` contribute nothing to the loss or the gradients, so they
+    are dropped before the projection (instruction data masks most prompt tokens). Gradients are
+    computed in the forward pass, one chunk at a time, and only `grad_hidden` [N, D] and
+    `grad_weight` [V, D] are kept for backward; the chunk's [C, V] logits are freed before the
+    next chunk. Backward scales them by the incoming gradient of the scalar loss.
     """
 
     @staticmethod
@@ -33,41 +35,39 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         # needs_input_grad ignores no_grad mode, hence the explicit flag from the caller.
         need_hidden_grad = grad_enabled and ctx.needs_input_grad[0]
         need_weight_grad = grad_enabled and ctx.needs_input_grad[1]
-        num_tokens = hidden.shape[0]
-        grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
+        rows = (labels != ignore_index).nonzero().squeeze(1)  # (M,) labelled rows
+        kept_hidden = hidden.index_select(0, rows)  # (M, D)
+        kept_labels = labels.index_select(0, rows)  # (M,)
+        grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             if need_weight_grad
             else None
         )
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, num_tokens, chunk_size):
-            rows = slice(start, min(start + chunk_size, num_tokens))
-            chunk_hidden = hidden[rows]  # (C, D)
-            chunk_labels = labels[rows]  # (C,)
+        for start in range(0, rows.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            chunk_hidden = kept_hidden[chunk]  # (C, D)
+            chunk_labels = kept_labels[chunk].unsqueeze(1)  # (C, 1)
             logits = (chunk_hidden @ weight.t()).float()  # (C, V)
             tanh_logits = None
             if softcap is not None:
                 tanh_logits = torch.tanh(logits / softcap)
                 logits = tanh_logits * softcap
-            valid = chunk_labels != ignore_index  # (C,)
-            safe_labels = torch.where(valid, chunk_labels, torch.zeros_like(chunk_labels))
-            lse = torch.logsumexp(logits, dim=-1)  # (C,)
-            target = logits.gather(1, safe_labels.unsqueeze(1)).squeeze(1)  # (C,)
-            loss_sum += ((lse - target) * valid).sum()
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (C, 1)
+            target = logits.gather(1, chunk_labels)  # (C, 1)
+            loss_sum += (lse - target).sum()
             if not (need_hidden_grad or need_weight_grad):
                 continue
-            # d(lse - target)/d logits = softmax - one_hot, zero on ignored rows; built in place.
-            grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()  # (C, V)
-            grad_logits.scatter_add_(
-                1, safe_labels.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1)
-            )
-            grad_logits.mul_(valid.unsqueeze(1))
+            # d(lse - target)/d logits = softmax - one_hot, built in place.
+            grad_logits = logits.sub_(lse).exp_()  # (C, V)
+            grad_logits.scatter_add_(1, chunk_labels, -torch.ones_like(lse))
             if tanh_logits is not None:
                 # d(cap * tanh(z / cap))/dz = 1 - tanh^2
                 grad_logits.mul_(1.0 - tanh_logits.square_())
             if grad_hidden is not None:
-                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_chunk = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)  # (C, D)
+                grad_hidden.index_copy_(0, rows[chunk], grad_chunk)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.t(), chunk_hidden.float())
             del grad_logits, logits, tanh_logits
@@ -105,15 +105,17 @@ def fused_linear_cross_entropy(
 ) -> TokenLoss:
     """Summed cross-entropy of `hidden @ weight.T` without materialising the [N, V] logits.
 
-    Equal in value and gradients to `cross_entropy(hidden @ weight.T, labels)`. Peak extra
-    memory is one chunk's [chunk_size, V] float32 logits plus `grad_hidden` and a float32
-    `grad_weight` (the latter only when `weight` requires grad, e.g. not for a frozen LoRA base).
+    Equal in value and gradients to `cross_entropy(hidden @ weight.T, labels)`. Only the rows
+    whose label is not `ignore_index` are projected (their count is data-dependent: on CUDA this
+    reads it back, one host sync per call). Peak extra memory is one chunk's [chunk_size, V]
+    float32 logits plus `grad_hidden` and a float32 `grad_weight` (the latter only when `weight`
+    requires grad, e.g. not for a frozen LoRA base).
 
     Args:
         hidden: [..., D] final normed hidden states (e.g. `model(tokens, return_hidden=True)`).
         weight: [V, D] output projection weight (`model.output.weight`, tied or not).
         labels: [...] int64 targets aligned with `hidden`; `ignore_index` marks untrained positions.
-        chunk_size: tokens per chunk (memory ~ chunk_size * V * 4 bytes per live chunk).
+        chunk_size: labelled tokens per chunk (memory ~ chunk_size * V * 4 bytes per live chunk).
         ignore_index: label value to skip.
         softcap: optional final-logit soft-cap `cap * tanh(z / cap)` (Gemma 2).
 

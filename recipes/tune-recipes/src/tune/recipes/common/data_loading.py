@@ -9,6 +9,7 @@ from typing import Any
 
 from tune.data import (
     ChatBuilder,
+    DataSourceError,
     InstructionBuilder,
     StreamingLoader,
     TextBuilder,
@@ -59,10 +60,33 @@ def build_sample_builder(
     raise ValueError(f"data.format {data_format!r}: expected instruction, chat or text")
 
 
+def _require_rows(dataset: Any, source: str, split: str, key: str, skipped: int = 0) -> None:
+    if len(dataset) == 0:
+        raise DataSourceError(
+            f"{key}={source} (split {split!r}) has 0 rows (skipped malformed: {skipped}); "
+            "expected a file or dataset with at least one row"
+        )
+
+
 def split_source(
-    source: str, split: str, validation_split: str | None, validation_fraction: float, seed: int
+    source: str,
+    split: str,
+    validation_split: str | None,
+    validation_fraction: float,
+    seed: int,
+    *,
+    key: str = "data.source",
 ) -> tuple[Any, Any | None]:
-    """(train, validation) datasets; the validation part is None when there is none."""
+    """(train, validation) datasets; the validation part is None when there is none.
+
+    Args:
+        source: a local file or hub dataset name.
+        split: the training split (hub datasets).
+        validation_split: a named validation split, or None.
+        validation_fraction: part of the training rows held out when there is no named split.
+        seed: seed of the hold-out split.
+        key: the config key of ``source``, named in errors.
+    """
     if validation_split is not None and Path(source).exists():
         raise ValueError(
             f"data.validation_split={validation_split!r}: a local file ({source}) has no named "
@@ -71,8 +95,10 @@ def split_source(
     train, skipped = load_source(source, split=split)
     if skipped:
         logger.warning("%s: skipped %d malformed rows", source, skipped)
+    _require_rows(train, source, split, key, skipped)
     if validation_split is not None:
         val, _ = load_source(source, split=validation_split)
+        _require_rows(val, source, validation_split, key)
         return train, val
     if validation_fraction > 0:
         parts = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
@@ -109,3 +135,14 @@ def make_loader(
         world_size=world_size,
         drop_last=endless,
     )
+
+
+def per_rank_batches(max_batches: int | None, data_parallel_size: int) -> int | None:
+    """Per-rank share of ``eval.max_batches``, which counts global batches.
+
+    Each rank draws its own rows, so ``max_batches`` per rank would evaluate ``data_parallel_size``
+    times more rows on several ranks than on one. Rounded up when it does not divide.
+    """
+    if max_batches is None:
+        return None
+    return -(-max_batches // data_parallel_size)

@@ -41,3 +41,23 @@ def load_pretrained(
         checkpoint_dir,
     )
     return ckpt
+
+
+def check_vocab_fits(
+    tokenizer_vocab_size: int,
+    model_vocab_size: int,
+    *,
+    tokenizer_dir: str | Path,
+    checkpoint_dir: str | Path,
+) -> None:
+    """Refuse a tokenizer that can produce ids the model's embedding has no row for.
+
+    A smaller tokenizer is normal (embeddings are often padded to a multiple of 64 or 128).
+    """
+    if tokenizer_vocab_size > model_vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_dir} has {tokenizer_vocab_size} ids (with added tokens) but "
+            f"the model of {checkpoint_dir} embeds only {model_vocab_size} (config.json "
+            "vocab_size): ids past the embedding would fail mid-training. Use the model's own "
+            "tokenizer, or resize the embedding first"
+        )

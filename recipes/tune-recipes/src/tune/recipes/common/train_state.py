@@ -8,7 +8,7 @@ Either way ``CheckpointManager`` commits the step atomically.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from tune.checkpoint import CheckpointManager, TrainingState
+from tune.checkpoint import CheckpointManager, NoCheckpointFoundError, TrainingState
+from tune.recipes.common.input_fingerprints import (
+    Fingerprints,
+    changed_inputs,
+    fingerprint_inputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +76,56 @@ def check_resume_compatible(
             f"{step_dir} was written by a run with other settings ({'; '.join(changed)}); "
             "use another checkpointing.output_dir, or checkpointing.resume=never to start over there"
         )
+
+
+ResumeCheck = Callable[[Any, Any, Path], None]  # (saved config, config, step dir)
+
+
+def find_resume_step(
+    manager: CheckpointManager,
+    resume: str,
+    config: Mapping[str, Any],
+    inputs: Fingerprints,
+    checks: Sequence[ResumeCheck] = (),
+) -> Path | None:
+    """The committed step to resume from, after checking it belongs to this run; None: start fresh.
+
+    Args:
+        manager: the run's checkpoint manager.
+        resume: ``checkpointing.resume``: ``"auto"`` (latest step if any), ``"never"``, or a path.
+        config: this run's resolved (redacted) config.
+        inputs: this run's input fingerprints (``fingerprint_inputs``), saved as
+            ``extra["inputs"]`` with every step.
+        checks: recipe-specific ``(saved_config, config, step_dir)`` checks.
+
+    Raises:
+        NoCheckpointFoundError: an explicit resume path (or ``auto`` over a directory holding
+            only uncommitted steps) has no committed step.
+        ResumeMismatchError: the step was written with other settings or other input files.
+    """
+    if resume == "never" or (resume == "auto" and manager.latest() is None):
+        return None
+    try:
+        target = manager.resolve(None if resume == "auto" else resume)
+    except NoCheckpointFoundError as err:
+        raise NoCheckpointFoundError(
+            f"checkpointing.resume={resume!r}: {err} (resume=auto starts fresh only when "
+            "the output directory has no checkpoints)"
+        ) from err
+    saved = manager.load(target, restore_rng=False, load_model_state=False)
+    check_resume_compatible(saved.config, config, target)
+    for check in checks:
+        check(saved.config or {}, config, target)
+    saved_inputs = (saved.extra or {}).get("inputs")
+    if saved_inputs is None:
+        logger.warning("%s keeps no input fingerprints: data/tokenizer files not compared", target)
+    elif changed := changed_inputs(saved_inputs, inputs):
+        raise ResumeMismatchError(
+            f"{target} was written while reading other files: {'; '.join(changed)}; "
+            "resuming would draw other samples or token ids. Restore the files, or use another "
+            "checkpointing.output_dir (or checkpointing.resume=never) to start over"
+        )
+    return target
 
 
 def _options(trainable_only: bool) -> StateDictOptions:
@@ -175,3 +230,52 @@ def _load_model_state(
                     f"the model expects {tuple(target.shape)}"
                 )
             target.copy_(saved[name])
+
+
+def resume_run(
+    manager: CheckpointManager,
+    resume: str,
+    config: Mapping[str, Any],
+    *,
+    sources: Mapping[str, str | Path | None],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    guard: Any,
+    loader: Any,
+    trainable_only: bool,
+    distributed: bool,
+    extra: Mapping[str, Any],
+    checks: Sequence[ResumeCheck] = (),
+) -> tuple[int, dict[str, Any]]:
+    """Fingerprint the inputs, then continue from the resume step if there is one.
+
+    Args:
+        manager, resume, config, checks: as for ``find_resume_step``.
+        sources: config key -> the local file/directory it names (``data.source``,
+            ``tokenizer.path``), fingerprinted into ``extra["inputs"]``.
+        model, optimizer, scheduler, trainable_only, distributed: as for ``load_training_state``.
+        guard: the run's ``NonFiniteGuard`` (its counters are restored).
+        loader: the training loader (its position is restored).
+        extra: the recipe's initial extra state (counters saved with every step).
+
+    Returns:
+        ``(step, extra)``: 0 and the initial extra for a fresh run, else the saved ones.
+    """
+    inputs = fingerprint_inputs(sources)
+    target = find_resume_step(manager, resume, config, inputs, checks)
+    if target is None:
+        return 0, {**extra, "inputs": inputs}
+    state = load_training_state(
+        manager,
+        target,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainable_only=trainable_only,
+        distributed=distributed,
+    )
+    restored = {**extra, **(state.extra or {}), "inputs": inputs}
+    guard.load_state_dict(restored.get("guard", guard.state_dict()))
+    loader.load_state_dict(state.data_state)
+    return state.step, restored

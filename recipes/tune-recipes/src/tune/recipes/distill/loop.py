@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tune.checkpoint import CheckpointManager, NoCheckpointFoundError
+from tune.checkpoint import CheckpointManager
 from tune.dist import (
     StopSignalHandler,
     all_reduce_sum,
@@ -32,6 +32,7 @@ from tune.recipes.common.data_loading import (
     build_sample_builder,
     load_tokenizer,
     make_loader,
+    per_rank_batches,
     split_source,
 )
 from tune.recipes.common.distill_loss import (
@@ -45,18 +46,16 @@ from tune.recipes.common.distill_setup import (
     load_teacher,
 )
 from tune.recipes.common.finetune_method import (
-    ADAPTER_METHODS,
-    lora_config_from,
-    prepare_for_method,
+    load_for_method,
+    unshardable_frozen_params,
 )
 from tune.recipes.common.metric_logging import build_loggers
-from tune.recipes.common.model_loading import load_pretrained
+from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.runtime import DTYPES, seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
-    check_resume_compatible,
-    load_training_state,
+    resume_run,
     save_training_state,
 )
 from tune.recipes.config import (
@@ -98,21 +97,19 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
 
     # ---- student (full or adapters) and frozen teacher ----------------------------------------
     base_dir = Path(cfg.model.checkpoint_dir)
-    ckpt = load_pretrained(base_dir, dtype=rt.dtype, device=rt.device)
+    ckpt, lora = load_for_method(
+        base_dir, train_cfg.method, train_cfg.lora, dtype=rt.dtype, device=rt.device
+    )
     model = ckpt.model
-    adapters = train_cfg.method in ADAPTER_METHODS
-    lora = None
-    if adapters:
-        lc = train_cfg.lora
-        lora = lora_config_from(
-            train_cfg.method, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, targets=lc.targets,
-            exclude=lc.exclude, use_rslora=lc.use_rslora, init=lc.init,
-        )  # fmt: skip
-    prepare_for_method(model, train_cfg.method, lora)
+    adapters = lora is not None
     teacher = load_teacher(
         cfg.teacher.checkpoint_dir, dtype=DTYPES[cfg.teacher.dtype], device=rt.device
     ).model
     tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    check_vocab_fits(
+        tokenizer.vocab_size, ckpt.config.vocab_size, tokenizer_dir=cfg.tokenizer_dir,
+        checkpoint_dir=base_dir,
+    )  # fmt: skip
     settings = DistillLossSettings(
         kind=kd.kind,
         temperature=kd.temperature,
@@ -149,6 +146,7 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
                 block_match=TransformerBlock,
                 reshard_after_forward=cfg.distributed.reshard_after_forward,
                 cpu_offload=cfg.distributed.cpu_offload,
+                ignored_params=unshardable_frozen_params(m, dp_size),
             )
         local = sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in teacher.parameters())
         logger.info(
@@ -200,6 +198,7 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
     optimizer = build_optimizer(
         trainable, opt_cfg.name, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay,
         betas=opt_cfg.betas, eps=opt_cfg.eps, kwargs=opt_cfg.kwargs,
+        implementation=opt_cfg.implementation,
         allow_imports=cfg.allow_imports,
     )  # fmt: skip
     scheduler = build_schedule(
@@ -213,27 +212,12 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
 
     # ---- resume --------------------------------------------------------------------------------
     manager = CheckpointManager(out_dir / "checkpoints", keep_last_n=cfg.checkpointing.keep_last_n)
-    step, extra = 0, {"tokens_seen": 0}
-    resume = cfg.checkpointing.resume
-    if resume != "never" and (resume != "auto" or manager.latest() is not None):
-        try:
-            target = manager.resolve(None if resume == "auto" else resume)
-        except NoCheckpointFoundError as err:
-            raise NoCheckpointFoundError(
-                f"checkpointing.resume={resume!r}: {err} (resume=auto starts fresh only when "
-                "the output directory has no checkpoints)"
-            ) from err
-        saved = manager.load(target, restore_rng=False, load_model_state=False).config
-        check_resume_compatible(saved, resolved, target)
-        check_distill_resume_compatible(saved or {}, resolved, target)
-        state = load_training_state(
-            manager, target, model=model, optimizer=optimizer, scheduler=scheduler,
-            trainable_only=adapters, distributed=distributed,
-        )  # fmt: skip
-        step = state.step
-        extra = dict(state.extra or extra)
-        guard.load_state_dict(extra.get("guard", guard.state_dict()))
-        train_loader.load_state_dict(state.data_state)
+    step, extra = resume_run(
+        manager, cfg.checkpointing.resume, resolved,
+        sources={"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir},
+        model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=train_loader,
+        trainable_only=adapters, distributed=distributed, extra={"tokens_seen": 0}, checks=[check_distill_resume_compatible],
+    )  # fmt: skip
 
     # ---- outputs and meters --------------------------------------------------------------------
     if rt.is_main:
@@ -254,7 +238,8 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         if val_ds is None:
             return None
         values = evaluate_distillation(
-            model, teacher, val_loader(), settings, max_batches=cfg.eval.max_batches,
+            model, teacher, val_loader(), settings,
+            max_batches=per_rank_batches(cfg.eval.max_batches, dp_size),
             reduce=reduce,
         )  # fmt: skip
         if rt.is_main:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tune.checkpoint import CheckpointManager, NoCheckpointFoundError
+from tune.checkpoint import CheckpointManager
 from tune.data import PromptAnswerBuilder
 from tune.dist import (
     StopSignalHandler,
@@ -33,9 +33,8 @@ from tune.models import TransformerBlock
 from tune.peft import disable_adapters
 from tune.recipes.common.data_loading import load_tokenizer, make_loader, split_source
 from tune.recipes.common.finetune_method import (
-    ADAPTER_METHODS,
-    lora_config_from,
-    prepare_for_method,
+    load_for_method,
+    unshardable_frozen_params,
 )
 from tune.recipes.common.grpo_step import (
     PolicyLossSettings,
@@ -44,7 +43,7 @@ from tune.recipes.common.grpo_step import (
     with_logprobs,
 )
 from tune.recipes.common.metric_logging import build_loggers
-from tune.recipes.common.model_loading import load_pretrained
+from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.reward_registry import build_reward
@@ -52,8 +51,7 @@ from tune.recipes.common.rollout_backend import SamplingSettings, build_generati
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
     ResumeMismatchError,
-    check_resume_compatible,
-    load_training_state,
+    resume_run,
     save_training_state,
 )
 from tune.recipes.config import (
@@ -103,17 +101,11 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
 
     # ---- policy, adapters, reference -----------------------------------------------------
     base_dir = Path(cfg.model.checkpoint_dir)
-    ckpt = load_pretrained(base_dir, dtype=rt.dtype, device=rt.device)
+    ckpt, lora = load_for_method(
+        base_dir, train_cfg.method, train_cfg.lora, dtype=rt.dtype, device=rt.device
+    )
     model = ckpt.model
-    adapters = train_cfg.method in ADAPTER_METHODS
-    lora = None
-    if adapters:
-        lc = train_cfg.lora
-        lora = lora_config_from(
-            train_cfg.method, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, targets=lc.targets,
-            exclude=lc.exclude, use_rslora=lc.use_rslora, init=lc.init,
-        )  # fmt: skip
-    prepare_for_method(model, train_cfg.method, lora)
+    adapters = lora is not None
     # Under adapters the reference is the policy with adapters disabled (no copy).
     reference = None
     if train_cfg.kl_coef > 0 and not adapters:
@@ -137,17 +129,25 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
                     module, dp_mesh, block_match=TransformerBlock,
                     reshard_after_forward=cfg.distributed.reshard_after_forward,
                     cpu_offload=cfg.distributed.cpu_offload,
+                    ignored_params=unshardable_frozen_params(module, dp_size),
                 )  # fmt: skip
 
     # ---- prompts -----------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    check_vocab_fits(
+        tokenizer.vocab_size, ckpt.config.vocab_size, tokenizer_dir=cfg.tokenizer_dir,
+        checkpoint_dir=base_dir,
+    )  # fmt: skip
     columns = {expected: column for column, expected in cfg.data.column_map.items()} or None
     builder = PromptAnswerBuilder(tokenizer, cfg.tokenizer.chat_template, columns=columns)
     train_ds, val_ds = split_source(
         cfg.data.source, cfg.data.split, None, cfg.data.validation_fraction, cfg.data.seed
     )
     if cfg.data.validation_source is not None:
-        val_ds, _ = split_source(cfg.data.validation_source, "train", None, 0.0, cfg.data.seed)
+        val_ds, _ = split_source(
+            cfg.data.validation_source, "train", None, 0.0, cfg.data.seed,
+            key="data.validation_source",
+        )  # fmt: skip
     total_updates = train_cfg.max_steps * train_cfg.updates_per_rollout
     validate_config(cfg, ValidationContext(world_size=dp_size, total_steps=total_updates))
     prompts_per_rank = roll.prompts_per_step // dp_size
@@ -163,7 +163,8 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
     opt, sched = train_cfg.optimizer, train_cfg.lr_schedule
     optimizer = build_optimizer(
         trainable, opt.name, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas,
-        eps=opt.eps, kwargs=opt.kwargs, allow_imports=cfg.allow_imports,
+        eps=opt.eps, kwargs=opt.kwargs, implementation=opt.implementation,
+        allow_imports=cfg.allow_imports,
     )  # fmt: skip
     scheduler = build_schedule(
         optimizer, sched.name, warmup_steps=sched.warmup_steps, total_steps=total_updates,
@@ -200,26 +201,12 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
 
     # ---- resume ----------------------------------------------------------------------------------
     manager = CheckpointManager(out_dir / "checkpoints", keep_last_n=cfg.checkpointing.keep_last_n)
-    step, extra = 0, {"accuracy_before": None}
-    resume = cfg.checkpointing.resume
-    if resume != "never" and (resume != "auto" or manager.latest() is not None):
-        try:
-            target = manager.resolve(None if resume == "auto" else resume)
-        except NoCheckpointFoundError as err:
-            raise NoCheckpointFoundError(
-                f"checkpointing.resume={resume!r}: {err} (resume=auto starts fresh only when "
-                "the output directory has no checkpoints)"
-            ) from err
-        saved = manager.load(target, restore_rng=False, load_model_state=False).config
-        check_resume_compatible(saved, resolved, target)
-        _check_grpo_resume(saved, resolved, target)
-        state = load_training_state(
-            manager, target, model=model, optimizer=optimizer, scheduler=scheduler,
-            trainable_only=adapters, distributed=distributed,
-        )  # fmt: skip
-        step, extra = state.step, dict(state.extra or extra)
-        guard.load_state_dict(extra.get("guard", guard.state_dict()))
-        loader.load_state_dict(state.data_state)
+    step, extra = resume_run(
+        manager, cfg.checkpointing.resume, resolved,
+        sources={"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir},
+        model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=loader,
+        trainable_only=adapters, distributed=distributed, extra={"accuracy_before": None}, checks=[_check_grpo_resume],
+    )  # fmt: skip
 
     # ---- outputs and meters ----------------------------------------------------------------------
     if rt.is_main:

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tune.checkpoint import CheckpointManager, NoCheckpointFoundError
+from tune.checkpoint import CheckpointManager
 from tune.data import PreferenceBuilder, StreamingLoader
 from tune.dist import (
     StopSignalHandler,
@@ -30,14 +30,13 @@ from tune.dist import (
     data_parallel_rank_and_size,
 )
 from tune.models import TransformerBlock
-from tune.recipes.common.data_loading import load_tokenizer, split_source
+from tune.recipes.common.data_loading import load_tokenizer, per_rank_batches, split_source
 from tune.recipes.common.finetune_method import (
-    ADAPTER_METHODS,
-    lora_config_from,
-    prepare_for_method,
+    load_for_method,
+    unshardable_frozen_params,
 )
 from tune.recipes.common.metric_logging import build_loggers
-from tune.recipes.common.model_loading import load_pretrained
+from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.preference_step import (
@@ -51,8 +50,7 @@ from tune.recipes.common.preference_step import (
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
     ResumeMismatchError,
-    check_resume_compatible,
-    load_training_state,
+    resume_run,
     save_training_state,
 )
 from tune.recipes.config import (
@@ -154,17 +152,11 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
 
     # ---- policy, adapters, reference ------------------------------------------------------
     base_dir = Path(cfg.model.checkpoint_dir)
-    ckpt = load_pretrained(base_dir, dtype=rt.dtype, device=rt.device)
+    ckpt, lora = load_for_method(
+        base_dir, train_cfg.method, train_cfg.lora, dtype=rt.dtype, device=rt.device
+    )
     model = ckpt.model
-    adapters = train_cfg.method in ADAPTER_METHODS
-    lora = None
-    if adapters:
-        lc = train_cfg.lora
-        lora = lora_config_from(
-            train_cfg.method, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, targets=lc.targets,
-            exclude=lc.exclude, use_rslora=lc.use_rslora, init=lc.init,
-        )  # fmt: skip
-    prepare_for_method(model, train_cfg.method, lora)
+    adapters = lora is not None
     reference: nn.Module | None = None  # None: the policy with adapters disabled
     if objective.needs_reference and not adapters:
         ref_dir = cfg.model.reference_checkpoint_dir or base_dir
@@ -194,10 +186,15 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
                 net, dp_mesh, block_match=TransformerBlock,
                 reshard_after_forward=cfg.distributed.reshard_after_forward,
                 cpu_offload=cfg.distributed.cpu_offload,
+                ignored_params=unshardable_frozen_params(net, dp_size),
             )  # fmt: skip
 
     # ---- data: 2 x micro_batch_size sequences per forward (chosen rows, then rejected) -----
     tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    check_vocab_fits(
+        tokenizer.vocab_size, ckpt.config.vocab_size, tokenizer_dir=cfg.tokenizer_dir,
+        checkpoint_dir=base_dir,
+    )  # fmt: skip
     d = cfg.data
     train_ds, val_ds = split_source(
         d.source, d.split, d.validation_split, d.validation_fraction, d.seed
@@ -215,6 +212,7 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
     optimizer = build_optimizer(
         trainable, opt_cfg.name, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay,
         betas=opt_cfg.betas, eps=opt_cfg.eps, kwargs=opt_cfg.kwargs,
+        implementation=opt_cfg.implementation,
         allow_imports=cfg.allow_imports,
     )  # fmt: skip
     scheduler = build_schedule(
@@ -231,27 +229,12 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
 
     # ---- resume ----------------------------------------------------------------------------
     manager = CheckpointManager(out_dir / "checkpoints", keep_last_n=cfg.checkpointing.keep_last_n)
-    step = 0
-    extra: dict[str, Any] = {"pairs_seen": 0}
-    resume = cfg.checkpointing.resume
-    if resume != "never" and (resume != "auto" or manager.latest() is not None):
-        try:
-            target = manager.resolve(None if resume == "auto" else resume)
-        except NoCheckpointFoundError as err:
-            raise NoCheckpointFoundError(
-                f"checkpointing.resume={resume!r}: {err} (resume=auto starts fresh only when "
-                "the output directory has no checkpoints)"
-            ) from err
-        saved = manager.load(target, restore_rng=False, load_model_state=False).config
-        check_resume_compatible(saved, resolved, target)
-        _check_same_objective(saved, resolved, target)
-        state = load_training_state(
-            manager, target, model=model, optimizer=optimizer, scheduler=scheduler,
-            trainable_only=adapters, distributed=distributed,
-        )  # fmt: skip
-        step, extra = state.step, dict(state.extra or extra)
-        guard.load_state_dict(extra.get("guard", guard.state_dict()))
-        train_loader.load_state_dict(state.data_state)
+    step, extra = resume_run(
+        manager, cfg.checkpointing.resume, resolved,
+        sources={"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir},
+        model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=train_loader,
+        trainable_only=adapters, distributed=distributed, extra={"pairs_seen": 0}, checks=[_check_same_objective],
+    )  # fmt: skip
 
     # ---- outputs and meters ----------------------------------------------------------------
     if rt.is_main:
@@ -271,7 +254,7 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
         batches = _loader(cfg, val_ds, tokenizer, rank=dp_rank, world=dp_size, train=False)
         metrics = evaluate_preference(
             model, batches, objective, reference=reference, fused=fused, softcap=softcap,
-            max_batches=cfg.eval.max_batches, reduce=reduce,
+            max_batches=per_rank_batches(cfg.eval.max_batches, dp_size), reduce=reduce,
         )  # fmt: skip
         if rt.is_main:
             metrics_log.log(metrics, at_step)

@@ -115,6 +115,9 @@ class OptimizerConfig:
         betas: Adam betas.
         eps: Adam epsilon.
         kwargs: further keyword arguments for the optimizer.
+        implementation: the update kernels: ``auto`` (fused when the optimizer has a fused
+            kernel and every trainable parameter is a dense float tensor on CPU/CUDA, else
+            foreach), ``fused``, ``foreach`` or ``for_loop`` (torch's per-parameter loop).
     """
 
     name: str = field(default="adamw", metadata=component("tune.optimizers"))
@@ -123,6 +126,7 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     kwargs: dict[str, Any] = field(default_factory=dict)
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
 
 
 @dataclass
@@ -233,7 +237,8 @@ class EvalConfig:
 
     Args:
         every_n_steps: interval (null: only at the end, if there is validation data).
-        max_batches: batches per evaluation (null: the whole validation set).
+        max_batches: batches per evaluation, counted over all ranks (null: the whole
+            validation set).
         before_training: also evaluate at step 0.
     """
 

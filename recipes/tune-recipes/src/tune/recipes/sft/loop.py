@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tune.checkpoint import CheckpointManager, NoCheckpointFoundError
+from tune.checkpoint import CheckpointManager
 from tune.dist import (
     StopSignalHandler,
     all_reduce_sum,
@@ -35,22 +35,21 @@ from tune.recipes.common.data_loading import (
     build_sample_builder,
     load_tokenizer,
     make_loader,
+    per_rank_batches,
     split_source,
 )
 from tune.recipes.common.finetune_method import (
-    ADAPTER_METHODS,
-    lora_config_from,
-    prepare_for_method,
+    load_for_method,
+    unshardable_frozen_params,
 )
 from tune.recipes.common.metric_logging import build_loggers
-from tune.recipes.common.model_loading import load_pretrained
+from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
-    check_resume_compatible,
-    load_training_state,
+    resume_run,
     save_training_state,
 )
 from tune.recipes.common.training_step import evaluate, micro_batch_loss
@@ -102,23 +101,11 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
 
     # ---- model, adapters, quantization-aware training -----------------------------------
     base_dir = Path(cfg.model.checkpoint_dir)
-    ckpt = load_pretrained(base_dir, dtype=rt.dtype, device=rt.device)
+    ckpt, lora = load_for_method(
+        base_dir, train_cfg.method, train_cfg.lora, dtype=rt.dtype, device=rt.device
+    )
     model = ckpt.model
-    adapters = train_cfg.method in ADAPTER_METHODS
-    lora = None
-    if adapters:
-        lc = train_cfg.lora
-        lora = lora_config_from(
-            train_cfg.method,
-            r=lc.r,
-            alpha=lc.alpha,
-            dropout=lc.dropout,
-            targets=lc.targets,
-            exclude=lc.exclude,
-            use_rslora=lc.use_rslora,
-            init=lc.init,
-        )
-    prepare_for_method(model, train_cfg.method, lora)
+    adapters = lora is not None
     if cfg.qat.scheme is not None:  # after the adapters, which replace the linear layers
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
 
@@ -151,10 +138,15 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
             block_match=TransformerBlock,
             reshard_after_forward=cfg.distributed.reshard_after_forward,
             cpu_offload=cfg.distributed.cpu_offload,
+            ignored_params=unshardable_frozen_params(model, dp_size),
         )
 
     # ---- data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.tokenizer_dir)
+    check_vocab_fits(
+        tokenizer.vocab_size, ckpt.config.vocab_size, tokenizer_dir=cfg.tokenizer_dir,
+        checkpoint_dir=base_dir,
+    )  # fmt: skip
     builder = build_sample_builder(
         tokenizer,
         data_cfg.format,
@@ -213,6 +205,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         eps=opt_cfg.eps,
         kwargs=opt_cfg.kwargs,
         allow_imports=cfg.allow_imports,
+        implementation=opt_cfg.implementation,
     )
     scheduler = build_schedule(
         optimizer,
@@ -231,32 +224,12 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
 
     # ---- resume ----------------------------------------------------------------------------
     manager = CheckpointManager(out_dir / "checkpoints", keep_last_n=cfg.checkpointing.keep_last_n)
-    step, extra = 0, {"tokens_seen": 0}
-    resume = cfg.checkpointing.resume
-    resume_path = None if resume == "auto" else resume
-    if resume != "never" and (resume != "auto" or manager.latest() is not None):
-        try:
-            target = manager.resolve(resume_path)
-        except NoCheckpointFoundError as err:
-            raise NoCheckpointFoundError(
-                f"checkpointing.resume={resume!r}: {err} (resume=auto starts fresh only when "
-                "the output directory has no checkpoints)"
-            ) from err
-        saved = manager.load(target, restore_rng=False, load_model_state=False).config
-        check_resume_compatible(saved, resolved, target)
-        state = load_training_state(
-            manager,
-            target,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            trainable_only=adapters,
-            distributed=distributed,
-        )
-        step = state.step
-        extra = dict(state.extra or extra)
-        guard.load_state_dict(extra.get("guard", guard.state_dict()))
-        train_loader.load_state_dict(state.data_state)
+    step, extra = resume_run(
+        manager, cfg.checkpointing.resume, resolved,
+        sources={"data.source": data_cfg.source, "tokenizer.path": cfg.tokenizer_dir},
+        model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=train_loader,
+        trainable_only=adapters, distributed=distributed, extra={"tokens_seen": 0},
+    )  # fmt: skip
 
     # ---- outputs and meters ----------------------------------------------------------------
     if rt.is_main:
@@ -277,7 +250,8 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         if val_ds is None:
             return None
         val_loss = evaluate(
-            model, val_loader(), fused=fused, softcap=softcap, max_batches=cfg.eval.max_batches,
+            model, val_loader(), fused=fused, softcap=softcap,
+            max_batches=per_rank_batches(cfg.eval.max_batches, dp_size),
             reduce=reduce,
         )  # fmt: skip
         if rt.is_main:

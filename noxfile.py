@@ -29,6 +29,11 @@ TESTED_PACKAGES = [*LIBRARIES, "recipes"]
 
 # Byte-compiling torch on install costs ~20 s per venv; modules compile lazily on import instead.
 SESSION_ENV = {"PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+# Test runs write .pyc files even where the machine sets PYTHONDONTWRITEBYTECODE=1 (this one
+# does): the venvs are installed without byte-compiling, so otherwise every process (a launch
+# spawns several) compiles torch's sources again: 16 s per `import tune.recipes.sft.loop`
+# instead of 6 here, which doubled the recipes and integration sessions.
+RUN_ENV = {"PYTHONDONTWRITEBYTECODE": ""}
 # Where a CPU torch wheel lies on this machine's disk (pip finds it through its own config; uv
 # reads no pip config, so it is told). Elsewhere, point pip/uv at a CPU index (see ci.yml).
 LOCAL_WHEELS = os.environ.get("TUNE_FIND_LINKS", "/opt/wheels")
@@ -109,7 +114,7 @@ def tests(session: nox.Session, package: str) -> None:
     session.run(
         "python", "-m", "pytest", str(tests_dir), "-p", "no:cacheprovider",
         *_pytest_args(session, ["-m", "not slow and not gpu", "-q"]),
-        env={"OMP_NUM_THREADS": "2"},
+        env={"OMP_NUM_THREADS": "2", **RUN_ENV},
     )  # fmt: skip
 
 
@@ -163,7 +168,7 @@ def integration(session: nox.Session) -> None:
     )
     session.run(
         "python", "-m", "pytest", str(ROOT / "integration_tests"), "-p", "no:cacheprovider",
-        *_pytest_args(session, ["-m", "not slow and not gpu", "-q"]),
+        *_pytest_args(session, ["-m", "not slow and not gpu", "-q"]), env=RUN_ENV,
     )  # fmt: skip
 
 
@@ -186,7 +191,12 @@ def demo(session: nox.Session) -> None:
     _install(session, *wheels.values(), "matplotlib>=3.8")
     out = Path(os.environ.get("TUNE_DEMO_OUT", ROOT / "outputs" / "demo"))
     session.run(
-        "python", str(ROOT / "examples" / "demo.py"), "--output-dir", str(out), *session.posargs
+        "python",
+        str(ROOT / "examples" / "demo.py"),
+        "--output-dir",
+        str(out),
+        *session.posargs,
+        env=RUN_ENV,
     )
 
 
@@ -209,7 +219,7 @@ def bench(session: nox.Session) -> None:
     """Throughput and memory benchmarks (ratios, not pass/fail); results land in bench_results/."""
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(session, *[f"{w}[test]" for n, w in wheels.items() if n != "all"], "matplotlib>=3.8")
-    env = {}
+    env = dict(RUN_ENV)
     if not session.posargs or any("peers" in arg for arg in session.posargs):
         env["TUNE_BENCH_TORCHTUNE_PYTHON"] = str(_torchtune_venv(session))
     session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs, env=env)

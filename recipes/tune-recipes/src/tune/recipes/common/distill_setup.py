@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from tune.models import CheckpointModel
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.common.train_state import ResumeMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -76,32 +73,3 @@ def compared_vocab_size(
         smaller,
     )
     return smaller
-
-
-def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def check_distill_resume_compatible(
-    saved: Mapping[str, Any], current: Mapping[str, Any], step_dir: Path
-) -> None:
-    """Refuse to resume from ``step_dir`` when the teacher or the loss changed.
-
-    Raises:
-        ResumeMismatchError: naming each changed key with its saved and current value.
-    """
-    changed = [
-        f"{key}: saved {_lookup(saved, key)!r}, now {_lookup(current, key)!r}"
-        for key in DISTILL_RESUME_KEYS
-        if _lookup(saved, key) != _lookup(current, key)
-    ]
-    if changed:
-        raise ResumeMismatchError(
-            f"{step_dir} was written by a distill run with other settings ({'; '.join(changed)}); "
-            "use another checkpointing.output_dir, or checkpointing.resume=never to start over there"
-        )

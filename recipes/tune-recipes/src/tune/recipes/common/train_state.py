@@ -8,7 +8,7 @@ Either way ``CheckpointManager`` commits the step atomically.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +59,20 @@ def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
 
 
 def check_resume_compatible(
-    saved: Mapping[str, Any] | None, current: Mapping[str, Any], step_dir: Path
+    saved: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    step_dir: Path,
+    extra_keys: Sequence[str] = (),
 ) -> None:
-    """Refuse to resume from ``step_dir`` when a key of ``RESUME_INVARIANT_KEYS`` changed."""
+    """Refuse to resume from ``step_dir`` when a key of ``RESUME_INVARIANT_KEYS`` (or of a
+    recipe's ``extra_keys``: its teacher, loss, rollout shape, ...) changed, naming each."""
     if saved is None:
         raise ResumeMismatchError(
             f"{step_dir}: no saved config; cannot check it belongs to this run"
         )
     changed = [
         f"{key}: saved {_lookup(saved, key)!r}, now {_lookup(current, key)!r}"
-        for key in RESUME_INVARIANT_KEYS
+        for key in (*RESUME_INVARIANT_KEYS, *extra_keys)
         if _lookup(saved, key) != _lookup(current, key)
     ]
     if changed:
@@ -78,15 +82,12 @@ def check_resume_compatible(
         )
 
 
-ResumeCheck = Callable[[Any, Any, Path], None]  # (saved config, config, step dir)
-
-
 def find_resume_step(
     manager: CheckpointManager,
     resume: str,
     config: Mapping[str, Any],
     inputs: Fingerprints,
-    checks: Sequence[ResumeCheck] = (),
+    extra_keys: Sequence[str] = (),
 ) -> Path | None:
     """The committed step to resume from, after checking it belongs to this run; None: start fresh.
 
@@ -96,7 +97,8 @@ def find_resume_step(
         config: this run's resolved (redacted) config.
         inputs: this run's input fingerprints (``fingerprint_inputs``), saved as
             ``extra["inputs"]`` with every step.
-        checks: recipe-specific ``(saved_config, config, step_dir)`` checks.
+        extra_keys: the recipe's own config keys that must not change (beyond
+            ``RESUME_INVARIANT_KEYS``).
 
     Raises:
         NoCheckpointFoundError: an explicit resume path (or ``auto`` over a directory holding
@@ -113,9 +115,7 @@ def find_resume_step(
             "the output directory has no checkpoints)"
         ) from err
     saved = manager.load(target, restore_rng=False, load_model_state=False)
-    check_resume_compatible(saved.config, config, target)
-    for check in checks:
-        check(saved.config or {}, config, target)
+    check_resume_compatible(saved.config, config, target, extra_keys)
     saved_inputs = (saved.extra or {}).get("inputs")
     if saved_inputs is None:
         logger.warning("%s keeps no input fingerprints: data/tokenizer files not compared", target)
@@ -246,12 +246,12 @@ def resume_run(
     trainable_only: bool,
     distributed: bool,
     extra: Mapping[str, Any],
-    checks: Sequence[ResumeCheck] = (),
+    extra_keys: Sequence[str] = (),
 ) -> tuple[int, dict[str, Any]]:
     """Fingerprint the inputs, then continue from the resume step if there is one.
 
     Args:
-        manager, resume, config, checks: as for ``find_resume_step``.
+        manager, resume, config, extra_keys: as for ``find_resume_step``.
         sources: config key -> the local file/directory it names (``data.source``,
             ``tokenizer.path``), fingerprinted into ``extra["inputs"]``.
         model, optimizer, scheduler, trainable_only, distributed: as for ``load_training_state``.
@@ -263,7 +263,7 @@ def resume_run(
         ``(step, extra)``: 0 and the initial extra for a fresh run, else the saved ones.
     """
     inputs = fingerprint_inputs(sources)
-    target = find_resume_step(manager, resume, config, inputs, checks)
+    target = find_resume_step(manager, resume, config, inputs, extra_keys)
     if target is None:
         return 0, {**extra, "inputs": inputs}
     state = load_training_state(

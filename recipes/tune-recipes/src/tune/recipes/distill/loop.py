@@ -41,7 +41,7 @@ from tune.recipes.common.distill_loss import (
     evaluate_distillation,
 )
 from tune.recipes.common.distill_setup import (
-    check_distill_resume_compatible,
+    DISTILL_RESUME_KEYS,
     compared_vocab_size,
     load_teacher,
 )
@@ -216,7 +216,8 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         manager, cfg.checkpointing.resume, resolved,
         sources={"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir},
         model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=train_loader,
-        trainable_only=adapters, distributed=distributed, extra={"tokens_seen": 0}, checks=[check_distill_resume_compatible],
+        trainable_only=adapters, distributed=distributed, extra={"tokens_seen": 0},
+        extra_keys=DISTILL_RESUME_KEYS,
     )  # fmt: skip
 
     # ---- outputs and meters --------------------------------------------------------------------

@@ -50,7 +50,6 @@ from tune.recipes.common.reward_registry import build_reward
 from tune.recipes.common.rollout_backend import SamplingSettings, build_generation_backend
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
-    ResumeMismatchError,
     resume_run,
     save_training_state,
 )
@@ -205,7 +204,8 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
         manager, cfg.checkpointing.resume, resolved,
         sources={"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir},
         model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=loader,
-        trainable_only=adapters, distributed=distributed, extra={"accuracy_before": None}, checks=[_check_grpo_resume],
+        trainable_only=adapters, distributed=distributed, extra={"accuracy_before": None},
+        extra_keys=GRPO_RESUME_KEYS,
     )  # fmt: skip
 
     # ---- outputs and meters ----------------------------------------------------------------------
@@ -377,21 +377,3 @@ def _mean_updates(updates: list[dict[str, float]], reduce: Any, ranks: int) -> d
         local = reduce(local.double()) / ranks
     mean["clip_fraction"], mean["kl"] = float(local[0]), float(local[1])
     return mean
-
-
-def _check_grpo_resume(saved: dict[str, Any] | None, current: dict[str, Any], where: Path) -> None:
-    def lookup(tree: Any, dotted: str) -> Any:
-        for part in dotted.split("."):
-            tree = tree.get(part) if isinstance(tree, dict) else None
-        return tree
-
-    changed = [
-        f"{k}: saved {lookup(saved, k)!r}, now {lookup(current, k)!r}"
-        for k in GRPO_RESUME_KEYS
-        if lookup(saved, k) != lookup(current, k)
-    ]
-    if changed:
-        raise ResumeMismatchError(
-            f"{where} was written by a run with other rollout settings ({'; '.join(changed)}); "
-            "use another checkpointing.output_dir, or checkpointing.resume=never"
-        )

@@ -9,7 +9,6 @@ like the policy under FSDP). Chosen and rejected responses go through one forwar
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ from tune.recipes.common.preference_step import (
 )
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
-    ResumeMismatchError,
     resume_run,
     save_training_state,
 )
@@ -118,24 +116,6 @@ def _loader(cfg: PreferenceConfig, dataset: Any, tokenizer: Any, *, rank: int, w
 # Beyond the keys every recipe checks: a step written for another objective or reference model
 # continues a different optimisation.
 _PREFERENCE_RESUME_KEYS = ("training.loss", "model.reference_checkpoint_dir")
-
-
-def _check_same_objective(saved: Any, current: dict[str, Any], step_dir: Path) -> None:
-    def lookup(tree: Any, dotted: str) -> Any:
-        for part in dotted.split("."):
-            tree = tree.get(part) if isinstance(tree, Mapping) else None
-        return tree
-
-    changed = [
-        f"{key}: saved {lookup(saved, key)!r}, now {lookup(current, key)!r}"
-        for key in _PREFERENCE_RESUME_KEYS
-        if lookup(saved, key) != lookup(current, key)
-    ]
-    if changed:
-        raise ResumeMismatchError(
-            f"{step_dir} was written by a run with another objective ({'; '.join(changed)}); "
-            "use another checkpointing.output_dir, or checkpointing.resume=never to start over"
-        )
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -233,7 +213,8 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
         manager, cfg.checkpointing.resume, resolved,
         sources={"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir},
         model=model, optimizer=optimizer, scheduler=scheduler, guard=guard, loader=train_loader,
-        trainable_only=adapters, distributed=distributed, extra={"pairs_seen": 0}, checks=[_check_same_objective],
+        trainable_only=adapters, distributed=distributed, extra={"pairs_seen": 0},
+        extra_keys=_PREFERENCE_RESUME_KEYS,
     )  # fmt: skip
 
     # ---- outputs and meters ----------------------------------------------------------------

@@ -159,7 +159,10 @@ def write_table(out: Path, best: dict, checks: list[dict], meta: dict) -> str:
         "6N + 12·L·T·D per token (N excludes the embedding, T is the batch row length) for LoRA "
         "too, over the matmul rate above. LoRA curves differ after step 1 only through the "
         "random init of the A matrices (B starts at zero in all three). tune's step time "
-        "includes its own streaming tokenization/packing; the peers get the saved batches.",
+        "includes its own streaming tokenization/packing; the peers get the saved batches. "
+        "Unpacked rows: tune trains each batch padding-free (data.padding_free, auto on the "
+        "CPU: the real tokens laid end to end, one document per example), the peers compute on "
+        "the padded batches as their trainers give them; the digests are of the padded batches.",
     ]
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)

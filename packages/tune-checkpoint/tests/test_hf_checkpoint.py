@@ -208,6 +208,27 @@ def test_integer_tensor_for_a_float_parameter_is_refused_before_reading(tmp_path
     with pytest.raises(StateDictMismatchError, match=r"linear\.bias' has bool"):
         load_hf_checkpoint(_Native(), tmp_path / "bool", key_map=_from_hf)
 
+    # The other way round: a float tensor for an integer buffer would be truncated by a cast.
+    class _WithSteps(_Native):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("steps", torch.zeros(3, dtype=torch.int64))
+
+    with_steps = {**hf, "steps": torch.tensor([0.5, 1.5, 2.5])}
+    save_hf_checkpoint(tmp_path / "float_buffer", with_steps)
+    with pytest.raises(StateDictMismatchError) as err:
+        load_hf_checkpoint(_WithSteps(), tmp_path / "float_buffer", key_map=_from_hf)
+    assert (
+        "'steps' has float32, model expects an integer or bool dtype (int64): a cast would "
+        "truncate the values"
+    ) in str(err.value)
+    int_steps = {**hf, "steps": torch.tensor([1, 2, 3], dtype=torch.int32)}  # int -> int is fine
+    save_hf_checkpoint(tmp_path / "int_buffer", int_steps)
+    target = _WithSteps()
+    load_hf_checkpoint(target, tmp_path / "int_buffer", key_map=_from_hf)
+    assert target.steps.dtype == torch.int64
+    assert target.steps.tolist() == [1, 2, 3]
+
     # Floating -> floating casts stay allowed: a bf16 file loads into a float32 model.
     save_hf_checkpoint(tmp_path / "bf16", hf, dtype=torch.bfloat16)
     target = _Native()

@@ -143,3 +143,19 @@ def test_refused_legacy_adapter_bin_names_the_file(tmp_path: Path) -> None:
         load_peft_adapter(tmp_path)
     assert str(tmp_path / "adapter_model.bin") in str(err.value)
     assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_step_file_names_the_file(damage: str, tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path / "ckpt", fsync=False)
+    step_dir = manager.save(1, optimizer_state={"lr": torch.ones(64)}, extra={"epoch": 1})
+    target = step_dir / "optimizer.pt"
+    data = target.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "garbage": b"not a torch file", "empty": b""}
+    target.write_bytes(damaged[damage])
+    (step_dir / MANIFEST_NAME).unlink()  # a manifest without checksums cannot catch it
+    write_manifest(step_dir, 1, 1, checksums=False, fsync=False)
+    with pytest.raises(CorruptCheckpointError, match=r"not a readable torch\.save file") as err:
+        CheckpointManager(tmp_path / "ckpt").load(step_dir, checksums=False)
+    assert str(target) in str(err.value)
+    assert f"({len(damaged[damage])} bytes;" in str(err.value)

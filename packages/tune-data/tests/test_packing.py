@@ -16,6 +16,7 @@ from tune.data import (
     collate_padded,
     concat_documents,
     pack_stream,
+    remove_padding,
     select_for_pack,
     shift_labels,
 )
@@ -154,6 +155,64 @@ def test_no_token_attends_across_documents() -> None:
     others = ~first
     assert torch.equal(a[0, others], b[0, others])  # bit-identical outside document 2
     assert not torch.allclose(a[0, first], b[0, first])
+
+
+def test_remove_padding_hand_computed() -> None:
+    batch = collate_padded(
+        [{"tokens": [5, 6, 7], "labels": [6, 7, -100]}, {"tokens": [8, 9], "labels": [9, 2]}],
+        pad_id=0,
+        pad_to_multiple_of=4,
+    )
+    flat = remove_padding(batch)
+    assert sorted(flat) == ["document_ids", "labels", "positions", "tokens"]
+    assert flat["tokens"].tolist() == [[5, 6, 7, 8, 9]]
+    assert flat["labels"].tolist() == [[6, 7, -100, 9, 2]]  # no label crosses into example 2
+    assert flat["positions"].tolist() == [[0, 1, 2, 0, 1]]
+    assert flat["document_ids"].tolist() == [[0, 0, 0, 1, 1]]
+
+
+def test_remove_padding_counts_positions_of_left_padded_rows() -> None:
+    batch = {
+        "tokens": torch.tensor([[0, 0, 3, 4], [5, 6, 7, 8]]),
+        "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+    }
+    flat = remove_padding(batch)
+    assert flat["tokens"].tolist() == [[3, 4, 5, 6, 7, 8]]
+    assert flat["positions"].tolist() == [[0, 1, 0, 1, 2, 3]]
+    assert flat["document_ids"].tolist() == [[0, 0, 1, 1, 1, 1]]
+
+
+def test_remove_padding_names_the_bad_key() -> None:
+    batch = collate_padded(_samples(3, seed=5), pad_id=0)
+    with pytest.raises(ValueError, match="no 'attention_mask'"):
+        remove_padding({k: v for k, v in batch.items() if k != "attention_mask"})
+    with pytest.raises(ValueError, match="already packed"):
+        remove_padding({**batch, "document_ids": batch["positions"]})
+    with pytest.raises(ValueError, match=r"'labels' has shape \(3, 1\)"):
+        remove_padding({**batch, "labels": batch["labels"][:, :1]})
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_padding_free_gives_the_padded_batch_loss(dtype: torch.dtype, tol: float) -> None:
+    torch.manual_seed(0)
+    model = TinyLM().to(dtype).eval()
+    padded = collate_padded(_samples(8, seed=4), pad_id=0)
+    flat = remove_padding(padded)
+    real = padded["attention_mask"].bool()
+    assert flat["tokens"].shape[1] == int(real.sum()) < padded["tokens"].numel()
+    with torch.no_grad():
+        logits = model(
+            padded["tokens"], padded["positions"], attention_mask=padded["attention_mask"]
+        )
+        flat_logits = model(flat["tokens"], flat["positions"], document_ids=flat["document_ids"])
+    worst = (logits[real] - flat_logits[0]).abs().max().item()
+    print(f"padding-free vs padded max logit difference ({dtype}): {worst:.2e}")
+    assert worst < tol, worst
+    summed = [
+        F.cross_entropy(out.flatten(0, -2), labels.flatten(), reduction="sum")
+        for out, labels in ((logits, padded["labels"]), (flat_logits, flat["labels"]))
+    ]
+    torch.testing.assert_close(summed[0], summed[1], rtol=tol, atol=0)
 
 
 def test_best_fit_fills_at_least_95_percent_on_a_realistic_length_distribution() -> None:

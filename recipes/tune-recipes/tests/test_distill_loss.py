@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.data import remove_padding
 from tune.recipes.common.distill_loss import (
     DistillLossSettings,
     distill_micro_batch_loss,
@@ -89,6 +90,26 @@ def test_step_matches_transformers_reference(
     values = evaluate_distillation(student, teacher, [batch], settings)
     assert values["val_loss"] == pytest.approx(ce / 13, rel=1e-5)
     assert values["val_kl"] == pytest.approx(kl / 13, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse"])
+def test_padding_free_batch_gives_the_padded_distillation_loss(
+    pair: tuple[Path, Path], kind: str
+) -> None:
+    student_dir, teacher_dir = pair
+    student = load_pretrained(student_dir, dtype=torch.float32, device=torch.device("cpu")).model
+    teacher = load_teacher(teacher_dir, dtype=torch.float32, device=torch.device("cpu")).model
+    settings = DistillLossSettings(kind=kind, temperature=2.0, ce_weight=0.5, chunk_size=5)
+    batch = _batch()
+    batch["attention_mask"] = (batch["labels"] != -100).long()
+    batch["attention_mask"][:, :4] = 1  # the prompt is real, only row 1's tail is padding
+    flat = remove_padding(batch)
+    assert flat["tokens"].shape == (1, 21)
+    padded_loss = distill_micro_batch_loss(student, teacher, batch, settings)
+    flat_loss = distill_micro_batch_loss(student, teacher, flat, settings)
+    for a, b in ((padded_loss.ce_sum, flat_loss.ce_sum), (padded_loss.kl_sum, flat_loss.kl_sum)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert int(flat_loss.total.num_tokens) == int(padded_loss.total.num_tokens) == 13
 
 
 def _head(vocab: int) -> nn.Module:

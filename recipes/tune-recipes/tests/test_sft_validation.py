@@ -86,6 +86,11 @@ def test_global_batch_must_divide_by_data_parallel_size_times_micro_batch(sft_ya
     load_config(path, SFTConfig, ["distributed.tp_size=2"], world_size=4)
     errors = _errors(path, ["distributed.tp_size=3"], world_size=4)
     assert "error: distributed.tp_size: 3 does not divide the world size 4" in errors
+    errors = _errors(path, ["distributed.tp_size=2", "data.padding_free=true"], world_size=4)
+    assert errors == [
+        "error: data.padding_free: cannot be combined with distributed.tp_size > 1: "
+        "sequence-parallel layers split the sequence, and a padding-free row has any length"
+    ]
 
 
 def test_world_size_comes_from_the_environment(sft_yaml, monkeypatch) -> None:

@@ -101,10 +101,19 @@ def _open_shards(directory: Path, prefix: str) -> list[_Shard]:
 
 
 def _dtype_problem(stored: torch.dtype, wanted: torch.dtype) -> str | None:
-    """Why a stored tensor cannot fill a model tensor, or None (float -> float casts are fine)."""
+    """Why a stored tensor cannot fill a model tensor, or None.
+
+    Casts within a kind are fine (bf16 -> float32, int32 -> int64); across kinds they would
+    silently change the values (float -> int truncates, int -> float loads an index as a weight).
+    """
     if wanted.is_floating_point and not stored.is_floating_point:
         return (
             f"has {hf_dtype_name(stored)}, model expects a floating dtype ({hf_dtype_name(wanted)})"
+        )
+    if not wanted.is_floating_point and stored.is_floating_point:
+        return (
+            f"has {hf_dtype_name(stored)}, model expects an integer or bool dtype "
+            f"({hf_dtype_name(wanted)}): a cast would truncate the values"
         )
     return None
 

@@ -24,7 +24,11 @@ from tune.checkpoint.commit import (
     write_manifest,
 )
 from tune.checkpoint.dcp import load_sharded, save_sharded
-from tune.checkpoint.errors import CorruptCheckpointError, NoCheckpointFoundError
+from tune.checkpoint.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    NoCheckpointFoundError,
+)
 from tune.checkpoint.rng_state import capture_rng_state, restore_rng_state
 from tune.checkpoint.safe_torch_load import torch_load_weights_only
 from tune.checkpoint.safetensors_dir import (
@@ -73,9 +77,33 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+@contextlib.contextmanager
+def _all_ranks_agree(step: int) -> Iterator[None]:
+    """Run one phase of a save on every rank, then agree: when any rank failed, all raise.
+
+    A plain barrier would leave the other ranks waiting for a rank that raised until the process
+    group's timeout; here every rank learns which rank failed and why, and raises at once (the
+    failing rank re-raises its own error).
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as err:  # re-raised below, after the other ranks are told
+        error = err
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if error is not None:
+            raise error
+        return
+    reports: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    if failed:
+        rank, report = failed[0]
+        raise CheckpointError(
+            f"checkpoint step_{step} was not committed: rank {rank} failed: {report}"
+        )
 
 
 @contextlib.contextmanager
@@ -168,17 +196,19 @@ class CheckpointManager:
             OSError: writing failed (e.g. ENOSPC); the message names the step and its scratch
                 directory `.step_<n>.tmp`, errno is kept. Committed steps are left as they were;
                 the next save removes the scratch directory.
+            CheckpointError: on every other rank when one rank failed (naming it and its error):
+                no rank waits for a failed one until the process-group timeout.
         """
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         rank, world = _rank_world()
         tmp = self.root / f".step_{step}.tmp"
-        if rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._remove_scratch()
-            tmp.mkdir()
-        _barrier()
-        with _naming_the_step(step, tmp):
+        with _all_ranks_agree(step):
+            if rank == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._remove_scratch()
+                tmp.mkdir()
+        with _all_ranks_agree(step), _naming_the_step(step, tmp):
             if save_rng:
                 rng = dict(rng_state) if rng_state is not None else capture_rng_state()
                 torch_save_durable(tmp / f"rng_rank{rank}.pt", rng, self.fsync)
@@ -190,14 +220,13 @@ class CheckpointManager:
                 self._write_rank0_files(
                     tmp, model_state, optimizer_state, scheduler_state, extra, config
                 )
-        _barrier()
         final = self.step_dir(step)
-        if rank == 0:
-            with _naming_the_step(step, tmp):
-                write_manifest(tmp, step, world, self.checksums, self.fsync)
-                self._commit(tmp, final)
-            self._apply_retention(keep=final)
-        _barrier()
+        with _all_ranks_agree(step):
+            if rank == 0:
+                with _naming_the_step(step, tmp):
+                    write_manifest(tmp, step, world, self.checksums, self.fsync)
+                    self._commit(tmp, final)
+                self._apply_retention(keep=final)
         return final
 
     def _write_rank0_files(

@@ -34,6 +34,7 @@ from tune.data.packing import (
     pad_pack,
     select_for_pack,
 )
+from tune.data.padding_free import remove_padding
 from tune.data.sampler import RankCursor, SampleOrder, cursor_from_state, merge_rank_states
 from tune.data.sources import DataSourceError, load_source, read_jsonl, require_columns
 from tune.data.tokenizer import Tokenizer
@@ -81,6 +82,7 @@ __all__ = [
     "pack_stream",
     "pad_pack",
     "read_jsonl",
+    "remove_padding",
     "require_columns",
     "resolve_template",
     "select_for_pack",

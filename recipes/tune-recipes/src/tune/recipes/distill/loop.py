@@ -53,6 +53,11 @@ from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
+from tune.recipes.common.padding_free import (
+    padding_free_batch,
+    padding_free_batches,
+    resolve_padding_free,
+)
 from tune.recipes.common.runtime import DTYPES, seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
     resume_run,
@@ -231,6 +236,10 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
             options=cfg.logging.options,
             allow_imports=cfg.allow_imports,
         )
+    padding_free = resolve_padding_free(
+        cfg.data.padding_free, device=rt.device, packing=cfg.data.packing,
+        compile=train_cfg.compile, tp_size=1,
+    )  # fmt: skip
     meter = ThroughputMeter(device=rt.device)
     stopper = StopSignalHandler().install()
     model.train()
@@ -239,7 +248,7 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         if val_ds is None:
             return None
         values = evaluate_distillation(
-            model, teacher, val_loader(), settings,
+            model, teacher, padding_free_batches(val_loader(), padding_free), settings,
             max_batches=per_rank_batches(cfg.eval.max_batches, dp_size),
             reduce=reduce,
         )  # fmt: skip
@@ -265,7 +274,8 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
     while step < total_steps:
         meter.start()
         micro_batches = [
-            {k: v.to(rt.device) for k, v in next(batches).items()} for _ in range(accum)
+            padding_free_batch({k: v.to(rt.device) for k, v in next(batches).items()}, padding_free)
+            for _ in range(accum)
         ]
         num_tokens = accumulator.start_step([(mb["labels"] != -100).sum() for mb in micro_batches])
         real_tokens = sum(

@@ -64,6 +64,8 @@ def check_data_section(cfg: SFTConfig, c: Checks) -> None:
             "data.validation_split",
             f"{d.source} is a local file without named splits; use data.validation_fraction",
         )
+    if d.padding_free is not None and d.packing:
+        c.warn("data.padding_free", "has no effect with data.packing=true (packs have no padding)")
 
 
 def check_training_section(cfg: SFTConfig, c: Checks) -> None:
@@ -147,6 +149,12 @@ def check_parallel_section(cfg: SFTConfig, c: Checks) -> None:
         )
     if dist.cpu_offload and not dist.fsdp:
         c.error("distributed.cpu_offload", "needs distributed.fsdp=true")
+    if cfg.data.padding_free and dist.tp_size > 1:
+        c.error(
+            "data.padding_free",
+            "cannot be combined with distributed.tp_size > 1: sequence-parallel layers split "
+            "the sequence, and a padding-free row has any length",
+        )
     if cfg.training.activation_offloading and cfg.device == "cpu":
         c.warn("training.activation_offloading", "has no effect on the CPU")
     if cfg.qat.scheme is not None and cfg.training.method == "qlora":

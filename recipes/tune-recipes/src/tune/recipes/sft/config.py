@@ -54,6 +54,11 @@ class DataConfig:
         validation_fraction: hold out this fraction of the training split (0: none).
         max_seq_len: tokens per sequence (or per pack).
         packing: pack several examples into each sequence (document-masked).
+        padding_free: train unpacked batches on their real tokens only: each micro-batch's
+            examples are laid end to end as documents of one row, so no compute goes to padding
+            (same loss up to float round-off). null (auto): on for CPU training without
+            ``training.compile`` or tensor parallelism. On CUDA the document mask goes through
+            FlexAttention, compiled once per distinct length, so auto leaves it off there.
         truncation: ``truncate`` cuts long examples (keeping at least one trained token),
             ``drop`` skips them (counted), ``error`` stops with the example named.
         train_on_input: also compute the loss on prompt tokens.
@@ -72,6 +77,7 @@ class DataConfig:
     validation_fraction: float = 0.0
     max_seq_len: int = 2048
     packing: bool = False
+    padding_free: bool | None = None
     truncation: Literal["truncate", "drop", "error"] = "truncate"
     train_on_input: bool = False
     shuffle: bool = True

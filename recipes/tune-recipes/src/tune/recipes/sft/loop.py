@@ -46,6 +46,11 @@ from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
+from tune.recipes.common.padding_free import (
+    padding_free_batch,
+    padding_free_batches,
+    resolve_padding_free,
+)
 from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
@@ -220,6 +225,10 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
     )
     guard = NonFiniteGuard("halt" if train_cfg.nonfinite == "raise" else "skip")
     fused = train_cfg.fused_ce and not distributed  # a sharded output weight needs plain CE
+    padding_free = resolve_padding_free(
+        data_cfg.padding_free, device=rt.device, packing=data_cfg.packing,
+        compile=train_cfg.compile, tp_size=cfg.distributed.tp_size,
+    )  # fmt: skip
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
 
     # ---- resume ----------------------------------------------------------------------------
@@ -250,7 +259,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         if val_ds is None:
             return None
         val_loss = evaluate(
-            model, val_loader(), fused=fused, softcap=softcap,
+            model, padding_free_batches(val_loader(), padding_free), fused=fused, softcap=softcap,
             max_batches=per_rank_batches(cfg.eval.max_batches, dp_size),
             reduce=reduce,
         )  # fmt: skip
@@ -283,7 +292,8 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
     while step < total_steps:
         meter.start()
         micro_batches = [
-            {k: v.to(rt.device) for k, v in next(batches).items()} for _ in range(accum)
+            padding_free_batch({k: v.to(rt.device) for k, v in next(batches).items()}, padding_free)
+            for _ in range(accum)
         ]
         accumulator.start_step([(mb["labels"] != -100).sum() for mb in micro_batches])
         real_tokens = sum(

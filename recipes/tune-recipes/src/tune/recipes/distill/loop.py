@@ -18,16 +18,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
-from tune.dist import (
-    StopSignalHandler,
-    all_reduce_sum,
-    apply_activation_checkpointing,
-    apply_fsdp,
-    build_mesh,
-    data_parallel_mesh,
-    data_parallel_rank_and_size,
-)
-from tune.models import TransformerBlock
+from tune.dist import StopSignalHandler
 from tune.recipes.common.data_loading import (
     build_sample_builder,
     load_tokenizer,
@@ -45,10 +36,7 @@ from tune.recipes.common.distill_setup import (
     compared_vocab_size,
     load_teacher,
 )
-from tune.recipes.common.finetune_method import (
-    load_for_method,
-    unshardable_frozen_params,
-)
+from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.optimization import build_optimizer, build_schedule
@@ -58,6 +46,7 @@ from tune.recipes.common.padding_free import (
     padding_free_batches,
     resolve_padding_free,
 )
+from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp, wrap_blocks
 from tune.recipes.common.runtime import DTYPES, seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
     resume_run,
@@ -127,32 +116,15 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
     )
 
     # ---- parallelism: activation checkpointing, then FSDP for both models ---------------------
-    distributed = rt.dist.is_distributed
-    dp_rank, dp_size, reduce = 0, 1, None
-    if distributed:
-        mesh = build_mesh(tp=1, device_type=rt.device.type)
-        dp_rank, dp_size = data_parallel_rank_and_size(mesh)
-        dp_mesh = data_parallel_mesh(mesh)
-
-        def reduce(value: torch.Tensor) -> torch.Tensor:
-            return all_reduce_sum(value, group=dp_mesh)
-
-    if train_cfg.activation_checkpointing:
-        apply_activation_checkpointing(model, TransformerBlock)
-    if train_cfg.compile:
-        for m in (model, teacher):
-            for block in m.layers.values() if hasattr(m.layers, "values") else m.layers:
-                block.compile()
+    dp = setup_data_parallel(rt)
+    distributed, dp_rank, dp_size, reduce = dp.distributed, dp.rank, dp.size, dp.reduce
+    wrap_blocks(
+        [model, teacher], activation_checkpointing=train_cfg.activation_checkpointing,
+        compile=train_cfg.compile,
+    )  # fmt: skip
+    # The teacher is sharded too: it never sits whole on a rank.
+    shard_with_fsdp([model, teacher], dp, cfg.distributed)
     if distributed and cfg.distributed.fsdp:
-        for m in (model, teacher):  # the teacher is sharded too: it never sits whole on a rank
-            apply_fsdp(
-                m,
-                dp_mesh,
-                block_match=TransformerBlock,
-                reshard_after_forward=cfg.distributed.reshard_after_forward,
-                cpu_offload=cfg.distributed.cpu_offload,
-                ignored_params=unshardable_frozen_params(m, dp_size),
-            )
         local = sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in teacher.parameters())
         logger.info(
             "teacher sharded over %d ranks: %d of %d parameters on this rank",

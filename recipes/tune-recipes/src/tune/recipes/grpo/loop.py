@@ -21,21 +21,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.data import PromptAnswerBuilder
-from tune.dist import (
-    StopSignalHandler,
-    all_reduce_sum,
-    apply_fsdp,
-    build_mesh,
-    data_parallel_mesh,
-    data_parallel_rank_and_size,
-)
-from tune.models import TransformerBlock
+from tune.dist import StopSignalHandler
 from tune.peft import disable_adapters
 from tune.recipes.common.data_loading import load_tokenizer, make_loader, split_source
-from tune.recipes.common.finetune_method import (
-    load_for_method,
-    unshardable_frozen_params,
-)
+from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.grpo_step import (
     PolicyLossSettings,
     batched_logprobs,
@@ -46,6 +35,7 @@ from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
+from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp
 from tune.recipes.common.reward_registry import build_reward
 from tune.recipes.common.rollout_backend import SamplingSettings, build_generation_backend
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
@@ -112,24 +102,9 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
         reference.requires_grad_(False)
 
     # ---- parallelism: FSDP over data-parallel ranks ----------------------------------------
-    distributed = rt.dist.is_distributed
-    dp_rank, dp_size, reduce = 0, 1, None
-    if distributed:
-        mesh = build_mesh(tp=1, device_type=rt.device.type)
-        dp_rank, dp_size = data_parallel_rank_and_size(mesh)
-        dp_mesh = data_parallel_mesh(mesh)
-
-        def reduce(value: torch.Tensor) -> torch.Tensor:
-            return all_reduce_sum(value.to(rt.device), group=dp_mesh).cpu()
-
-        for module in (model, reference):
-            if module is not None:
-                apply_fsdp(
-                    module, dp_mesh, block_match=TransformerBlock,
-                    reshard_after_forward=cfg.distributed.reshard_after_forward,
-                    cpu_offload=cfg.distributed.cpu_offload,
-                    ignored_params=unshardable_frozen_params(module, dp_size),
-                )  # fmt: skip
+    dp = setup_data_parallel(rt, reduce_on_cpu=True)
+    distributed, dp_rank, dp_size, reduce = dp.distributed, dp.rank, dp.size, dp.reduce
+    shard_with_fsdp([model, reference], dp, cfg.distributed)
 
     # ---- prompts -----------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.tokenizer_dir)

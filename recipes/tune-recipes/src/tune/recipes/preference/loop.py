@@ -12,32 +12,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.data import PreferenceBuilder, StreamingLoader
-from tune.dist import (
-    StopSignalHandler,
-    all_reduce_sum,
-    apply_activation_checkpointing,
-    apply_fsdp,
-    build_mesh,
-    data_parallel_mesh,
-    data_parallel_rank_and_size,
-)
-from tune.models import TransformerBlock
+from tune.dist import StopSignalHandler
 from tune.recipes.common.data_loading import load_tokenizer, per_rank_batches, split_source
-from tune.recipes.common.finetune_method import (
-    load_for_method,
-    unshardable_frozen_params,
-)
+from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
+from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp, wrap_blocks
 from tune.recipes.common.preference_step import (
     PreferenceObjective,
     add_stats,
@@ -144,30 +132,13 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
         logger.info("reference: a frozen model loaded from %s", ref_dir)
 
     # ---- parallelism: activation checkpointing, then FSDP (policy and reference) -----------
-    distributed = rt.dist.is_distributed
-    dp_rank, dp_size, reduce = 0, 1, None
-    if distributed:
-        mesh = build_mesh(tp=1, device_type=rt.device.type)
-        dp_rank, dp_size = data_parallel_rank_and_size(mesh)
-        dp_mesh = data_parallel_mesh(mesh)
-
-        def reduce(value: torch.Tensor) -> torch.Tensor:
-            return all_reduce_sum(value, group=dp_mesh)
-
-    if train_cfg.activation_checkpointing:
-        apply_activation_checkpointing(model, TransformerBlock)
-    if train_cfg.compile:
-        for block in model.modules():
-            if isinstance(block, TransformerBlock):
-                block.compile()
-    if distributed and cfg.distributed.fsdp:
-        for net in (model, reference) if reference is not None else (model,):
-            apply_fsdp(
-                net, dp_mesh, block_match=TransformerBlock,
-                reshard_after_forward=cfg.distributed.reshard_after_forward,
-                cpu_offload=cfg.distributed.cpu_offload,
-                ignored_params=unshardable_frozen_params(net, dp_size),
-            )  # fmt: skip
+    dp = setup_data_parallel(rt)
+    distributed, dp_rank, dp_size, reduce = dp.distributed, dp.rank, dp.size, dp.reduce
+    wrap_blocks(
+        [model], activation_checkpointing=train_cfg.activation_checkpointing,
+        compile=train_cfg.compile,
+    )  # fmt: skip
+    shard_with_fsdp([model, reference], dp, cfg.distributed)
 
     # ---- data: 2 x micro_batch_size sequences per forward (chosen rows, then rejected) -----
     tokenizer = load_tokenizer(cfg.tokenizer_dir)

@@ -13,23 +13,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.dist import (
     StopSignalHandler,
-    all_reduce_sum,
-    apply_activation_checkpointing,
-    apply_activation_offloading,
-    apply_fsdp,
     apply_tp,
-    build_mesh,
-    data_parallel_mesh,
-    data_parallel_rank_and_size,
 )
-from tune.models import TransformerBlock, tp_plan
+from tune.models import tp_plan
 from tune.quant import prepare_qat
 from tune.recipes.common.data_loading import (
     build_sample_builder,
@@ -38,10 +30,7 @@ from tune.recipes.common.data_loading import (
     per_rank_batches,
     split_source,
 )
-from tune.recipes.common.finetune_method import (
-    load_for_method,
-    unshardable_frozen_params,
-)
+from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.optimization import build_optimizer, build_schedule
@@ -51,6 +40,7 @@ from tune.recipes.common.padding_free import (
     padding_free_batches,
     resolve_padding_free,
 )
+from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp, wrap_blocks
 from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
@@ -115,36 +105,15 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
 
     # ---- parallelism: TP, activation checkpointing, then FSDP (that order) --------------
-    distributed = rt.dist.is_distributed
-    dp_rank, dp_size, reduce = 0, 1, None
-    if distributed:
-        mesh = build_mesh(tp=cfg.distributed.tp_size, device_type=rt.device.type)
-        dp_rank, dp_size = data_parallel_rank_and_size(mesh)
-        dp_mesh = data_parallel_mesh(mesh)
-
-        def reduce(value: torch.Tensor) -> torch.Tensor:
-            # Token counts and losses are summed over data-parallel ranks only: TP peers hold
-            # the same batch.
-            return all_reduce_sum(value, group=dp_mesh)
-
-        if cfg.distributed.tp_size > 1:
-            apply_tp(model, mesh["tp"], tp_plan(ckpt.config))
-    if train_cfg.activation_checkpointing:
-        apply_activation_checkpointing(model, TransformerBlock)
-    if train_cfg.activation_offloading:
-        apply_activation_offloading(model, TransformerBlock)
-    if train_cfg.compile:
-        for block in model.layers.values() if hasattr(model.layers, "values") else model.layers:
-            block.compile()
-    if distributed and cfg.distributed.fsdp:
-        apply_fsdp(
-            model,
-            dp_mesh,
-            block_match=TransformerBlock,
-            reshard_after_forward=cfg.distributed.reshard_after_forward,
-            cpu_offload=cfg.distributed.cpu_offload,
-            ignored_params=unshardable_frozen_params(model, dp_size),
-        )
+    dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
+    distributed, dp_rank, dp_size, reduce = dp.distributed, dp.rank, dp.size, dp.reduce
+    if distributed and cfg.distributed.tp_size > 1:
+        apply_tp(model, dp.mesh["tp"], tp_plan(ckpt.config))
+    wrap_blocks(
+        [model], activation_checkpointing=train_cfg.activation_checkpointing,
+        activation_offloading=train_cfg.activation_offloading, compile=train_cfg.compile,
+    )  # fmt: skip
+    shard_with_fsdp([model], dp, cfg.distributed)
 
     # ---- data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.tokenizer_dir)

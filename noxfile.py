@@ -96,9 +96,10 @@ def _pytest_args(session: nox.Session, default: list[str]) -> list[str]:
 @nox.parametrize("package", TESTED_PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """One package alone: build its wheel, install it with its declared deps only, run its tests."""
-    # CI's per-package jobs run lint and integration as jobs of their own.
+    # CI's per-package jobs run lint, typecheck and integration as jobs of their own.
     if not os.environ.get("TUNE_NOX_PACKAGE_ONLY"):
         session.notify("lint")
+        session.notify("typecheck")
         session.notify("integration")
     if package == "recipes":
         # The assembly package depends on every library: install them all from local wheels.

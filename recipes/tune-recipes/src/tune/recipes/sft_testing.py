@@ -23,7 +23,7 @@ from tune.recipes.discovery import find_config
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 
 # Linear layers whose sizes are multiples of 16,384 elements, so NF4 (QLoRA) applies to all.
-NF4_FRIENDLY_SIZES = {
+NF4_FRIENDLY_SIZES: dict[str, Any] = {
     "hidden_size": 128,
     "num_layers": 2,
     "num_heads": 4,

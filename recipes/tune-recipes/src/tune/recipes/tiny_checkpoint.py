@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ def make_tiny_checkpoint(
     template: str = "chatml",
     vocab_size: int = 512,
     tokenizer_text: Iterable[str] = (),
-    **model_sizes: int | bool,
+    **model_sizes: Any,
 ) -> Path:
     """Write a random-weight tiny Llama checkpoint and a byte-level BPE tokenizer to ``directory``.
 

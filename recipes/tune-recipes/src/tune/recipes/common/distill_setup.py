@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,7 +42,8 @@ def load_teacher(
 
 
 def _vocab_size(model: nn.Module) -> int:
-    return int(model.output.weight.shape[0])  # type: ignore[union-attr]
+    output = model.get_submodule("output")
+    return int(cast(nn.Linear, output).weight.shape[0])
 
 
 def compared_vocab_size(

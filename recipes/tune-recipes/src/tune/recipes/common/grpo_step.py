@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class PolicyLossSettings:
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
     kl_coef: float = 0.0
-    aggregation: str = "token"
+    aggregation: Literal["token", "sequence"] = "token"
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,14 @@ def shard_with_fsdp(
             cpu_offload=settings.cpu_offload,
             ignored_params=unshardable_frozen_params(model, dp.size),
         )
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """FSDP2: reduce-scatter gradients in the coming backward only when ``enabled``.
+
+    Gradient accumulation turns it off for all micro-batches but the last of a step, so the
+    gradients are synchronised once per optimizer step. A no-op for a model without FSDP.
+    """
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is not None:
+        setter(enabled)

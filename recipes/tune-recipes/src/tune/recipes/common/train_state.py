@@ -20,7 +20,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from tune.checkpoint import CheckpointManager, NoCheckpointFoundError, TrainingState
+from tune.checkpoint import (
+    CheckpointManager,
+    CorruptCheckpointError,
+    NoCheckpointFoundError,
+    TrainingState,
+)
 from tune.recipes.common.input_fingerprints import (
     Fingerprints,
     changed_inputs,
@@ -186,7 +191,7 @@ def load_training_state(
     """Restore model, optimizer and scheduler from a committed step (RNG is restored too)."""
     if distributed:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
-        sharded = {"model": model_sd, "optimizer": optim_sd}
+        sharded: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
         state = manager.load(path, sharded_state=sharded, load_model_state=False)
         set_state_dict(
             model,
@@ -197,7 +202,9 @@ def load_training_state(
         )
     else:
         state = manager.load(path)
-        assert state.model_state is not None, f"{state.path}: no model/ weights saved"
+        if state.model_state is None or state.optimizer_state is None:
+            missing = "model/ weights" if state.model_state is None else "optimizer state"
+            raise CorruptCheckpointError(f"{state.path}: no {missing} saved in this step")
         _load_model_state(model, state.model_state, trainable_only, state.path)
         optimizer.load_state_dict(state.optimizer_state)
     scheduler.load_state_dict(state.scheduler_state)

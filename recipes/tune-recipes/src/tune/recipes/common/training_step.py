@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ def micro_batch_loss(
     labels = batch["labels"]
     if fused:
         hidden = model(batch["tokens"], **_model_inputs(batch), return_hidden=True)  # [B, T, D]
-        weight = model.output.weight  # [V, D]
+        weight = cast(nn.Linear, model.get_submodule("output")).weight  # [V, D]
         return fused_linear_cross_entropy(
             hidden.flatten(0, 1), weight, labels.flatten(), softcap=softcap
         )

@@ -46,7 +46,12 @@ from tune.recipes.common.padding_free import (
     padding_free_batches,
     resolve_padding_free,
 )
-from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp, wrap_blocks
+from tune.recipes.common.parallelism import (
+    set_gradient_sync,
+    setup_data_parallel,
+    shard_with_fsdp,
+    wrap_blocks,
+)
 from tune.recipes.common.runtime import DTYPES, seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
     resume_run,
@@ -153,7 +158,7 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         len(train_ds) // train_cfg.global_batch_size
     )
     validate_config(cfg, ValidationContext(world_size=dp_size, total_steps=total_steps))
-    loader_args = {
+    loader_args: dict[str, Any] = {
         "batch_size": train_cfg.micro_batch_size,
         "max_seq_len": data_cfg.max_seq_len,
         "packing": data_cfg.packing,
@@ -256,8 +261,8 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         )
         parts = torch.zeros(2, dtype=torch.float64, device=rt.device)  # summed CE, KL
         for i, mb in enumerate(micro_batches):
-            if distributed and hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            if distributed:
+                set_gradient_sync(model, i == len(micro_batches) - 1)
             loss = distill_micro_batch_loss(model, teacher, mb, settings)
             accumulator.scale(loss.total).backward()
             parts += torch.stack([loss.ce_sum, loss.kl_sum]).double()

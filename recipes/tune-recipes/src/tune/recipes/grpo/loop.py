@@ -35,7 +35,11 @@ from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
-from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp
+from tune.recipes.common.parallelism import (
+    set_gradient_sync,
+    setup_data_parallel,
+    shard_with_fsdp,
+)
 from tune.recipes.common.reward_registry import build_reward
 from tune.recipes.common.rollout_backend import SamplingSettings, build_generation_backend
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
@@ -336,7 +340,7 @@ def _gradient_sync(model: torch.nn.Module, distributed: bool) -> Any:
         return None
 
     def before(index: int, count: int) -> None:
-        model.set_requires_gradient_sync(index == count - 1)
+        set_gradient_sync(model, index == count - 1)
 
     return before
 

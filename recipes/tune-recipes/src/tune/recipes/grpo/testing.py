@@ -15,7 +15,7 @@ from tune.recipes.discovery import find_config
 from tune.recipes.grpo.toy_task import arithmetic_rows, write_arithmetic_task
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 
-TINY_SIZES = {
+TINY_SIZES: dict[str, Any] = {
     "hidden_size": 64,
     "num_layers": 2,
     "num_heads": 4,

@@ -40,7 +40,12 @@ from tune.recipes.common.padding_free import (
     padding_free_batches,
     resolve_padding_free,
 )
-from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp, wrap_blocks
+from tune.recipes.common.parallelism import (
+    set_gradient_sync,
+    setup_data_parallel,
+    shard_with_fsdp,
+    wrap_blocks,
+)
 from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.common.train_state import (
@@ -140,7 +145,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         len(train_ds) // train_cfg.global_batch_size
     )
     validate_config(cfg, ValidationContext(world_size=dp_size, total_steps=total_steps))
-    loader_args = {
+    loader_args: dict[str, Any] = {
         "max_seq_len": data_cfg.max_seq_len,
         "packing": data_cfg.packing,
         "truncation": data_cfg.truncation,
@@ -270,8 +275,8 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
             for mb in micro_batches
         )
         for i, mb in enumerate(micro_batches):
-            if distributed and hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            if distributed:
+                set_gradient_sync(model, i == len(micro_batches) - 1)
             loss = micro_batch_loss(model, mb, fused=fused, softcap=softcap)
             accumulator.scale(loss).backward()
         step_metrics = accumulator.finish_step()

@@ -81,6 +81,19 @@ def test_unknown_role_names_the_role_and_the_example(in_process: Any, tmp_path: 
     assert "example 3" in str(info.value), info.value
 
 
+@pytest.mark.parametrize("row", [3, 13])
+def test_bad_row_is_named_by_its_place_in_the_file_with_a_held_out_fraction(
+    row: int, in_process: Any, tmp_path: Path
+) -> None:
+    # The hold-out split shuffles the rows; the row checks run on the file before it.
+    rows = _chat_rows()
+    rows[row]["messages"][0]["role"] = "wizard"
+    data = _write_rows(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(ValueError, match="wizard") as info:
+        in_process.run(f"data.source={data}", "data.format=chat", "data.validation_fraction=0.25")
+    assert f"example {row}:" in str(info.value), info.value
+
+
 def test_unknown_role_fails_before_step_0(in_process: Any, tmp_path: Path) -> None:
     rows = _chat_rows()
     rows[3]["messages"][0]["role"] = "wizard"

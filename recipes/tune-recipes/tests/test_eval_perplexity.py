@@ -55,15 +55,17 @@ def _eval(overrides: list[str]) -> dict[str, Any]:
     return run_eval(load_config(path, EvalConfig, ["output.print=false", *overrides]))
 
 
+@pytest.mark.parametrize("padding_free", ["true", "false"])
 def test_tune_run_eval_text_perplexity_equals_hand_computation(
-    tiny_assets: Any, tmp_path: Path
+    padding_free: str, tiny_assets: Any, tmp_path: Path
 ) -> None:
     ckpt = tiny_assets.checkpoint_dir
     data = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "text.jsonl")
     report_file = tmp_path / "report.json"
     cli = [sys.executable, "-m", "tune.recipes", "run", "eval", "--config", "eval/tiny_cpu_eval",
            f"model.checkpoint_dir={ckpt}", f"perplexity.source={data}", "perplexity.format=text",
-           "perplexity.tokens=all", "perplexity.batch_size=2", f"output.file={report_file}"]  # fmt: skip
+           "perplexity.tokens=all", "perplexity.batch_size=2", f"output.file={report_file}",
+           f"perplexity.padding_free={padding_free}"]  # fmt: skip
     result = subprocess.run(cli, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ def split_source(
     seed: int,
     *,
     key: str = "data.source",
+    validate: Callable[[Any], None] | None = None,
 ) -> tuple[Any, Any | None]:
     """(train, validation) datasets; the validation part is None when there is none.
 
@@ -86,6 +87,9 @@ def split_source(
         validation_fraction: part of the training rows held out when there is no named split.
         seed: seed of the hold-out split.
         key: the config key of ``source``, named in errors.
+        validate: the builder's row checks (``builder.validate``). Run on the whole source before
+            a fraction is held out, so a bad row is named by its place in the source; the loader
+            checks the parts again, but their rows are shuffled by the split.
     """
     if validation_split is not None and Path(source).exists():
         raise ValueError(
@@ -101,6 +105,8 @@ def split_source(
         _require_rows(val, source, validation_split, key)
         return train, val
     if validation_fraction > 0:
+        if validate is not None:
+            validate(train)
         parts = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
         return parts["train"], parts["test"]
     return train, None

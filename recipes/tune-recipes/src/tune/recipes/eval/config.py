@@ -61,6 +61,8 @@ class PerplexityConfig:
         max_batches: score only this many batches (null: the whole split).
         fused_ce: cross-entropy fused with the output projection, in chunks (no [B, T, V]
             logits).
+        padding_free: score each batch's real tokens only, laid end to end (as sft's
+            ``data.padding_free``; same values). null (auto): on for the CPU.
     """
 
     source: str | None = None
@@ -73,6 +75,7 @@ class PerplexityConfig:
     batch_size: int = 4
     max_batches: int | None = None
     fused_ce: bool = True
+    padding_free: bool | None = None
 
 
 @dataclass

@@ -85,6 +85,7 @@ def _perplexity(cfg: EvalConfig, loaded: LoadedModel, tokenizer: Any) -> Perplex
         fused=p.fused_ce and _output_dense(loaded),
         softcap=getattr(ckpt.config, "final_logit_softcapping", None),
         max_batches=p.max_batches,
+        padding_free=p.padding_free,
     )
     if loader.stats.dropped_too_long:
         logger.warning(

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.recipes.common.padding_free import padding_free_batch
 from tune.recipes.common.training_step import micro_batch_loss
 
 
@@ -41,6 +42,7 @@ def dataset_perplexity(
     fused: bool,
     softcap: float | None = None,
     max_batches: int | None = None,
+    padding_free: bool | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` over padded sft batches (``tokens``, aligned ``labels``, ...).
 
@@ -50,22 +52,28 @@ def dataset_perplexity(
         fused: apply the output projection inside a chunked CE.
         softcap: final-logit soft-capping (Gemma 2) for the fused CE.
         max_batches: stop after this many batches (None: all).
+        padding_free: lay each batch's real tokens end to end (``tune.data.remove_padding``),
+            so no compute goes to padding; the same values up to float round-off. None: on when
+            the model is on the CPU (on CUDA, documents go through FlexAttention, compiled per
+            length).
 
     Raises:
         ValueError: no token was scored (every label is -100).
     """
     device = next(model.parameters()).device
+    if padding_free is None:
+        padding_free = device.type == "cpu"
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     sequences = n_batches = 0
     for batch in batches:
         if max_batches is not None and n_batches >= max_batches:
             break
-        batch = {k: v.to(device) for k, v in batch.items()}
+        sequences += int(batch["tokens"].shape[0])
+        batch = padding_free_batch({k: v.to(device) for k, v in batch.items()}, padding_free)
         loss = micro_batch_loss(model, batch, fused=fused, softcap=softcap)
         total += loss.loss_sum.double()
         count += loss.num_tokens.double()
-        sequences += int(batch["tokens"].shape[0])
         n_batches += 1
     tokens = int(count.item())
     if tokens == 0:

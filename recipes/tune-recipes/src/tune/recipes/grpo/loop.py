@@ -119,8 +119,9 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
     columns = {expected: column for column, expected in cfg.data.column_map.items()} or None
     builder = PromptAnswerBuilder(tokenizer, cfg.tokenizer.chat_template, columns=columns)
     train_ds, val_ds = split_source(
-        cfg.data.source, cfg.data.split, None, cfg.data.validation_fraction, cfg.data.seed
-    )
+        cfg.data.source, cfg.data.split, None, cfg.data.validation_fraction, cfg.data.seed,
+        validate=builder.validate,
+    )  # fmt: skip
     if cfg.data.validation_source is not None:
         val_ds, _ = split_source(
             cfg.data.validation_source, "train", None, 0.0, cfg.data.seed,

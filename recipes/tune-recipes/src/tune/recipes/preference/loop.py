@@ -84,10 +84,18 @@ def _chat_template(value: str | None) -> str | None:
     return value
 
 
+def _columns(cfg: PreferenceConfig) -> dict[str, str] | None:
+    return {expected: column for column, expected in cfg.data.column_map.items()} or None
+
+
+def _paired_builder(cfg: PreferenceConfig, tokenizer: Any) -> PreferenceBuilder:
+    return PreferenceBuilder(tokenizer, _chat_template(cfg.tokenizer.chat_template), _columns(cfg))
+
+
 def _loader(cfg: PreferenceConfig, dataset: Any, tokenizer: Any, *, rank: int, world: int,
             train: bool) -> StreamingLoader:  # fmt: skip
     d = cfg.data
-    columns = {expected: column for column, expected in d.column_map.items()} or None
+    columns = _columns(cfg)
     template = _chat_template(cfg.tokenizer.chat_template)
     kwargs: dict[str, Any] = {
         "batch_size": cfg.training.micro_batch_size, "max_seq_len": d.max_seq_len,
@@ -98,7 +106,7 @@ def _loader(cfg: PreferenceConfig, dataset: Any, tokenizer: Any, *, rank: int, w
         return UnpairedLoader(
             dataset, UnpairedBuilder(tokenizer, template, dataset, columns), **kwargs
         )
-    return StreamingLoader(dataset, PreferenceBuilder(tokenizer, template, columns), **kwargs)
+    return StreamingLoader(dataset, _paired_builder(cfg, tokenizer), **kwargs)
 
 
 # Beyond the keys every recipe checks: a step written for another objective or reference model
@@ -147,8 +155,10 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
         checkpoint_dir=base_dir,
     )  # fmt: skip
     d = cfg.data
+    # Unpaired rows are checked as a whole (columns), paired ones row by row before the split.
+    row_checks = None if d.format == "unpaired" else _paired_builder(cfg, tokenizer).validate
     train_ds, val_ds = split_source(
-        d.source, d.split, d.validation_split, d.validation_fraction, d.seed
+        d.source, d.split, d.validation_split, d.validation_fraction, d.seed, validate=row_checks
     )
     accum = train_cfg.gradient_accumulation_steps(dp_size)
     total_steps = train_cfg.max_steps or train_cfg.epochs * (

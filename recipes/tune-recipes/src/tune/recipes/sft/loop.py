@@ -139,6 +139,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         data_cfg.validation_split,
         data_cfg.validation_fraction,
         data_cfg.seed,
+        validate=builder.validate,
     )
     accum = train_cfg.gradient_accumulation_steps(dp_size)
     total_steps = train_cfg.max_steps or train_cfg.epochs * (

@@ -64,7 +64,13 @@ from tune.recipes.config import (
     validate_config,
 )
 from tune.recipes.distill.config import DistillConfig
-from tune.train import GradientAccumulator, NonFiniteGuard, ThroughputMeter, clip_grad_norm
+from tune.train import (
+    GradientAccumulator,
+    NonFiniteGuard,
+    ThroughputMeter,
+    clip_grad_norm,
+    count_nonpadding_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +263,7 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         ]
         num_tokens = accumulator.start_step([(mb["labels"] != -100).sum() for mb in micro_batches])
         real_tokens = sum(
-            int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["tokens"].numel()
-            for mb in micro_batches
+            count_nonpadding_tokens(mb["tokens"], mb.get("attention_mask")) for mb in micro_batches
         )
         parts = torch.zeros(2, dtype=torch.float64, device=rt.device)  # summed CE, KL
         for i, mb in enumerate(micro_batches):

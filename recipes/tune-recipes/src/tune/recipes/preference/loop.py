@@ -47,7 +47,13 @@ from tune.recipes.config import (
 )
 from tune.recipes.preference.config import PreferenceConfig
 from tune.recipes.preference.unpaired import UnpairedBuilder, UnpairedLoader
-from tune.train import GradientAccumulator, NonFiniteGuard, ThroughputMeter, clip_grad_norm
+from tune.train import (
+    GradientAccumulator,
+    NonFiniteGuard,
+    ThroughputMeter,
+    clip_grad_norm,
+    count_nonpadding_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +268,9 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
                    scheduler=scheduler)  # fmt: skip
         step += 1
         extra["pairs_seen"] = int(extra.get("pairs_seen", 0)) + int(step_metrics["num_tokens"])
-        real_tokens = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
+        real_tokens = sum(
+            count_nonpadding_tokens(mb["tokens"], mb["attention_mask"]) for mb in micro_batches
+        )
         perf = meter.stop(real_tokens)
         last = {**summarize_stats(stats, reduce), "loss": step_metrics["loss"]}
         bar.update(1)

@@ -61,7 +61,13 @@ from tune.recipes.config import (
     validate_config,
 )
 from tune.recipes.sft.config import SFTConfig
-from tune.train import GradientAccumulator, NonFiniteGuard, ThroughputMeter, clip_grad_norm
+from tune.train import (
+    GradientAccumulator,
+    NonFiniteGuard,
+    ThroughputMeter,
+    clip_grad_norm,
+    count_nonpadding_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -272,8 +278,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
         ]
         accumulator.start_step([(mb["labels"] != -100).sum() for mb in micro_batches])
         real_tokens = sum(
-            int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["tokens"].numel()
-            for mb in micro_batches
+            count_nonpadding_tokens(mb["tokens"], mb.get("attention_mask")) for mb in micro_batches
         )
         for i, mb in enumerate(micro_batches):
             if distributed:

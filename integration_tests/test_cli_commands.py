@@ -51,7 +51,7 @@ def test_cp_edit_validate_round_trip(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip().endswith("is a valid 'sft' config (world size 2)")
     bad = _tune("validate", str(dest), "training.optimizer.lr=0", "training.lora.rr=4")
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert "training.lora.rr: unknown key (did you mean 'training.lora.r'?)" in bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -76,6 +76,6 @@ def test_download_offline_is_one_line(tmp_path: Path) -> None:
         "download", "Qwen/Qwen2.5-0.5B", "--output-dir", str(tmp_path / "m"),
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("tune download: error: cannot download Qwen/Qwen2.5-0.5B")

@@ -256,7 +256,7 @@ def test_batch_not_divisible_by_ranks_fails_in_the_launcher_before_any_rank(
     out = tmp_path / "out"
     command = runs.multi_rank(out, "training.global_batch_size=6")  # 6 % (2 ranks x 2) != 0
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=clean_env())
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "training.global_batch_size" in result.stderr
     assert "= 4" in result.stderr
     assert "process group up" not in result.stderr  # no rank was started
@@ -270,7 +270,7 @@ def test_bad_yaml_syntax_names_file_and_line(tmp_path: Path) -> None:
     result = subprocess.run(
         tune_command(str(path), []), capture_output=True, text=True, timeout=120, env=clean_env()
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(path) in result.stderr, result.stderr[-2000:]
     assert "line 3" in result.stderr, result.stderr[-2000:]
@@ -282,7 +282,7 @@ def test_config_for_another_recipe_fails(tmp_path: Path) -> None:
     result = subprocess.run(
         tune_command(str(path), []), capture_output=True, text=True, timeout=120, env=clean_env()
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "generate" in result.stderr
 
 

@@ -146,7 +146,7 @@ def test_component_key_in_yaml_is_refused_before_anything_runs(runs: Any, tmp_pa
                  f"checkpointing.output_dir={tmp_path / 'out'}"]  # fmt: skip
     result = subprocess.run(tune_command(str(path), overrides), capture_output=True, text=True,
                             timeout=120, env=clean_env())  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "_component_" in result.stderr, result.stderr[-2000:]
     assert "os.system" in result.stderr
     assert "Traceback" not in result.stderr

@@ -73,7 +73,7 @@ CHILD = textwrap.dedent(
                 full = os.path.join(path, f)
                 os.remove(full) if os.path.isfile(full) else original_rmtree(full)
             die()
-        ts.shutil.rmtree = rmtree
+        shutil.rmtree = rmtree
     manager.save(2, **state(2))
     sys.exit(3)  # not reached: every point kills the process
     """

@@ -105,7 +105,8 @@ def test_empty_assistant_turns_that_train_nothing_are_allowed(chatml_tokenizer) 
     context = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "trainable": False},
                {"role": "user", "content": "v"}, {"role": "assistant", "content": "w"}]  # fmt: skip
     calls = [{"role": "user", "content": "u"},
-             {"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]}]  # fmt: skip
+             {"role": "assistant", "content": "",
+              "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}]  # fmt: skip
     builder = ChatBuilder(chatml_tokenizer)
     builder.validate(datasets.Dataset.from_dict({"messages": [context]}))
     builder.validate(datasets.Dataset.from_dict({"messages": [calls]}))
@@ -137,7 +138,7 @@ def test_null_required_columns_of_other_builders_are_named(chatml_tokenizer) -> 
         _loader(texts, TextBuilder(chatml_tokenizer))
 
 
-def test_validate_reads_rows_without_tokenizing(
+def test_validate_without_building_reads_rows_without_tokenizing(
     chatml_tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -145,6 +146,7 @@ def test_validate_reads_rows_without_tokenizing(
 
     monkeypatch.setattr(chatml_tokenizer, "encode", refuse)
     monkeypatch.setattr(chatml_tokenizer, "encode_with_offsets", refuse)
-    ChatBuilder(chatml_tokenizer).validate(datasets.Dataset.from_list(_chat_rows(50)))
+    chats = datasets.Dataset.from_list(_chat_rows(50))
+    ChatBuilder(chatml_tokenizer).validate(chats, build_samples=False)
     rows = datasets.Dataset.from_list(synthetic_instruction_rows(50))
-    InstructionBuilder(chatml_tokenizer).validate(rows)
+    InstructionBuilder(chatml_tokenizer).validate(rows, build_samples=False)

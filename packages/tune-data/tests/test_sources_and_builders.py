@@ -156,11 +156,10 @@ def test_chat_loader_reports_the_example_with_a_bad_role_order(tokenizer_dir) ->
     tok = Tokenizer.from_dir(tokenizer_dir("gemma"))
     rows = datasets.Dataset.from_dict({"messages": [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
                                                     [{"role": "assistant", "content": "b"}]]})  # fmt: skip
-    loader = StreamingLoader(rows, ChatBuilder(tok), batch_size=2, max_seq_len=64, shuffle=False)
     with pytest.raises(
         MessageError, match=r"example 1: the chat template cannot render roles \['assistant'\]"
-    ):
-        next(iter(loader))
+    ):  # found by validate, before the first batch
+        StreamingLoader(rows, ChatBuilder(tok), batch_size=2, max_seq_len=64, shuffle=False)
 
 
 def test_preference_batches_stack_chosen_then_rejected(chatml_tokenizer) -> None:

@@ -100,7 +100,7 @@ def test_a_pattern_matching_nothing_lists_the_closest_names(tiny_llama) -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match="r must be a positive int"):
+    with pytest.raises(ValueError, match=r"LoraConfig\.r: expected a positive integer"):
         LoraConfig(r=0)
     with pytest.raises(ValueError, match="dropout"):
         LoraConfig(dropout=1.0)

@@ -185,9 +185,11 @@ def test_config_vocabulary_round_trip() -> None:
     )  # fmt: skip
     assert from_peft_config({**peft_dict, "target_modules": "all-linear"}).targets == "all-linear"
     assert from_peft_config({**peft_dict, "target_modules": ".*q_proj"}).targets == ("re:.*q_proj",)
-    with pytest.raises(ValueError, match="'rank_pattern'"):
+    with pytest.raises(ValueError, match=r"adapter_config\.json: rank_pattern: "):
         from_peft_config({**peft_dict, "rank_pattern": {"q_proj": 8}})
-    with pytest.raises(ValueError, match="'peft_type' is 'IA3'"):
+    with pytest.raises(
+        ValueError, match=r"adapter_config\.json: peft_type: expected 'LORA', got 'IA3'"
+    ):
         from_peft_config({**peft_dict, "peft_type": "IA3"})
     with pytest.raises(ValueError, match="globs"):
         to_peft_config(LoraConfig(targets=["layers.*.q_proj"]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tune.train import NonFiniteError, NonFiniteGuard, clip_grad_norm
+from tune.train import NonFiniteError, NonFiniteGuard, NothingTrainedError, clip_grad_norm
 
 
 def test_clip_grad_norm_returns_norm_before_clipping_and_clips() -> None:
@@ -92,3 +92,57 @@ def test_skip_cap_halts_when_exceeded() -> None:
 def test_guard_rejects_unknown_policy() -> None:
     with pytest.raises(ValueError, match="'skip' or 'halt'"):
         NonFiniteGuard("ignore")  # type: ignore[arg-type]
+
+
+def test_every_step_skipped_is_detected_with_a_clear_error() -> None:
+    guard = NonFiniteGuard("skip", max_skipped=10)
+    for step in range(8):
+        assert guard.check(step, float("nan"), 1.0) is False
+    assert guard.applied_steps == 0
+    assert guard.checked_steps == 8
+    assert guard.all_skipped
+    with pytest.raises(NothingTrainedError) as info:
+        guard.check_trained()
+    assert str(info.value).startswith(
+        "every one of the 8 steps was skipped as non-finite (loss=nan): nothing was trained"
+    )
+    assert isinstance(info.value, NonFiniteError)  # caught by handlers of the guard's errors
+
+
+def test_check_trained_passes_with_one_applied_step_or_none_checked() -> None:
+    guard = NonFiniteGuard("skip", max_skipped=10)
+    guard.check_trained()  # nothing checked (e.g. resumed at the last step): not an error
+    assert not guard.all_skipped
+    guard.check(0, float("inf"), None)
+    guard.check(1, 2.0, torch.tensor(float("nan")))
+    assert guard.all_skipped
+    guard.check(2, 1.5, 0.3)
+    assert not guard.all_skipped
+    assert (guard.applied_steps, guard.skipped_steps) == (1, 2)
+    guard.check_trained()
+
+
+def test_guard_counts_survive_resume() -> None:
+    first = NonFiniteGuard("skip", max_skipped=10)
+    for step in range(3):
+        first.check(step, float("nan"), 1.0)
+    state = first.state_dict()
+    assert state == {
+        "skipped_steps": 3,
+        "applied_steps": 0,
+        "consecutive_skips": 3,
+        "last_skipped_step": 2,
+        "last_non_finite": "loss=nan",
+    }
+    resumed = NonFiniteGuard("skip", max_skipped=10)
+    resumed.load_state_dict(state)
+    for step in range(3, 5):
+        resumed.check(step, 1.0, float("inf"))
+    with pytest.raises(NothingTrainedError, match=r"every one of the 5 steps .*\(grad_norm=inf\)"):
+        resumed.check_trained()
+    assert resumed.metrics() == {"skipped_steps": 5, "consecutive_skips": 5}
+    # a resumed run that trained before the checkpoint keeps counting that
+    trained = NonFiniteGuard("skip", max_skipped=10)
+    trained.load_state_dict({**state, "applied_steps": 4, "consecutive_skips": 0})
+    trained.check(9, float("nan"), 1.0)
+    trained.check_trained()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tune.train import JsonlLogger, MetricLogger, MultiLogger, StdoutLogger, redact_secrets
-from tune.train.loggers import REDACTED, is_secret_key
+from tune.train.loggers import REDACTED, drop_steps_from, is_secret_key
 
 SECRET = "hf_abcdefSECRETvalue123"
 WANDB_SECRET = "wandb0123456789secret"
@@ -179,3 +179,48 @@ def test_optional_backends_fail_with_install_hint(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "mlflow", None)  # makes `import mlflow` raise ImportError
     with pytest.raises(ImportError, match=r"tune-train\[mlflow\]"):
         MLflowLogger()
+
+
+def _steps(path: Path) -> list[int | None]:
+    return [json.loads(line).get("step") for line in path.read_text().splitlines()]
+
+
+def test_jsonl_resume_drops_steps_logged_after_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    first = JsonlLogger(path)
+    first.log_config({"lr": 1e-4})
+    for step in range(1, 8):  # the run crashes after step 7; the checkpoint is at step 4
+        first.log({"loss": float(step)}, step=step)
+    first.close()
+    with path.open("a") as f:
+        f.write('{"step": 8, "loss": 1.')  # a line cut short by the crash
+    resumed = JsonlLogger(path, resume_from_step=5)
+    assert _steps(path) == [None, 1, 2, 3, 4]
+    for step in range(5, 7):
+        resumed.log({"loss": float(step)}, step=step)
+    resumed.close()
+    steps = _steps(path)
+    assert steps == [None, 1, 2, 3, 4, 5, 6]
+    assert len({s for s in steps if s is not None}) == len(steps) - 1  # no duplicates
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temp file left
+
+
+def test_jsonl_resume_keeps_a_clean_file_and_tolerates_a_missing_one(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    assert drop_steps_from(path, 3) == 0  # no file yet
+    JsonlLogger(path, resume_from_step=0).close()
+    assert path.read_text() == ""
+    logger = JsonlLogger(path)
+    logger.log({"loss": 1.0}, step=1)
+    logger.close()
+    before = path.read_text()
+    assert drop_steps_from(path, 2) == 0
+    assert path.read_text() == before
+    assert drop_steps_from(path, 0) == 1
+    assert path.read_text() == ""
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, "3", True])
+def test_jsonl_resume_step_is_checked(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ValueError, match="JsonlLogger resume_from_step: expected an integer >= 0"):
+        JsonlLogger(tmp_path / "m.jsonl", resume_from_step=bad)  # type: ignore[arg-type]

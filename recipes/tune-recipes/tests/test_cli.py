@@ -79,9 +79,9 @@ def test_cat_prints_the_config_file(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cat_bare_name_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cat", "tiny_cpu_qlora"]) == 0  # a bare name that only one recipe bundles
     assert "method: qlora" in capsys.readouterr().out
-    assert main(["cat", "tiny_cpu_full"]) == 1  # bundled by sft and distill
+    assert main(["cat", "tiny_cpu_full"]) == 2  # bundled by sft and distill
     assert "ambiguous: distill/tiny_cpu_full, sft/tiny_cpu_full" in capsys.readouterr().err
-    assert main(["cat", "tiny_cpu_lorra"]) == 1
+    assert main(["cat", "tiny_cpu_lorra"]) == 2
     err = capsys.readouterr().err
     assert "no config file or bundled config named 'tiny_cpu_lorra'" in err
     assert "did you mean" in err
@@ -102,7 +102,7 @@ def test_cp_refuses_to_overwrite_without_force(
 ) -> None:
     dest = tmp_path / "mine.yaml"
     dest.write_text("keep me")
-    assert main(["cp", "sft/tiny_cpu_lora", str(dest)]) == 1
+    assert main(["cp", "sft/tiny_cpu_lora", str(dest)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert dest.read_text() == "keep me"
     assert main(["cp", "sft/tiny_cpu_lora", str(dest), "--force"]) == 0

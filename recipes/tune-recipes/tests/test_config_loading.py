@@ -53,8 +53,19 @@ def test_unknown_override_key_names_the_command_line(sft_yaml) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(sft_yaml(), SFTConfig, ["training.lora.rank=4"])
     assert exc.value.key == "training.lora.rank"
-    assert "command line ('training.lora.rank=4')" in str(exc.value)
+    assert "command line (training.lora.rank=...)" in str(exc.value)
     assert "did you mean 'training.lora.r'" in str(exc.value)
+
+
+def test_a_mistyped_secret_override_is_never_echoed(sft_yaml, capsys) -> None:
+    from tune.recipes.cli import main
+
+    secret = "hf_" + "S3cr3t" * 6
+    for item in [f"data.hf_tokn={secret}", f"data.max_seq_len={secret}", secret]:
+        assert main(["validate", str(sft_yaml()), item]) == 2
+        err = capsys.readouterr().err
+        assert secret not in err, err
+        assert err.count("\n") == 1, err
 
 
 def test_wrong_type_names_key_expected_type_and_value(sft_yaml) -> None:

@@ -70,7 +70,7 @@ def test_no_network_is_one_clear_line_without_the_token(env: dict, tmp_path: Pat
         "--hf-token", TOKEN,
         env={**env, "HF_HOME": str(tmp_path / "hf")}, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -85,5 +85,5 @@ def test_missing_huggingface_hub_is_explained(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import raises ImportError
-    assert main(["download", "gpt2"]) == 1
+    assert main(["download", "gpt2"]) == 2
     assert "pip install 'tune-recipes[download]'" in capsys.readouterr().err

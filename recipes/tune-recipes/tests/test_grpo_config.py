@@ -21,7 +21,9 @@ from tune.recipes.grpo.config import GRPOConfig
 from tune.recipes.grpo.toy_task import arithmetic_rows
 
 
-def _load(tmp_path: Path, *overrides: str, world_size: int = 1) -> GRPOConfig:
+def _load(
+    tmp_path: Path, *overrides: str, world_size: int = 1, allow_imports: tuple[str, ...] = ()
+) -> GRPOConfig:
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir(exist_ok=True)
     (ckpt / "config.json").write_text("{}")
@@ -31,7 +33,7 @@ def _load(tmp_path: Path, *overrides: str, world_size: int = 1) -> GRPOConfig:
     return load_config(
         path, GRPOConfig,
         [f"model.checkpoint_dir={ckpt}", f"data.source={data}", *overrides],
-        world_size=world_size,
+        world_size=world_size, allow_imports=allow_imports,
     )  # fmt: skip
 
 
@@ -77,7 +79,7 @@ def test_user_reward_by_allowed_import(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = _load(
         tmp_path, "rewards=[{name: my_rewards.ends_with_seven, options: {bonus: 2.0}}]",
-        "allow_imports=[my_rewards.*]",
+        allow_imports=("my_rewards.*",),
     )  # fmt: skip
     spec = cfg.rewards[0]
     reward = build_reward(
@@ -87,7 +89,7 @@ def test_user_reward_by_allowed_import(tmp_path: Path, monkeypatch: pytest.Monke
     total, each = score_completions([reward], inputs)
     assert each["ends_with_seven"].tolist() == [2.0, 0.0]
     assert total.tolist() == [1.0, 0.0]
-    with pytest.raises(PermissionError, match="allow_imports"):
+    with pytest.raises(PermissionError, match="--allow-import"):
         build_reward("my_rewards.ends_with_seven")
 
 

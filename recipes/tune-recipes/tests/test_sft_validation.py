@@ -174,15 +174,15 @@ def test_tune_validate_cli_ok_warnings_and_errors(
     assert out[-1].startswith("OK: ")
     assert "valid 'sft' config (world size 1)" in out[-1]
     # The same template as a user file: missing paths are errors; --paths warn relaxes it.
-    assert main(["validate", str(CONFIG_DIR / "llama3_1_8b_lora.yaml"), "--paths", "error"]) == 1
+    assert main(["validate", str(CONFIG_DIR / "llama3_1_8b_lora.yaml"), "--paths", "error"]) == 2
     assert "model.checkpoint_dir: directory not found" in capsys.readouterr().err
     # A user file with local paths, overrides and a world size.
     path = sft_yaml()
     assert main(["validate", str(path), "training.micro_batch_size=2", "--world-size", "4"]) == 0
     assert "(world size 4)" in capsys.readouterr().out
-    assert main(["validate", str(path), "--world-size", "3"]) == 1
+    assert main(["validate", str(path), "--world-size", "3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"tune validate: error: {path}: 1 invalid setting(s):")
+    assert err.startswith(f"tune validate: error: {path}: 1 invalid setting(s): ")
     assert "training.global_batch_size: 8 is not divisible" in err
 
 
@@ -191,7 +191,7 @@ def test_tune_validate_needs_to_know_the_recipe(
 ) -> None:
     path = tmp_path / "anon.yaml"
     path.write_text("model:\n  checkpoint_dir: x\n")
-    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path)]) == 2
     assert "add `recipe: <name>` or pass --recipe" in capsys.readouterr().err
-    assert main(["validate", str(path), "--recipe", "nope"]) == 1
+    assert main(["validate", str(path), "--recipe", "nope"]) == 2
     assert "no recipe named 'nope' is installed (installed: " in capsys.readouterr().err

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tune.checkpoint.errors import CorruptCheckpointError, UnsafeCheckpointPathError
-from tune.checkpoint.safetensors_dir import safe_child_path
+from tune.checkpoint.containment import check_relative_name
+from tune.checkpoint.errors import CorruptCheckpointError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tune-checkpoint/1"
@@ -31,6 +33,31 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def swap_directory(tmp: Path, target: Path, old: Path, fsync: bool) -> None:
+    """Put the complete directory ``tmp`` at ``target``; a previous ``target`` is kept as ``old``
+    until the new one is in place (restored if the rename fails), then deleted.
+
+    A kill between the two renames leaves ``old`` and ``tmp``, both complete: whoever recovers
+    the directory finds one of them.
+    """
+    replacing = target.exists()
+    if replacing:
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if replacing:
+            os.rename(old, target)
+        raise
+    if fsync:
+        fsync_dir(target.parent)
+    if replacing:
+        try:
+            shutil.rmtree(old)
+        except OSError as err:  # in place already; recovery of the next write removes it
+            logging.getLogger(__name__).warning("could not remove %s: %s", old, err)
 
 
 def torch_save_durable(path: Path, obj: Any, fsync: bool) -> None:
@@ -110,13 +137,22 @@ def verify_directory(directory: Path, checksums: bool = False) -> dict[str, Any]
 
     Raises:
         CorruptCheckpointError: a file is missing, has another size, or another digest.
+        UnsafeCheckpointPathError: a listed name escapes `directory` (`..`, absolute, or a
+            symlink resolving outside it); the message names both paths.
     """
     manifest = read_manifest(directory)
-    for name, entry in manifest["files"].items():
-        try:
-            path = safe_child_path(directory, name)
-        except UnsafeCheckpointPathError as err:
-            raise CorruptCheckpointError(str(err)) from err
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(manifest.get("step"), int):
+        raise CorruptCheckpointError(
+            f"{directory / MANIFEST_NAME}: expected an integer 'step' and a 'files' object"
+        )
+    for name, entry in files.items():
+        path = check_relative_name(directory, name, f"file listed in {MANIFEST_NAME}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
+            raise CorruptCheckpointError(
+                f"{directory / MANIFEST_NAME}: entry of {name!r} is {entry!r}, expected "
+                '{"size": <int>, "sha256": <hex>}'
+            )
         if not path.is_file():
             raise CorruptCheckpointError(
                 f"{directory}: file {name!r} listed in the manifest is missing"

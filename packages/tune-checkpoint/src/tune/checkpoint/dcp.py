@@ -26,11 +26,12 @@ from tune.checkpoint.safetensors_dir import (
     DEFAULT_MAX_SHARD_BYTES,
     parse_size,
     plan_shards,
-    remove_stale_shards,
     shard_file_names,
+    weight_file_pattern,
     write_index,
 )
 from tune.checkpoint.safetensors_file import write_safetensors_file
+from tune.checkpoint.write_aside import naming_file, written_aside
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +160,12 @@ def export_dcp_to_hf(
 
     Returns:
         The written shard files.
+
+    Raises:
+        CheckpointWriteError: an OSError while writing; `out_dir` is written aside and renamed
+            into place, so the previous one (if any) is left as it was.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     selected: dict[str, tuple[str, tuple[int, ...], torch.dtype]] = {}  # hf -> (dcp, shape, dtype)
     metadata = read_dcp_metadata(str(dcp_dir))
     for key, (shape, saved_dtype) in _tensor_shapes(metadata).items():
@@ -186,28 +190,29 @@ def export_dcp_to_hf(
     }
     shards = plan_shards(sizes, parse_size(max_shard_size))
     names = shard_file_names("model", len(shards))
-    weight_map: dict[str, str] = {}
-    for keys, file_name in zip(shards, names, strict=True):
-        chunk = {
-            selected[hf][0]: torch.empty(selected[hf][1], dtype=selected[hf][2]) for hf in keys
-        }
-        planner = WeightsOnlyLoadPlanner(dcp_dir, allow_partial_load=True)
-        _safe_dcp_load(chunk, dcp_dir, metadata, planner, no_dist=True)
-        tensors = {hf: chunk[selected[hf][0]].to(out_dtype(selected[hf][2])) for hf in keys}
-        write_safetensors_file(out / file_name, tensors)
-        weight_map.update(dict.fromkeys(keys, file_name))
-        del chunk, tensors
-    keep = set(names)
-    if len(shards) > 1:
-        keep.add(write_index(out, "model", weight_map, sum(sizes.values()), fsync=False).name)
-    remove_stale_shards(out, "model", keep)
-    floats = [out_dtype(dt) for _, _, dt in selected.values() if dt.is_floating_point]
-    write_hf_metadata(
-        out,
-        weights_dtype=floats[0] if floats else None,
-        config=config,
-        source_dir=source_dir,
-        side_files=side_files,
-    )
+    pattern = weight_file_pattern("model")
+    with written_aside(out, carry_over=lambda name: not pattern.fullmatch(name)) as tmp:
+        weight_map: dict[str, str] = {}
+        for keys, file_name in zip(shards, names, strict=True):
+            chunk = {
+                selected[hf][0]: torch.empty(selected[hf][1], dtype=selected[hf][2]) for hf in keys
+            }
+            planner = WeightsOnlyLoadPlanner(dcp_dir, allow_partial_load=True)
+            _safe_dcp_load(chunk, dcp_dir, metadata, planner, no_dist=True)
+            tensors = {hf: chunk[selected[hf][0]].to(out_dtype(selected[hf][2])) for hf in keys}
+            with naming_file(tmp / file_name):
+                write_safetensors_file(tmp / file_name, tensors)
+            weight_map.update(dict.fromkeys(keys, file_name))
+            del chunk, tensors
+        if len(shards) > 1:
+            write_index(tmp, "model", weight_map, sum(sizes.values()), fsync=False)
+        floats = [out_dtype(dt) for _, _, dt in selected.values() if dt.is_floating_point]
+        write_hf_metadata(
+            tmp,
+            weights_dtype=floats[0] if floats else None,
+            config=config,
+            source_dir=source_dir,
+            side_files=side_files,
+        )
     logger.info("exported %d tensors from %s to %s", len(selected), dcp_dir, out)
     return [out / n for n in names]

@@ -14,6 +14,7 @@ from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
+from tune.checkpoint.containment import check_relative_name, ensure_inside
 from tune.checkpoint.errors import CorruptCheckpointError
 
 METADATA_NAME = ".metadata"
@@ -78,11 +79,14 @@ def read_dcp_metadata(directory: str | os.PathLike[str]) -> Metadata:
         pickle.UnpicklingError: the file refers to a global outside the allow-list (names the
             file and the global); nothing from it was called.
         CorruptCheckpointError: truncated or malformed, or not a DCP `Metadata` object.
+        UnsafeCheckpointPathError: a storage item's `relative_path` (or `.metadata` itself, through
+            a symlink) resolves outside `directory` (names the key and both paths).
         FileNotFoundError: no `.metadata` (not a DCP directory).
     """
     path = Path(directory) / METADATA_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {METADATA_NAME} (not a DCP checkpoint directory)")
+    ensure_inside(METADATA_NAME, directory, "DCP metadata file")
     with open(path, "rb") as f:
         try:
             metadata = _MetadataUnpickler(f, path).load()
@@ -94,7 +98,31 @@ def read_dcp_metadata(directory: str | os.PathLike[str]) -> Metadata:
         raise CorruptCheckpointError(
             f"{path}: holds a {type(metadata).__name__}, not DCP checkpoint Metadata"
         )
+    _check_storage_data(Path(directory), path, metadata)
     return metadata
+
+
+def _check_storage_data(directory: Path, path: Path, metadata: Metadata) -> None:
+    """Every storage item must name a data file inside `directory` and a non-negative range."""
+    storage = metadata.storage_data
+    if storage is None:
+        return
+    if not isinstance(storage, dict):
+        raise CorruptCheckpointError(
+            f"{path}: storage_data is a {type(storage).__name__}, not a dict"
+        )
+    for index, info in storage.items():
+        fqn = getattr(index, "fqn", index)
+        relative = getattr(info, "relative_path", None)
+        check_relative_name(directory, relative, f"data file of {fqn!r} (from {path})")
+        offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+        if not (
+            isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length >= 0
+        ):
+            raise CorruptCheckpointError(
+                f"{path}: storage of {fqn!r} in {relative!r} has offset {offset!r} and length "
+                f"{length!r}; expected non-negative integers"
+            )
 
 
 class VerifiedMetadataReader(FileSystemReader):

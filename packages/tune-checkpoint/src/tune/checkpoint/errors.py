@@ -25,6 +25,14 @@ class NoCheckpointFoundError(CheckpointError, FileNotFoundError):
     """Resuming was asked for, but the path holds no committed, valid checkpoint."""
 
 
+class RunLockedError(CheckpointError):
+    """Another process (or another `RunLock` in this one) holds the run directory's lock."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing an output failed (e.g. ENOSPC); errno is kept, the partial output was removed."""
+
+
 def first_keys(keys: Iterable[str], limit: int = 5) -> str:
     """Format the first `limit` sorted keys for an error message, with a count of the rest."""
     ordered = sorted(keys)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tune.checkpoint.containment import ensure_inside
 from tune.checkpoint.errors import StateDictMismatchError, first_keys
 from tune.checkpoint.key_map import KeyMap, rename_keys
 from tune.checkpoint.safe_torch_load import torch_load_weights_only
@@ -21,9 +22,11 @@ from tune.checkpoint.safetensors_dir import (
     read_headers,
     read_weight_map,
     safe_child_path,
-    save_safetensors_dir,
+    weight_file_pattern,
+    write_safetensors_shards,
 )
 from tune.checkpoint.safetensors_file import read_safetensors_file
+from tune.checkpoint.write_aside import naming_file, write_text_file, written_aside
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +73,11 @@ def _torch_bin_shards(directory: Path) -> list[_Shard]:
     """`pytorch_model.bin` files, opened with `torch.load(weights_only=True, mmap=True)`."""
     index = directory / f"{_TORCH_BIN}.index.json"
     if index.is_file():
+        ensure_inside(index.name, directory, "index file")
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         paths = [safe_child_path(directory, n) for n in names]
     else:
-        paths = [directory / _TORCH_BIN]
+        paths = [ensure_inside(_TORCH_BIN, directory, "weight file")]
     shards = []
     for path in paths:
         if not path.is_file():
@@ -263,8 +267,11 @@ def hf_dtype_name(dtype: torch.dtype) -> str:
 def _copy_side_files(source_dir: Path, directory: Path, names: Iterable[str]) -> None:
     for name in names:
         src = source_dir / name
+        if src.is_file():
+            ensure_inside(name, source_dir, "side file")
         if src.is_file() and src.resolve() != (directory / name).resolve():
-            shutil.copyfile(src, directory / name)
+            with naming_file(directory / name):
+                shutil.copyfile(src, directory / name)
 
 
 def write_hf_metadata(
@@ -297,7 +304,7 @@ def write_hf_metadata(
         content["dtype"] = hf_dtype_name(weights_dtype)
         if "torch_dtype" in content:  # older transformers spelling
             content["torch_dtype"] = content["dtype"]
-    (directory / "config.json").write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    write_text_file(directory / "config.json", json.dumps(content, indent=2, sort_keys=True) + "\n")
 
 
 def save_hf_checkpoint(
@@ -328,17 +335,30 @@ def save_hf_checkpoint(
         source_dir: the original HF directory, for `config.json` and tokenizer/generation files.
         side_files: file names copied from `source_dir` when present.
         fsync: flush files to stable storage.
+
+    The directory is written aside (`.<name>.tmp-<pid>`) and renamed into place: a full disk or a
+    kill never leaves a `config.json` without weights, and an existing directory stays as it was
+    until the new one is complete (its files other than the weights are carried over).
+
+    Raises:
+        CheckpointWriteError: an OSError (e.g. ENOSPC) while writing; names `directory` and the
+            file, keeps errno; the partial output is removed.
     """
     directory = Path(directory)
     tensors = rename_keys(state_dict, key_map, where=str(directory))
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     floats = [v.dtype for v in tensors.values() if v.is_floating_point()]
-    write_hf_metadata(
-        directory,
-        weights_dtype=floats[0] if floats else None,
-        config=config,
-        source_dir=source_dir,
-        side_files=side_files,
-    )
-    return save_safetensors_dir(directory, tensors, max_shard_size=max_shard_size, fsync=fsync)
+    pattern = weight_file_pattern("model")
+    with written_aside(
+        directory, fsync=fsync, carry_over=lambda name: not pattern.fullmatch(name)
+    ) as tmp:
+        write_hf_metadata(
+            tmp,
+            weights_dtype=floats[0] if floats else None,
+            config=config,
+            source_dir=source_dir,
+            side_files=side_files,
+        )
+        names = write_safetensors_shards(tmp, tensors, max_shard_size=max_shard_size, fsync=fsync)
+    return [directory / name for name in names]

@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 
+from tune.checkpoint.containment import ensure_inside
 from tune.checkpoint.errors import CheckpointError, StateDictMismatchError, first_keys
 from tune.checkpoint.key_map import KeyMap, rename_keys
 from tune.checkpoint.safe_torch_load import torch_load_weights_only
 from tune.checkpoint.safetensors_file import read_safetensors_file, write_safetensors_file
+from tune.checkpoint.write_aside import naming_file, write_text_file, written_aside
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -47,6 +49,11 @@ def save_peft_adapter(
 
     Returns:
         The directory.
+
+    Raises:
+        CheckpointWriteError: an OSError (e.g. ENOSPC) while writing; names `directory` and the
+            file, keeps errno. The directory is written aside and renamed into place, so the
+            previous adapter (if any) is left as it was.
     """
     directory = Path(directory)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", **dict(adapter_config)}
@@ -62,11 +69,12 @@ def save_peft_adapter(
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     if not tensors:
         raise ValueError(f"{directory}: the adapter state is empty")
-    directory.mkdir(parents=True, exist_ok=True)
-    write_safetensors_file(directory / ADAPTER_WEIGHTS_NAME, tensors)
-    (directory / ADAPTER_CONFIG_NAME).write_text(
-        json.dumps(config, indent=2, sort_keys=True) + "\n"
-    )
+    replaced = {ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, "adapter_model.bin"}
+    with written_aside(directory, carry_over=lambda name: name not in replaced) as tmp:
+        with naming_file(tmp / ADAPTER_WEIGHTS_NAME):
+            write_safetensors_file(tmp / ADAPTER_WEIGHTS_NAME, tensors)
+        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        write_text_file(tmp / ADAPTER_CONFIG_NAME, text)
     return directory
 
 
@@ -90,6 +98,7 @@ def load_peft_adapter(
     Raises:
         FileNotFoundError: the config or the weights are missing.
         StateDictMismatchError: keys without `prefix` (names the file and the keys).
+        UnsafeCheckpointPathError: a file is a symlink resolving outside `directory`.
     """
     directory = Path(directory)
     config_path = directory / ADAPTER_CONFIG_NAME
@@ -97,6 +106,7 @@ def load_peft_adapter(
         raise FileNotFoundError(
             f"{directory}: no {ADAPTER_CONFIG_NAME} (not a PEFT adapter directory)"
         )
+    ensure_inside(ADAPTER_CONFIG_NAME, directory, "adapter config")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
@@ -104,8 +114,10 @@ def load_peft_adapter(
     weights = directory / ADAPTER_WEIGHTS_NAME
     legacy = directory / "adapter_model.bin"
     if weights.is_file():
+        ensure_inside(weights.name, directory, "adapter weights")
         raw = read_safetensors_file(weights, dtype=dtype)
     elif legacy.is_file():
+        ensure_inside(legacy.name, directory, "adapter weights")
         weights = legacy
         raw = torch_load_weights_only(legacy, mmap=True)
         if dtype is not None:

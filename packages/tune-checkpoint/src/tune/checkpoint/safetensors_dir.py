@@ -11,17 +11,15 @@ from pathlib import Path
 
 import torch
 
-from tune.checkpoint.errors import (
-    CorruptCheckpointError,
-    UnsafeCheckpointPathError,
-    first_keys,
-)
+from tune.checkpoint.containment import check_relative_name, ensure_inside
+from tune.checkpoint.errors import CorruptCheckpointError, first_keys
 from tune.checkpoint.safetensors_file import (
     SafetensorsHeader,
     read_safetensors_file,
     read_safetensors_header,
     write_safetensors_file,
 )
+from tune.checkpoint.write_aside import naming_file, written_aside
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +54,9 @@ def safe_child_path(directory: str | os.PathLike[str], name: str) -> Path:
 
     Raises:
         UnsafeCheckpointPathError: `name` is absolute, contains `..`, or resolves (through a
-            symlink) outside `directory`.
+            symlink) outside `directory` (see `ensure_inside`).
     """
-    directory = Path(directory)
-    parts = Path(name).parts
-    if not name or os.path.isabs(name) or "\\" in name or ".." in parts:
-        raise UnsafeCheckpointPathError(
-            f"{directory}: refusing file name {name!r} from the index (must be a plain relative "
-            "name inside the directory)"
-        )
-    path = directory / name
-    root = directory.resolve()
-    resolved = path.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise UnsafeCheckpointPathError(
-            f"{directory}: file {name!r} resolves to {resolved}, outside the checkpoint directory"
-        )
-    return path
+    return check_relative_name(directory, name, "file name from the index")
 
 
 def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
@@ -117,13 +101,44 @@ def write_index(
     return path
 
 
+def weight_file_pattern(prefix: str) -> re.Pattern[str]:
+    """Names of the shard and index files of `prefix` (`model.safetensors`, `model-00001-of-...`)."""
+    return re.compile(rf"{re.escape(prefix)}(-\d{{5}}-of-\d{{5}})?\.safetensors(\.index\.json)?")
+
+
 def remove_stale_shards(directory: Path, prefix: str, keep: set[str]) -> None:
     """Delete shard and index files of an earlier save with another layout."""
-    pattern = re.compile(rf"{re.escape(prefix)}(-\d{{5}}-of-\d{{5}})?\.safetensors(\.index\.json)?")
+    pattern = weight_file_pattern(prefix)
     for path in directory.iterdir():
         if pattern.fullmatch(path.name) and path.name not in keep and path.is_file():
             logger.info("removing stale %s from an earlier save", path)
             path.unlink()
+
+
+def write_safetensors_shards(
+    directory: Path,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
+    prefix: str = "model",
+    metadata: Mapping[str, str] | None = None,
+    fsync: bool = False,
+) -> list[str]:
+    """Write shards (and an index when several) into an existing directory; returns the names."""
+    sizes = {k: v.numel() * v.element_size() for k, v in state_dict.items()}
+    shards = plan_shards(sizes, parse_size(max_shard_size)) or [[]]
+    names = shard_file_names(prefix, len(shards))
+    weight_map: dict[str, str] = {}
+    for keys, name in zip(shards, names, strict=True):
+        with naming_file(directory / name):
+            write_safetensors_file(
+                directory / name, {k: state_dict[k] for k in keys}, metadata, fsync=fsync
+            )
+        weight_map.update(dict.fromkeys(keys, name))
+    if len(shards) > 1:
+        with naming_file(directory / index_file_name(prefix)):
+            write_index(directory, prefix, weight_map, sum(sizes.values()), fsync)
+    return names
 
 
 def save_safetensors_dir(
@@ -137,8 +152,9 @@ def save_safetensors_dir(
 ) -> list[Path]:
     """Write a state dict as one safetensors file, or as shards plus an index when it is larger.
 
-    The index is written after every shard; shards of an earlier save with a different layout are
-    removed. Returns the written shard paths.
+    The directory is written aside (`.<name>.tmp-<pid>`) and renamed into place, so a full disk or
+    a kill leaves the previous directory as it was. Other files of an existing directory (e.g.
+    `config.json`) are kept; its `<prefix>` shards and index are replaced. Returns the shard paths.
 
     Args:
         directory: output directory (created if needed).
@@ -147,26 +163,25 @@ def save_safetensors_dir(
         prefix: file name prefix (`model` gives `model.safetensors`, `model-00001-of-00002...`).
         metadata: string metadata stored in each shard header.
         fsync: flush every file to stable storage.
+
+    Raises:
+        CheckpointWriteError: an OSError (e.g. ENOSPC) while writing; names `directory` and the
+            file, keeps errno; the partial output is removed.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    sizes = {k: v.numel() * v.element_size() for k, v in state_dict.items()}
-    shards = plan_shards(sizes, parse_size(max_shard_size)) or [[]]
-    names = shard_file_names(prefix, len(shards))
-    written: list[Path] = []
-    weight_map: dict[str, str] = {}
-    for keys, name in zip(shards, names, strict=True):
-        write_safetensors_file(
-            directory / name, {k: state_dict[k] for k in keys}, metadata, fsync=fsync
+    pattern = weight_file_pattern(prefix)
+    with written_aside(
+        directory, fsync=fsync, carry_over=lambda name: not pattern.fullmatch(name)
+    ) as tmp:
+        names = write_safetensors_shards(
+            tmp,
+            state_dict,
+            max_shard_size=max_shard_size,
+            prefix=prefix,
+            metadata=metadata,
+            fsync=fsync,
         )
-        written.append(directory / name)
-        weight_map.update(dict.fromkeys(keys, name))
-    keep = set(names)
-    if len(shards) > 1:
-        write_index(directory, prefix, weight_map, sum(sizes.values()), fsync)
-        keep.add(index_file_name(prefix))
-    remove_stale_shards(directory, prefix, keep)
-    return written
+    return [directory / name for name in names]
 
 
 def read_weight_map(directory: str | os.PathLike[str], prefix: str = "model") -> dict[str, Path]:
@@ -177,13 +192,15 @@ def read_weight_map(directory: str | os.PathLike[str], prefix: str = "model") ->
     Raises:
         FileNotFoundError: no index or single file, or a shard named by the index is missing (the
             message names the shard and the first keys it should hold).
-        UnsafeCheckpointPathError: a shard name escapes the directory.
+        UnsafeCheckpointPathError: a shard name escapes the directory, or a weight or index file
+            is a symlink resolving outside it (names both paths).
         CorruptCheckpointError: the index is not valid JSON or has no `weight_map`.
     """
     directory = Path(directory)
     index = directory / index_file_name(prefix)
     single = directory / f"{prefix}.safetensors"
     if index.is_file():
+        ensure_inside(index.name, directory, "index file")
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -194,7 +211,11 @@ def read_weight_map(directory: str | os.PathLike[str], prefix: str = "model") ->
             raise CorruptCheckpointError(f"{index}: 'weight_map' must be an object")
         by_file: dict[str, list[str]] = {}
         for key, file_name in weight_map.items():
-            by_file.setdefault(str(file_name), []).append(key)
+            if not isinstance(file_name, str):
+                raise CorruptCheckpointError(
+                    f"{index}: weight_map[{key!r}] is {file_name!r}, expected a file name string"
+                )
+            by_file.setdefault(file_name, []).append(key)
         paths = {name: safe_child_path(directory, name) for name in by_file}
         for name, path in paths.items():
             if not path.is_file():
@@ -204,6 +225,7 @@ def read_weight_map(directory: str | os.PathLike[str], prefix: str = "model") ->
                 )
         return {key: paths[str(name)] for key, name in weight_map.items()}
     if single.is_file():
+        ensure_inside(single.name, directory, "weight file")
         return dict.fromkeys(read_safetensors_header(single).tensors, single)
     raise FileNotFoundError(
         f"{directory}: no {index.name} and no {single.name} (not a safetensors checkpoint directory)"

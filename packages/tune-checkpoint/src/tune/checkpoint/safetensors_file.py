@@ -70,8 +70,10 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         path: the `.safetensors` file.
 
     Raises:
-        CorruptCheckpointError: the file is truncated, or the header is malformed; the message names
-            the file and the first tensor that does not fit.
+        CorruptCheckpointError: the file is truncated, the header length exceeds the file,
+            `__metadata__` is not string -> string, a dtype is unknown, or a tensor's data_offsets
+            are out of the data section, reversed, of the wrong size for dtype x shape, or overlap
+            another tensor's; the message names the file and the tensor(s).
     """
     path = Path(path)
     file_size = path.stat().st_size
@@ -85,44 +87,100 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
                 "(truncated or not a safetensors file)"
             )
         raw = f.read(header_len)
+    if len(raw) != header_len:
+        raise CorruptCheckpointError(f"{path}: header truncated ({len(raw)} of {header_len} bytes)")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(f"{path}: header is not valid JSON ({err})") from err
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{path}: header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = _check_metadata(path, header.pop("__metadata__", None))
     data_start = 8 + header_len
     data_size = file_size - data_start
     tensors: dict[str, TensorInfo] = {}
-    covered = 0
+    spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        try:
-            dtype = _CODE_TO_DTYPE[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CorruptCheckpointError(
-                f"{path}: tensor {name!r} has a malformed header entry {entry!r} ({err!r})"
-            ) from err
+        dtype, shape, begin, end = _parse_entry(path, name, entry)
         expected = math.prod(shape) * dtype.itemsize
-        if end - begin != expected or begin < 0:
+        if not 0 <= begin <= end or end - begin != expected:
             raise CorruptCheckpointError(
-                f"{path}: tensor {name!r} spans bytes [{begin}, {end}) but shape {list(shape)} "
-                f"of {dtype} needs {expected} bytes"
+                f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] but shape "
+                f"{list(shape)} of {dtype} needs 0 <= begin <= end and end - begin == {expected}"
             )
         if end > data_size:
             raise CorruptCheckpointError(
                 f"{path}: truncated: tensor {name!r} ends at data byte {end} but the file holds only "
                 f"{data_size} data bytes ({file_size} bytes in all)"
             )
-        covered = max(covered, end)
+        spans.append((begin, end, name))
         tensors[name] = TensorInfo(dtype, shape, data_start + begin, expected)
+    reach, owner = 0, ""
+    for begin, end, name in sorted(spans):
+        if begin == end:  # an empty tensor overlaps nothing
+            continue
+        if begin < reach:
+            raise CorruptCheckpointError(
+                f"{path}: tensors {owner!r} (ends at data byte {reach}) and {name!r} (starts at "
+                f"{begin}) overlap; each tensor needs its own bytes"
+            )
+        reach, owner = end, name
+    covered = max((end for _, end, _ in spans), default=0)
     if covered != data_size:
         raise CorruptCheckpointError(
             f"{path}: {data_size - covered} trailing bytes after the last tensor (corrupt file)"
         )
-    return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()})
+    return SafetensorsHeader(path, tensors, metadata)
+
+
+def _check_metadata(path: Path, metadata: object) -> dict[str, str]:
+    """`__metadata__` must be absent or a JSON object of string -> string."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError(
+            f"{path}: __metadata__ is a {type(metadata).__name__} ({metadata!r:.80}), expected an "
+            "object of string -> string"
+        )
+    bad = {k: v for k, v in metadata.items() if not isinstance(v, str)}
+    if bad:
+        key = next(iter(bad))
+        raise CorruptCheckpointError(
+            f"{path}: __metadata__[{key!r}] is a {type(bad[key]).__name__}, expected a string"
+        )
+    return dict(metadata)
+
+
+def _parse_entry(
+    path: Path, name: str, entry: object
+) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """dtype, shape and data offsets of one header entry, checked for type."""
+    if not isinstance(entry, dict):
+        raise CorruptCheckpointError(
+            f"{path}: tensor {name!r} has header entry {entry!r:.80}, expected an object with "
+            "dtype, shape and data_offsets"
+        )
+    code = entry.get("dtype")
+    if not isinstance(code, str) or code not in _CODE_TO_DTYPE:
+        raise CorruptCheckpointError(
+            f"{path}: tensor {name!r} has unknown dtype {code!r}; expected one of "
+            f"{sorted(_CODE_TO_DTYPE)}"
+        )
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise CorruptCheckpointError(
+            f"{path}: tensor {name!r} has shape {shape!r}, expected a list of non-negative ints"
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise CorruptCheckpointError(
+            f"{path}: tensor {name!r} has data_offsets {offsets!r}, expected [begin, end] of "
+            "non-negative ints"
+        )
+    return _CODE_TO_DTYPE[code], tuple(shape), offsets[0], offsets[1]
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _byte_view(tensor: torch.Tensor) -> memoryview:

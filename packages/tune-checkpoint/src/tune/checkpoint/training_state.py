@@ -6,8 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import re
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,6 @@ import torch.distributed as dist
 
 from tune.checkpoint.commit import (
     MANIFEST_NAME,
-    fsync_dir,
     torch_save_durable,
     verify_directory,
     write_manifest,
@@ -36,11 +33,18 @@ from tune.checkpoint.safetensors_dir import (
     load_safetensors_dir,
     save_safetensors_dir,
 )
+from tune.checkpoint.step_commit import (
+    STEP_DIR,
+    commit_step,
+    delete_step,
+    discard_scratch,
+    find_latest,
+    recover,
+)
 
 logger = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"step_(\d+)")
-_SCRATCH = re.compile(r"\.step_(\d+)\.(tmp|old|deleting)")
+_STEP_DIR = STEP_DIR
 MODEL_DIR, SHARDED_DIR = "model", "sharded"
 
 
@@ -129,8 +133,11 @@ class CheckpointManager:
 
     A save writes everything into `root/.step_<n>.tmp`, flushes it, writes `manifest.json`
     (sizes and sha256 of every file) last, renames the directory to `step_<n>` and flushes the
-    parent; only then does retention delete old steps. A crash at any point leaves earlier steps
-    intact, and `latest` skips directories without a valid manifest. In a distributed run every
+    parent; only then does retention delete old steps. Saving a step again keeps the committed
+    copy (as `.step_<n>.old`) until the new one is renamed in. A crash at any point leaves a
+    complete copy of the newest committed step (or of the new one), which `latest` finds and the
+    next save commits (see `tune.checkpoint.step_commit`). Take a `RunLock` on the run directory
+    so that only one process saves into `root`. In a distributed run every
     rank calls `save`/`load`: rank 0 writes the full states, each rank its RNG and data position,
     and all ranks write `sharded_state` (DCP) together; `root` must be on a filesystem all ranks
     share.
@@ -204,9 +211,11 @@ class CheckpointManager:
         rank, world = _rank_world()
         tmp = self.root / f".step_{step}.tmp"
         with _all_ranks_agree(step):
+            pass  # every rank is done reading (a load may use a scratch copy) before renames
+        with _all_ranks_agree(step):
             if rank == 0:
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._remove_scratch()
+                self.recover()
                 tmp.mkdir()
         with _all_ranks_agree(step), _naming_the_step(step, tmp):
             if save_rng:
@@ -223,9 +232,13 @@ class CheckpointManager:
         final = self.step_dir(step)
         with _all_ranks_agree(step):
             if rank == 0:
-                with _naming_the_step(step, tmp):
-                    write_manifest(tmp, step, world, self.checksums, self.fsync)
-                    self._commit(tmp, final)
+                try:
+                    with _naming_the_step(step, tmp):
+                        write_manifest(tmp, step, world, self.checksums, self.fsync)
+                        self._commit(tmp, final)
+                except Exception:
+                    discard_scratch(tmp)  # reported as not committed: never commit it later
+                    raise
                 self._apply_retention(keep=final)
         return final
 
@@ -259,31 +272,23 @@ class CheckpointManager:
                     os.fsync(f.fileno())
 
     def _commit(self, tmp: Path, final: Path) -> None:
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if self.fsync:
-            fsync_dir(self.root)
-        if old is not None:
-            shutil.rmtree(old)
+        commit_step(tmp, final, self.fsync)
         logger.info("committed checkpoint %s", final)
 
-    def _remove_scratch(self) -> None:
-        for path in self.root.iterdir():
-            if _SCRATCH.fullmatch(path.name) and path.is_dir():
-                logger.warning("removing %s left by an interrupted save", path)
-                shutil.rmtree(path)
+    def recover(self) -> None:
+        """Repair what an interrupted save left under `root` (one process only; `save` calls it).
+
+        A complete `.step_<n>.tmp` / `.old` / `.deleting` copy whose `step_<n>` is missing or
+        incomplete is renamed to `step_<n>`; scratch that is incomplete or superseded is deleted.
+        """
+        recover(self.root, self.fsync)
 
     def _apply_retention(self, keep: Path) -> None:
         if self.keep_last_n is None:
             return
         steps = [p for _, p in self.step_dirs() if p != keep]
         for path in steps[: max(0, len(steps) - (self.keep_last_n - 1))]:
-            doomed = path.with_name(f".{path.name}.deleting")
-            os.rename(path, doomed)  # no half-deleted step_<n> is ever visible
-            shutil.rmtree(doomed)
+            delete_step(path)
             logger.info("retention: removed %s", path)
 
     def step_dirs(self) -> list[tuple[int, Path]]:
@@ -298,25 +303,17 @@ class CheckpointManager:
         return sorted(found)
 
     def latest(self, checksums: bool = False) -> Path | None:
-        """The newest committed step directory that passes its manifest check, or None.
+        """The newest step directory that passes its manifest check, or None.
 
         Directories that fail (no manifest, missing or truncated files) are skipped with a
-        warning.
+        warning. When a save or retention was killed between renames, the complete copy it left
+        (`.step_<n>.tmp`, `.old` or `.deleting`) is returned; the next `save` (or `recover`)
+        commits it as `step_<n>`. Nothing is renamed or deleted here.
 
         Args:
             checksums: also verify sha256 digests (reads every byte).
         """
-        for step, path in reversed(self.step_dirs()):
-            try:
-                manifest = verify_directory(path, checksums)
-            except CorruptCheckpointError as err:
-                logger.warning("skipping checkpoint %s: %s", path, err)
-                continue
-            if manifest["step"] != step:
-                logger.warning("skipping %s: its manifest says step %s", path, manifest["step"])
-                continue
-            return path
-        return None
+        return find_latest(self.root, checksums)
 
     def resolve(self, path: str | os.PathLike[str] | None = None, checksums: bool = False) -> Path:
         """The step directory to resume from: `path` itself if it is one, else the latest under it.

@@ -36,8 +36,15 @@ from tune.data.packing import (
 )
 from tune.data.padding_free import remove_padding
 from tune.data.sampler import RankCursor, SampleOrder, cursor_from_state, merge_rank_states
-from tune.data.sources import DataSourceError, load_source, read_jsonl, require_columns
-from tune.data.tokenizer import Tokenizer
+from tune.data.sources import (
+    DataSourceError,
+    load_source,
+    read_jsonl,
+    require_columns,
+    row_location,
+)
+from tune.data.template_sandbox import TemplateLimitError
+from tune.data.tokenizer import Tokenizer, TokenizerFileError
 from tune.data.truncation import (
     TRUNCATION_POLICIES,
     DataStats,
@@ -65,8 +72,10 @@ __all__ = [
     "SampleOrder",
     "SampleTooLongError",
     "StreamingLoader",
+    "TemplateLimitError",
     "TextBuilder",
     "Tokenizer",
+    "TokenizerFileError",
     "__version__",
     "apply_truncation",
     "bundled_template",
@@ -85,6 +94,7 @@ __all__ = [
     "remove_padding",
     "require_columns",
     "resolve_template",
+    "row_location",
     "select_for_pack",
     "sharegpt_to_messages",
     "shift_labels",

@@ -12,13 +12,17 @@ from tune.data.chat_template import ChatTemplate
 from tune.data.masking import tokenize_messages, tokenize_text
 from tune.data.messages import Message, MessageError, to_messages
 from tune.data.row_checks import (
+    check_sample,
     iter_rows,
     plainly_valid,
     require_assistant_content,
+    require_distinct_replies,
+    require_string,
     require_text,
     require_values,
+    with_location,
 )
-from tune.data.sources import require_columns
+from tune.data.sources import require_columns, row_location
 from tune.data.tokenizer import Tokenizer
 
 SHAREGPT_ROLES = {
@@ -48,14 +52,14 @@ def resolve_template(tokenizer: Tokenizer, template: str | ChatTemplate | None) 
                 "the tokenizer directory has no chat_template; pass template= one of "
                 f"{list(BUNDLED_TEMPLATES)} or jinja source"
             )
-        source = tokenizer.chat_template
+        source, name = tokenizer.chat_template, "the tokenizer's chat_template"
     elif template in BUNDLED_TEMPLATES:
-        source = bundled_template(template)
+        source, name = bundled_template(template), template
     elif "{%" in template or "{{" in template:
-        source = template
+        source, name = template, "inline template"
     else:
         raise ValueError(f"unknown template {template!r}; bundled: {list(BUNDLED_TEMPLATES)}")
-    return ChatTemplate(source, tokenizer.special_tokens)
+    return ChatTemplate(source, tokenizer.special_tokens, name=name)
 
 
 def sharegpt_to_messages(
@@ -102,18 +106,30 @@ class _Builder:
         required = {key: self.columns[key] for key in self.required}
         require_values(row, required, index, type(self).__name__)
 
-    def validate(self, dataset: datasets.Dataset) -> None:
-        """Check that the mapped columns and rows exist, then `check_row` every row.
+    def validate(self, dataset: datasets.Dataset, build_samples: bool = True) -> None:
+        """Check that the mapped columns and rows exist, then check and build every row.
 
-        One pass over the raw rows (only the mapped columns, nothing tokenized), so a bad row
-        stops a run before training instead of when it is streamed.
+        One pass over the raw rows (only the mapped columns), so a bad row stops a run before
+        training instead of when it is streamed. Building renders the chat template and
+        tokenizes (about 0.2 ms a short chat on one core): a character the tokenizer or template
+        cannot take, a row with no tokens or with unknown tokens is found here. Any error names
+        the example (and `file:line` when `load_source` read the dataset from local files).
 
         Args:
             dataset: the source.
+            build_samples: also build (render and tokenize) every sample; False checks the
+                raw rows only.
         """
         require_columns(dataset, [self.columns[k] for k in self.required], f"{type(self).__name__}")
+        tokenizer = getattr(self, "tokenizer", None)
+        unk_id = None if tokenizer is None else tokenizer.unk_id
         for index, row in iter_rows(dataset, list(self.columns.values())):
-            self.check_row(row, index)
+            try:
+                self.check_row(row, index)
+                if build_samples:
+                    check_sample(self(row, index), unk_id, index)
+            except Exception as error:
+                raise with_location(error, row_location(dataset, index), index) from error
 
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -169,6 +185,9 @@ class InstructionBuilder(_Builder):
         """Raise naming the example and column when `instruction`/`output` is null or the
         output is empty."""
         super().check_row(row, index)
+        for key in ("instruction", "output", "input", "system"):
+            optional = key not in self.required
+            require_string(self.col(row, key), self.columns[key], index, optional=optional)
         require_text(self.col(row, "output"), self.columns["output"], index)
 
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -266,10 +285,14 @@ class TextBuilder(_Builder):
     def _default_columns(self) -> dict[str, str]:
         return {"text": "text"}
 
+    def check_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise naming the example and column when the text is null or not a string."""
+        super().check_row(row, index)
+        require_string(self.col(row, "text"), self.columns["text"], index)
+
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
+        self.check_row(row, index)
         text = self.col(row, "text")
-        if not isinstance(text, str):
-            raise MessageError(f"example {index}: column {self.columns['text']!r} is not a string")
         return tokenize_text(self.tokenizer, text, self.add_bos, self.add_eos)
 
 
@@ -298,6 +321,18 @@ class PreferenceBuilder(_Builder):
 
     def _default_columns(self) -> dict[str, str]:
         return {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+
+    def check_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise naming the example and column when the prompt or a reply is of the wrong type,
+        a reply is empty, or both replies are identical."""
+        super().check_row(row, index)
+        prompt = self.col(row, "prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            if not isinstance(prompt, Sequence) or isinstance(prompt, bytes):
+                expected = "a string or a list of messages"
+                require_string(prompt, self.columns["prompt"], index, expected=expected)
+            to_messages(prompt, f"example {index}: column {self.columns['prompt']!r}")
+        require_distinct_replies(row, self.columns, index)
 
     def _conversation(self, prompt: Any, reply: Any) -> list[dict[str, Any]]:
         if isinstance(prompt, str):
@@ -349,6 +384,17 @@ class PromptAnswerBuilder(_Builder):
 
     def _default_columns(self) -> dict[str, str]:
         return {"prompt": "prompt", "answer": "answer", "system": "system"}
+
+    def check_row(self, row: Mapping[str, Any], index: int) -> None:
+        """Raise naming the example and column when a column is null or of the wrong type."""
+        super().check_row(row, index)
+        prompt = self.col(row, "prompt")
+        if not isinstance(prompt, str):
+            if not isinstance(prompt, Sequence) or isinstance(prompt, bytes):
+                expected = "a string or a list of messages"
+                require_string(prompt, self.columns["prompt"], index, expected=expected)
+            to_messages(prompt, f"example {index}: column {self.columns['prompt']!r}")
+        require_string(self.col(row, "system"), self.columns["system"], index, optional=True)
 
     def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
         self.check_row(row, index)

@@ -12,9 +12,15 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tune.data.messages import Message, MessageError
+from tune.data.template_sandbox import (
+    LimitedSandbox,
+    TemplateLimitError,
+    guard_loops,
+    install_guard,
+    render_bounded,
+)
 
 # Private-use code points that bracket `{% generation %}` output while rendering; removed afterwards.
 _GEN_START = "\ue0f0"
@@ -72,7 +78,7 @@ def _make_dict(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @lru_cache(maxsize=32)
 def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
+    env = LimitedSandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[_GenerationBlock, jinja2.ext.loopcontrols],
@@ -84,7 +90,8 @@ def _compile(source: str) -> jinja2.Template:
         dict=_make_dict,
         namespace=_SafeNamespace,
     )
-    return env.from_string(source)
+    install_guard(env)
+    return env.from_string(guard_loops(env.parse(source)))
 
 
 @dataclass
@@ -119,16 +126,19 @@ def _strip_markers(marked: str) -> RenderedChat:
     return RenderedChat("".join(pieces), spans)
 
 
-def _check_no_markers(value: Any) -> None:
+def _check_no_markers(value: Any, prefix: str) -> None:
     if isinstance(value, str):
         if _GEN_START in value or _GEN_END in value:
-            raise MessageError("message text contains the reserved code points U+E0F0/U+E0F1")
+            raise MessageError(
+                f"{prefix}message text contains the reserved code points U+E0F0/U+E0F1 "
+                "(tune.data marks generated text with them); remove them from the row"
+            )
     elif isinstance(value, Mapping):
         for item in value.values():
-            _check_no_markers(item)
+            _check_no_markers(item, prefix)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _check_no_markers(item)
+            _check_no_markers(item, prefix)
 
 
 class ChatTemplate:
@@ -139,16 +149,31 @@ class ChatTemplate:
     `transformers`' `apply_chat_template`; `raise_exception`, `strftime_now`, `tojson`,
     `namespace` and `dict` are available.
 
+    Templates render in a bounded sandbox (`tune.data.template_sandbox`): a template that loops
+    or grows without end raises `MessageError` naming it instead of hanging.
+
     Args:
         source: the jinja source.
         special_tokens: special-token name -> string, passed to the template.
+        name: what the template is (a bundled name, a file), for error messages.
     """
 
-    def __init__(self, source: str, special_tokens: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        special_tokens: Mapping[str, str] | None = None,
+        name: str = "inline template",
+    ) -> None:
         self.source = source
+        self.name = name
         self.special_tokens = dict(special_tokens or {})
         self.has_generation_markers = "generation" in source and "endgeneration" in source
-        self._template = _compile(source)
+        try:
+            self._template = _compile(source)
+        except jinja2.exceptions.TemplateSyntaxError as error:
+            raise MessageError(
+                f"chat template {name!r}: syntax error at line {error.lineno}: {error.message}"
+            ) from error
 
     def render(
         self,
@@ -171,20 +196,30 @@ class ChatTemplate:
         """
         dicts = [m.to_dict() if isinstance(m, Message) else dict(m) for m in messages]
         dicts = [{k: v for k, v in d.items() if v is not None} for d in dicts]
-        _check_no_markers(dicts)
+        prefix = f"{where}: " if where else ""
+        _check_no_markers(dicts, prefix)
         variables = {**self.special_tokens, **kwargs}
+        roles = [d.get("role") for d in dicts]
         try:
-            marked = self._template.render(
+            marked = render_bounded(
+                self._template,
                 messages=dicts,
                 tools=tools,
                 documents=documents,
                 add_generation_prompt=add_generation_prompt,
                 **variables,
             )
+        except TemplateLimitError as error:
+            raise MessageError(
+                f"{prefix}chat template {self.name!r} went past a sandbox limit: {error}"
+            ) from error
         except jinja2.exceptions.TemplateError as error:
-            roles = [d.get("role") for d in dicts]
-            prefix = f"{where}: " if where else ""
             raise MessageError(
                 f"{prefix}the chat template cannot render roles {roles}: {error}"
+            ) from error
+        except Exception as error:  # a filter or global failing on a value (tojson, ...)
+            raise MessageError(
+                f"{prefix}chat template {self.name!r} failed on roles {roles}: "
+                f"{type(error).__name__}: {error}"
             ) from error
         return _strip_markers(marked)

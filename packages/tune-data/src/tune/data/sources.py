@@ -2,53 +2,118 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from tune.data.errors import DataSourceError
+from tune.data.file_checks import (
+    check_utf8,
+    decode_lines,
+    first_unstorable_row,
+    json_error_location,
+    unstorable_row_message,
+)
+
 logger = logging.getLogger(__name__)
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
+__all__ = ["DataSourceError", "load_source", "read_jsonl", "require_columns", "row_location"]
 
-class DataSourceError(ValueError):
-    """A source that cannot be read: a malformed row, a missing column, no rows."""
+
+@dataclass(frozen=True)
+class _FileRows:
+    """Where the rows of one file sit in a dataset loaded by `load_source`."""
+
+    path: str
+    first: int  # dataset index of the file's first row
+    lines: tuple[int, ...] | None  # 1-based line of each row (JSON lines); None: row numbers
+
+
+_ORIGINS: OrderedDict[str, tuple[_FileRows, ...]] = OrderedDict()
+_MAX_ORIGINS = 32  # datasets remembered (by fingerprint); the oldest are forgotten
+
+
+def _remember(dataset: datasets.Dataset, files: Sequence[_FileRows]) -> None:
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint is None:
+        return
+    _ORIGINS[fingerprint] = tuple(files)
+    _ORIGINS.move_to_end(fingerprint)
+    while len(_ORIGINS) > _MAX_ORIGINS:
+        _ORIGINS.popitem(last=False)
+
+
+def row_location(dataset: datasets.Dataset, index: int) -> str | None:
+    """`file:line` (JSON lines) or `file row N` (1-based) of a row of a dataset `load_source`
+    read from local files; None for other datasets (or after `select`, `map`, a split, ...).
+
+    Args:
+        dataset: the dataset.
+        index: the row's index in it.
+    """
+    files = _ORIGINS.get(getattr(dataset, "_fingerprint", None) or "")
+    if not files:
+        return None
+    where = bisect.bisect_right([f.first for f in files], index) - 1
+    if where < 0:
+        return None
+    file = files[where]
+    position = index - file.first
+    if file.lines is None:
+        return f"{file.path} row {position + 1}"
+    if position >= len(file.lines):
+        return None
+    return f"{file.path}:{file.lines[position]}"
+
+
+def _read_jsonl_lines(
+    path: str | Path, max_bad_rows: int = 0
+) -> tuple[list[dict[str, Any]], list[int], int]:
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    skipped = 0
+    for number, line in decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as error:
+            if skipped < max_bad_rows:
+                skipped += 1
+                logger.warning("skipping malformed row %s:%d: %s", path, number, error)
+                continue
+            raise DataSourceError(
+                f"{path}:{number}: malformed JSON row ({error}); "
+                f"skipped so far {skipped} (max_bad_rows={max_bad_rows})"
+            ) from error
+        rows.append(row)
+        lines.append(number)
+    return rows, lines, skipped
 
 
 def read_jsonl(path: str | Path, max_bad_rows: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Read a JSON-lines file; a malformed line raises with file and line number.
+    """Read a JSON-lines file; a malformed line or invalid UTF-8 raises with file and line number.
 
     Args:
         path: the file.
         max_bad_rows: skip up to this many malformed lines (counted); one more raises.
+            Invalid UTF-8 always raises.
 
     Returns:
         The rows and the number of skipped lines.
     """
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            except ValueError as error:
-                if skipped < max_bad_rows:
-                    skipped += 1
-                    logger.warning("skipping malformed row %s:%d: %s", path, number, error)
-                    continue
-                raise DataSourceError(
-                    f"{path}:{number}: malformed JSON row ({error}); "
-                    f"skipped so far {skipped} (max_bad_rows={max_bad_rows})"
-                ) from error
-            rows.append(row)
+    rows, _, skipped = _read_jsonl_lines(path, max_bad_rows)
     return rows, skipped
 
 
@@ -64,14 +129,78 @@ def _local_format(files: Sequence[Path]) -> str:
 def _is_jsonl(path: Path) -> bool:
     if path.suffix.lower() == ".jsonl":
         return True
-    with open(path, encoding="utf-8") as handle:
-        head = handle.read(1).lstrip()
-        while head == "" or head.isspace():
-            char = handle.read(1)
-            if not char:
-                return False
-            head = char.strip()
-    return head == "{"
+    with open(path, "rb") as handle:  # bytes: a bad byte is named later, by line
+        while chunk := handle.read(4096):
+            head = chunk.removeprefix(b"\xef\xbb\xbf").lstrip()
+            if head:
+                return head.startswith(b"{")
+    return False
+
+
+def _load_jsonl(paths: Sequence[Path], max_bad_rows: int) -> tuple[datasets.Dataset, int]:
+    rows: list[dict[str, Any]] = []
+    files: list[_FileRows] = []
+    skipped = 0
+    for path in paths:
+        file_rows, lines, file_skipped = _read_jsonl_lines(path, max_bad_rows - skipped)
+        files.append(_FileRows(str(path), len(rows), tuple(lines)))
+        rows.extend(file_rows)
+        skipped += file_skipped
+    try:
+        dataset = datasets.Dataset.from_list(rows)
+    except Exception as error:  # pyarrow: a key of two types, or a lone surrogate
+        found = first_unstorable_row(rows)
+        if found is None:
+            raise DataSourceError(
+                f"cannot store the rows of {[str(p) for p in paths]}: {error}"
+            ) from error
+        index, key, cause = found
+        file = files[bisect.bisect_right([f.first for f in files], index) - 1]
+        assert file.lines is not None
+        location = f"{file.path}:{file.lines[index - file.first]}"
+        raise DataSourceError(unstorable_row_message(location, rows[index], key, cause)) from error
+    _remember(dataset, files)
+    return dataset, skipped
+
+
+def _diagnose_load_failure(kind: str, paths: Sequence[Path], error: Exception) -> DataSourceError:
+    """The error for a json/csv/parquet file `datasets` failed to load, naming the place if found."""
+    if kind == "json":
+        for path in paths:
+            location = json_error_location(path)
+            if location is not None:
+                return DataSourceError(location)
+            document = json.loads("".join(line for _, line in decode_lines(path)))
+            if isinstance(document, list) and all(isinstance(r, dict) for r in document):
+                found = first_unstorable_row(document)
+                if found is not None:
+                    index, key, cause = found
+                    location = f"{path} item {index + 1}"
+                    return DataSourceError(
+                        unstorable_row_message(location, document[index], key, cause)
+                    )
+    return DataSourceError(
+        f"cannot read {[str(p) for p in paths]} as {kind}: {type(error).__name__}: {error}"
+    )
+
+
+def _load_local(paths: Sequence[Path], max_bad_rows: int) -> tuple[datasets.Dataset, int]:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"data files not found: {missing}")
+    kind = _local_format(paths)
+    if kind == "json" and all(_is_jsonl(p) for p in paths):
+        return _load_jsonl(paths, max_bad_rows)
+    if kind != "parquet":
+        for path in paths:  # before datasets, whose decode error names neither file nor line
+            check_utf8(path)
+    try:
+        loaded = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train")
+    except Exception as error:
+        raise _diagnose_load_failure(kind, paths, error) from error
+    if len(paths) == 1:
+        _remember(loaded, [_FileRows(str(paths[0]), 0, None)])
+    return loaded, 0
 
 
 def load_source(
@@ -100,20 +229,7 @@ def load_source(
         return source[split], 0
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if all(p.suffix.lower() in _LOCAL_FORMATS for p in paths):
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"data files not found: {missing}")
-        kind = _local_format(paths)
-        if kind == "json" and all(_is_jsonl(p) for p in paths):
-            rows: list[dict[str, Any]] = []
-            skipped = 0
-            for path in paths:
-                file_rows, file_skipped = read_jsonl(path, max_bad_rows - skipped)
-                rows.extend(file_rows)
-                skipped += file_skipped
-            return datasets.Dataset.from_list(rows), skipped
-        loaded = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train")
-        return loaded, 0
+        return _load_local(paths, max_bad_rows)
     if not isinstance(source, str):
         raise DataSourceError(f"cannot open data source {source!r}")
     loaded = datasets.load_dataset(source, split=split, **load_kwargs)

@@ -21,6 +21,42 @@ SPECIAL_TOKEN_NAMES = (
 )
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that is missing, truncated, not JSON, or of the wrong shape."""
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a JSON file; raise `TokenizerFileError` naming the file, line and column."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise TokenizerFileError(
+            f"{path}: invalid UTF-8 at byte offset {error.start}; expected a UTF-8 JSON file"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise TokenizerFileError(
+            f"{path}:{error.lineno}:{error.colno}: malformed JSON ({error.msg}); the file may be "
+            "truncated (an interrupted download?)"
+        ) from error
+
+
+def _load_backend(path: Path) -> _RustTokenizer:
+    """`tokenizers.Tokenizer.from_file`, with errors that name the file and what is wrong."""
+    try:
+        return _RustTokenizer.from_file(str(path))
+    except Exception as error:  # the Rust side raises a bare Exception with serde's text
+        document = _read_json(path)  # names line and column when the JSON itself is broken
+        if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
+            got = type(document).__name__ if not isinstance(document, dict) else sorted(document)
+            raise TokenizerFileError(
+                f"{path}: expected a tokenizers JSON object with a 'model' object, got {got}"
+            ) from error
+        raise TokenizerFileError(
+            f"{path}: not a valid tokenizers file ({error}); expected the tokenizer.json a "
+            "fast (tokenizers) tokenizer saves"
+        ) from error
+
+
 def _token_content(value: Any, key: str, path: Path) -> str | None:
     """A special token is stored either as a string or as an AddedToken dict with `content`."""
     if value is None or isinstance(value, str):
@@ -104,14 +140,19 @@ class Tokenizer:
             raise FileNotFoundError(
                 f"{tokenizer_file} not found: tune.data needs a fast tokenizer.json"
             )
-        backend = _RustTokenizer.from_file(str(tokenizer_file))
+        backend = _load_backend(tokenizer_file)
         config: dict[str, Any] = {}
         config_file = directory / "tokenizer_config.json"
         if config_file.is_file():
-            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config = _read_json(config_file)
         specials_file = directory / "special_tokens_map.json"
         if specials_file.is_file():
-            config = {**json.loads(specials_file.read_text(encoding="utf-8")), **config}
+            config = {**_read_json(specials_file), **config}
+        for file, value in ((config_file, config),):
+            if not isinstance(value, dict):
+                raise TokenizerFileError(
+                    f"{file}: expected a JSON object, got {type(value).__name__}"
+                )
         special_tokens = {
             name: _token_content(config.get(name), name, config_file)
             for name in SPECIAL_TOKEN_NAMES
@@ -138,6 +179,22 @@ class Tokenizer:
     def eos_id(self) -> int | None:
         """Id of the EOS token, or None."""
         return self._special_id("eos_token")
+
+    @property
+    def unk_id(self) -> int | None:
+        """Id of the token the model emits for text it cannot encode, or None when it encodes
+        every character (byte-level BPE, byte fallback)."""
+        model = self.backend.model
+        if getattr(model, "byte_fallback", False):
+            return None
+        token = getattr(model, "unk_token", None)  # BPE, WordPiece
+        if isinstance(token, str):
+            return self.backend.token_to_id(token)
+        if type(model).__name__ == "Unigram":  # its unk_id is not exposed; trust the config
+            unk = self._special_id("unk_token")
+            if unk not in (self.bos_id, self.eos_id, self._special_id("pad_token")):
+                return unk
+        return None
 
     @property
     def pad_id(self) -> int:

@@ -45,36 +45,54 @@ class DecoderConfig:
 def common_fields(
     f: ConfigFields, *, tie_default: bool = False, eps_default: float = 1e-6
 ) -> dict[str, Any]:
-    """Read the ``DecoderConfig`` fields from an HF config; keyword arguments for the dataclass."""
-    hidden = f.integer("hidden_size")
-    heads = f.integer("num_attention_heads")
-    kv_heads = f.integer("num_key_value_heads", heads)
+    """Read and check the ``DecoderConfig`` fields of an HF config; keyword arguments for it.
+
+    Sizes and counts must be positive integers, ``num_attention_heads`` a multiple of
+    ``num_key_value_heads``, ``hidden_size`` a multiple of ``num_attention_heads`` when no
+    ``head_dim`` is given, ``head_dim`` even (rotary pairs), ``rms_norm_eps`` finite and > 0 and
+    ``tie_word_embeddings`` a boolean.
+
+    Raises:
+        UnsupportedConfigError: ``<source>: <key>: expected ..., got <value>``.
+    """
+    sizes = {
+        key: f.positive_int(key)
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+    }
+    hidden = sizes["hidden_size"]
+    heads = f.positive_int("num_attention_heads")
+    kv_heads = f.positive_int("num_key_value_heads", heads)
     if heads % kv_heads:
         raise UnsupportedConfigError(
-            f"{f.source}: num_attention_heads={heads} is not a multiple of "
-            f"num_key_value_heads={kv_heads}"
+            f"{f.source}: num_attention_heads: expected a multiple of num_key_value_heads="
+            f"{kv_heads}, got {heads}"
         )
-    head_dim = f.integer("head_dim", None)
+    head_dim = f.positive_int("head_dim", None)
     if head_dim is None:
         if hidden % heads:
             raise UnsupportedConfigError(
-                f"{f.source}: hidden_size={hidden} is not divisible by num_attention_heads="
-                f"{heads} and no head_dim is given"
+                f"{f.source}: hidden_size: expected a multiple of num_attention_heads={heads} "
+                f"when no head_dim is given, got {hidden}"
             )
         head_dim = hidden // heads
+    if head_dim % 2:
+        raise UnsupportedConfigError(
+            f"{f.source}: head_dim: expected an even number (rotary embeddings rotate pairs), "
+            f"got {head_dim}"
+        )
     return {
         "model_type": f.model_type,
-        "vocab_size": f.integer("vocab_size"),
+        "vocab_size": sizes["vocab_size"],
         "hidden_size": hidden,
-        "intermediate_size": f.integer("intermediate_size"),
-        "num_layers": f.integer("num_hidden_layers"),
+        "intermediate_size": sizes["intermediate_size"],
+        "num_layers": sizes["num_hidden_layers"],
         "num_heads": heads,
         "num_kv_heads": kv_heads,
         "head_dim": head_dim,
-        "rms_norm_eps": f.number("rms_norm_eps", eps_default),
+        "rms_norm_eps": f.number("rms_norm_eps", eps_default, positive=True),
         "rope": f.rope(),
-        "max_position_embeddings": f.integer("max_position_embeddings", 2048),
-        "tie_word_embeddings": bool(f.get("tie_word_embeddings", tie_default)),
+        "max_position_embeddings": f.positive_int("max_position_embeddings", 2048),
+        "tie_word_embeddings": f.boolean("tie_word_embeddings", tie_default),
     }
 
 
@@ -83,6 +101,10 @@ def layer_windows(f: ConfigFields, num_layers: int) -> tuple[int | None, ...]:
     types = f.get("layer_types", None)
     if types is None:
         return (None,) * num_layers
+    if not isinstance(types, list):
+        raise UnsupportedConfigError(
+            f"{f.source}: layer_types: expected a list of strings, got {types!r}"
+        )
     if len(types) != num_layers:
         raise UnsupportedConfigError(
             f"{f.source}: layer_types has {len(types)} entries for {num_layers} layers"
@@ -95,5 +117,5 @@ def layer_windows(f: ConfigFields, num_layers: int) -> tuple[int | None, ...]:
                 f"{f.source}: layer_types[{i}] = {kind!r} is not supported; supported: "
                 f"{list(supported)}"
             )
-        windows.append(f.integer("sliding_window") if kind == "sliding_attention" else None)
+        windows.append(f.positive_int("sliding_window") if kind == "sliding_attention" else None)
     return tuple(windows)

@@ -1,7 +1,7 @@
 """tune.peft: LoRA, DoRA and QLoRA-ready adapters injected into any nn.Module by name pattern; PEFT-format interop."""
 
 from tune.peft._version import __version__
-from tune.peft.config import ALL_LINEAR, LoraConfig
+from tune.peft.config import ALL_LINEAR, MAX_RANK, MAX_SCALING, LoraConfig
 from tune.peft.disable import disable_adapters
 from tune.peft.inject import (
     apply_lora,
@@ -15,14 +15,18 @@ from tune.peft.inject import (
 )
 from tune.peft.lora_linear import LoRALinear, LoRAWeights
 from tune.peft.merge import merge_adapters, merge_and_unload, unmerge_adapters
+from tune.peft.peft_config import (
+    AdapterConfigLike,
+    from_peft_config,
+    read_adapter_config,
+    to_peft_config,
+)
 from tune.peft.peft_format import (
     KeyMap,
     adapter_key_map,
     export_peft_adapter,
-    from_peft_config,
     load_peft_adapter,
     peft_target_modules,
-    to_peft_config,
 )
 from tune.peft.state import (
     ParameterCount,
@@ -35,6 +39,9 @@ from tune.peft.state import (
 
 __all__ = [
     "ALL_LINEAR",
+    "MAX_RANK",
+    "MAX_SCALING",
+    "AdapterConfigLike",
     "KeyMap",
     "LoRALinear",
     "LoRAWeights",
@@ -58,6 +65,7 @@ __all__ = [
     "merge_adapters",
     "merge_and_unload",
     "peft_target_modules",
+    "read_adapter_config",
     "remove_lora",
     "select_lora_targets",
     "set_active_adapter",

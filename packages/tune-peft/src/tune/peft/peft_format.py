@@ -18,28 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune.peft.config import ALL_LINEAR, LoraConfig
 from tune.peft.inject import apply_lora, linear_module_names, lora_modules
 from tune.peft.module_patterns import REGEX_PREFIX, closest_names
+from tune.peft.peft_config import (
+    AdapterConfigLike,
+    from_peft_config,
+    to_peft_config,
+)
 from tune.peft.state import adapter_state_dict, load_adapter_state_dict
 
 KeyMap = Callable[[str], str]
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
-_GLOB_CHARS = frozenset("*?[")
-# PEFT settings we cannot represent; loading refuses anything but these values.
-_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "rank_pattern": {},
-    "alpha_pattern": {},
-    "layers_to_transform": None,
-    "modules_to_save": None,
-    "lora_bias": False,
-    "fan_in_fan_out": False,
-    "use_qalora": False,
-    "trainable_token_indices": None,
-    "layer_replication": None,
-}
 
 
 def _identity(key: str) -> str:
@@ -76,129 +67,6 @@ def adapter_key_map(key_map: KeyMap) -> KeyMap:
         return f"{_hf_module_name(key[: -len(suffix) - 1], key_map)}.{suffix}"
 
     return mapped
-
-
-def _peft_alpha(alpha: float) -> int | float:
-    return int(alpha) if float(alpha).is_integer() else float(alpha)
-
-
-def to_peft_config(
-    config: LoraConfig,
-    target_modules: list[str] | str | None = None,
-    *,
-    task_type: str | None = "CAUSAL_LM",
-    base_model_name_or_path: str | None = None,
-) -> dict[str, Any]:
-    """`config` in PEFT's `adapter_config.json` vocabulary.
-
-    Args:
-        config: The adapter's settings.
-        target_modules: PEFT's `target_modules` (HF names); default derived from `config.targets`
-            (plain names as they are, `"all-linear"`, or one `re:` regex), which must then not
-            contain globs. `export_peft_adapter` passes the exact set it adapted.
-        task_type: PEFT task type (`"CAUSAL_LM"`), or None.
-        base_model_name_or_path: Recorded for PEFT's loader; may be None.
-    """
-    exclude: list[str] | str | None = None
-    if target_modules is None:
-        patterns = [] if config.targets == ALL_LINEAR else list(config.targets)
-        if any(_GLOB_CHARS.intersection(p) for p in [*patterns, *config.exclude]):
-            raise ValueError(
-                f"LoraConfig targets/exclude {patterns + list(config.exclude)} contain globs, which "
-                "PEFT cannot read; pass target_modules (export_peft_adapter computes it)"
-            )
-        regexes = [p for p in patterns if p.startswith(REGEX_PREFIX)]
-        if config.targets == ALL_LINEAR:
-            target_modules = ALL_LINEAR
-        elif regexes:
-            if len(patterns) > 1:
-                raise ValueError(f"PEFT takes one regex or a list of names, got {patterns}")
-            target_modules = regexes[0][len(REGEX_PREFIX) :]
-        else:
-            target_modules = patterns
-        if config.exclude:
-            exclude = list(config.exclude)
-    init: bool | str = "gaussian" if config.init == "gaussian" else True
-    return {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_model_name_or_path,
-        "revision": None,
-        "r": config.r,
-        "lora_alpha": _peft_alpha(config.alpha),
-        "lora_dropout": float(config.dropout),
-        "target_modules": target_modules,
-        "exclude_modules": exclude,
-        "bias": config.bias,
-        "use_rslora": config.use_rslora,
-        "use_dora": config.use_dora,
-        # PiSSA adapters are saved as plain LoRA factors over the residual base they were trained on.
-        "init_lora_weights": init,
-        "inference_mode": True,
-        "layers_pattern": None,
-        **_UNSUPPORTED_DEFAULTS,
-    }
-
-
-def _peft_patterns(value: Any, key: str) -> tuple[str, ...] | str:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return ALL_LINEAR if value == ALL_LINEAR else (REGEX_PREFIX + value,)
-    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
-        return tuple(sorted(value))
-    raise ValueError(
-        f"adapter_config.json {key!r}: expected a string or a list of strings, got {value!r}"
-    )
-
-
-def from_peft_config(adapter_config: dict[str, Any]) -> LoraConfig:
-    """A `LoraConfig` from PEFT's `adapter_config.json` contents.
-
-    Target patterns keep PEFT's meaning (a list: names matched as dot-suffixes; a string: a full
-    regex, here `re:<regex>`). Settings tune.peft cannot represent (rank/alpha patterns,
-    `modules_to_save`, `lora_bias`, ...) raise.
-
-    Args:
-        adapter_config: The parsed JSON.
-    """
-    peft_type = adapter_config.get("peft_type")
-    if peft_type != "LORA":
-        raise ValueError(f"adapter_config.json 'peft_type' is {peft_type!r}; expected 'LORA'")
-    for key, default in _UNSUPPORTED_DEFAULTS.items():
-        value = adapter_config.get(key, default)
-        if value is not None and value != default and not (isinstance(default, dict) and not value):
-            raise ValueError(
-                f"adapter_config.json {key!r} = {value!r} is not supported by tune.peft "
-                f"(expected {default!r})"
-            )
-    for key in ("r", "lora_alpha"):
-        if key not in adapter_config:
-            raise ValueError(f"adapter_config.json lacks {key!r}")
-    init = adapter_config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.startswith("pissa"):
-        init_name = "pissa"
-    elif init == "gaussian":
-        init_name = "gaussian"
-    elif init in (True, False):
-        init_name = "default"
-    else:
-        raise ValueError(f"adapter_config.json 'init_lora_weights' = {init!r} is not supported")
-    targets = _peft_patterns(adapter_config.get("target_modules"), "target_modules")
-    exclude = _peft_patterns(adapter_config.get("exclude_modules"), "exclude_modules")
-    if exclude == ALL_LINEAR:
-        raise ValueError("adapter_config.json 'exclude_modules' cannot be 'all-linear'")
-    return LoraConfig(
-        r=int(adapter_config["r"]),
-        alpha=adapter_config["lora_alpha"],
-        dropout=float(adapter_config.get("lora_dropout", 0.0) or 0.0),
-        targets=targets if targets else ALL_LINEAR,
-        exclude=exclude,
-        use_rslora=bool(adapter_config.get("use_rslora", False)),
-        use_dora=bool(adapter_config.get("use_dora", False)),
-        init=init_name,  # type: ignore[arg-type]
-        bias=adapter_config.get("bias", "none"),
-    )
 
 
 def peft_target_modules(
@@ -307,11 +175,12 @@ def _native_names(model: nn.Module, key_map: KeyMap) -> tuple[dict[str, str], di
 def load_peft_adapter(
     model: nn.Module,
     state_dict: dict[str, torch.Tensor],
-    adapter_config: dict[str, Any],
+    adapter_config: AdapterConfigLike,
     *,
     key_map: KeyMap | None = None,
     adapter_name: str = "default",
     freeze_base: bool = True,
+    source: str | None = None,
 ) -> list[str]:
     """Add the adapter a PEFT directory holds to `model` and load its tensors; it becomes active.
 
@@ -320,16 +189,17 @@ def load_peft_adapter(
     Args:
         model: The native model (base weights already loaded).
         state_dict: Contents of `adapter_model.safetensors` (PEFT keys).
-        adapter_config: Contents of `adapter_config.json`.
+        adapter_config: Contents of `adapter_config.json`, or its path (or its directory).
         key_map: Native -> HF parameter-key function used for the base (None: identity).
         adapter_name: Name to give the adapter here.
         freeze_base: Freeze all but the adapter afterwards.
+        source: Name of the config file for error messages (see `from_peft_config`).
 
     Returns:
         Native names of the adapted layers.
     """
     key_map = key_map or _identity
-    config = from_peft_config(adapter_config)
+    config = from_peft_config(adapter_config, source=source)
     if any(adapter_name in m.adapter_names for m in lora_modules(model).values()):
         raise ValueError(
             f"the model already has an adapter named {adapter_name!r}; pass another adapter_name "

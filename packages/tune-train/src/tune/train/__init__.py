@@ -9,7 +9,7 @@ from tune.train.accumulation import (
     loss_scale_for_step,
 )
 from tune.train.clipping import clip_grad_norm
-from tune.train.guards import NonFiniteError, NonFiniteGuard
+from tune.train.guards import NonFiniteError, NonFiniteGuard, NothingTrainedError
 from tune.train.loggers import (
     JsonlLogger,
     MetricLogger,
@@ -18,7 +18,9 @@ from tune.train.loggers import (
     StdoutLogger,
     TensorBoardLogger,
     WandbLogger,
+    is_secret_key,
     redact_secrets,
+    redact_text,
 )
 from tune.train.losses import (
     IGNORE_INDEX,
@@ -69,6 +71,7 @@ __all__ = [
     "MultiLogger",
     "NonFiniteError",
     "NonFiniteGuard",
+    "NothingTrainedError",
     "PolicyLoss",
     "PreferenceLoss",
     "StdoutLogger",
@@ -89,6 +92,7 @@ __all__ = [
     "fused_linear_cross_entropy",
     "group_advantages",
     "ipo_loss",
+    "is_secret_key",
     "k3_kl",
     "kl_distillation_loss",
     "kto_loss",
@@ -100,6 +104,7 @@ __all__ = [
     "peak_memory_bytes",
     "policy_gradient_loss",
     "redact_secrets",
+    "redact_text",
     "reference_free_dpo_loss",
     "reset_peak_memory",
     "sequence_logprobs",

@@ -19,6 +19,10 @@ class NonFiniteError(RuntimeError):
     """Raised when a non-finite loss or gradient norm stops training."""
 
 
+class NothingTrainedError(NonFiniteError):
+    """Raised by `NonFiniteGuard.check_trained` when every checked step was skipped."""
+
+
 def _to_float(value: Tensor | float | None) -> float | None:
     if value is None:
         return None
@@ -46,6 +50,11 @@ class NonFiniteGuard:
     as they were), the gradients are zeroed and the skip is counted. More than `max_skipped`
     skipped steps in total raise `NonFiniteError`. With `"halt"` the first one raises.
 
+    A short run can have every step skipped without reaching `max_skipped`; call
+    `check_trained()` at the end of training (or read `all_skipped`) to make that an error rather
+    than a silently unchanged model. The counters are part of `state_dict`, so they cover the
+    whole run across resumes.
+
     Under data parallelism pass the loss and norm after reduction (the norm from
     `clip_grad_norm` is already global) so every rank takes the same decision.
 
@@ -62,8 +71,10 @@ class NonFiniteGuard:
         self.policy = policy
         self.max_skipped = max_skipped
         self.skipped_steps = 0
+        self.applied_steps = 0
         self.consecutive_skips = 0
         self.last_skipped_step: int | None = None
+        self.last_non_finite: str | None = None
 
     def check(
         self, step: int, loss: Tensor | float | None, grad_norm: Tensor | float | None
@@ -86,8 +97,10 @@ class NonFiniteGuard:
         ]
         if not bad:
             self.consecutive_skips = 0
+            self.applied_steps += 1
             return True
         what = ", ".join(bad)
+        self.last_non_finite = what
         if self.policy == "halt":
             raise NonFiniteError(
                 f"non-finite {what} at step {step}; stopping (guard policy 'halt'). Lower the "
@@ -141,15 +154,50 @@ class NonFiniteGuard:
         optimizer.zero_grad(set_to_none=True)
         return ok
 
+    @property
+    def checked_steps(self) -> int:
+        """Steps decided so far (applied + skipped), over the whole run including resumes."""
+        return self.applied_steps + self.skipped_steps
+
+    @property
+    def all_skipped(self) -> bool:
+        """True when at least one step was checked and none was applied: nothing trained."""
+        return self.checked_steps > 0 and self.applied_steps == 0
+
+    def check_trained(self) -> None:
+        """Raise if every checked step was skipped; call it once training ends.
+
+        A run with no checked step (e.g. resumed at its last step) passes.
+
+        Raises:
+            NothingTrainedError: e.g. "every one of the 8 steps was skipped as non-finite
+                (loss=nan): nothing was trained".
+        """
+        if self.all_skipped:
+            raise NothingTrainedError(
+                f"every one of the {self.skipped_steps} steps was skipped as non-finite "
+                f"({self.last_non_finite}): nothing was trained. Check the data, the loss "
+                "inputs and the learning rate; the model is unchanged."
+            )
+
     def metrics(self) -> dict[str, int]:
         """`{"skipped_steps": total, "consecutive_skips": current run}` for the metric loggers."""
         return {"skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips}
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters to save with the training state."""
-        return {"skipped_steps": self.skipped_steps, "last_skipped_step": self.last_skipped_step}
+        """Counters to save with the training state (all of them, so resumes keep the totals)."""
+        return {
+            "skipped_steps": self.skipped_steps,
+            "applied_steps": self.applied_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "last_skipped_step": self.last_skipped_step,
+            "last_non_finite": self.last_non_finite,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore counters saved by `state_dict`."""
+        """Restore counters saved by `state_dict` (keys added later default to 0 / None)."""
         self.skipped_steps = int(state["skipped_steps"])
+        self.applied_steps = int(state.get("applied_steps", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
         self.last_skipped_step = state.get("last_skipped_step")
+        self.last_non_finite = state.get("last_non_finite")

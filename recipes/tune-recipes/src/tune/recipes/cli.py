@@ -11,17 +11,24 @@ from collections.abc import Sequence
 from tune.recipes._version import __version__
 from tune.recipes.commands import cat, cp, download, ls, run, validate
 from tune.recipes.config import ConfigError, ConfigValidationError
+from tune.recipes.config.redaction import redact_text
 
 COMMANDS = (ls, cp, cat, validate, run, download)
-# Mistakes a user fixes from the message alone: one clean error, no traceback.
+# Mistakes a user fixes from the message alone: one clean error on stderr, exit status 2, no
+# traceback. Library errors about inputs (a bad row, tensor, file, checkpoint) are ValueErrors
+# or OSErrors that name what is wrong; ImportError is a missing optional dependency.
 USER_ERRORS = (
     ConfigError,
     ConfigValidationError,
+    ValueError,
+    KeyError,
     LookupError,
-    FileNotFoundError,
-    FileExistsError,
-    PermissionError,
+    OSError,
+    ModuleNotFoundError,
 )
+USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130
+DEBUG_ENV = "TUNE_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,14 +67,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         args.print_help()
         return 0
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args))
-    except USER_ERRORS as exc:
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"tune {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    except Exception as exc:
+        if debug or not is_user_error(exc):
+            raise
+        print(f"tune {args.command}: error: {error_message(exc)}", file=sys.stderr)
         if getattr(args, "recipe_started", False):
-            raise  # errors from inside a recipe keep their traceback
-        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
-        print(f"tune {args.command}: error: {message}", file=sys.stderr)
-        return 1
+            print(f"(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        return USER_ERROR_STATUS
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a bad input or setting (printed as one line) rather than a bug."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    # Bad checkpoints, a locked run directory, all-non-finite losses: the libraries' own error
+    # types (imported by then if they were raised).
+    for module, name in (("tune.checkpoint", "CheckpointError"), ("tune.train", "NonFiniteError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
+def error_message(exc: BaseException) -> str:
+    """The text a user sees for ``exc``: its own words, its type where that helps, no secrets."""
+    if isinstance(exc, KeyError | LookupError) and exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0]
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    if isinstance(exc, ModuleNotFoundError):
+        text = f"{type(exc).__name__}: {text}"
+    return redact_text(text)
 
 
 if __name__ == "__main__":

@@ -94,15 +94,15 @@ class Gemma2Config(DecoderConfig):
         common = common_fields(f, tie_default=True)
         layers = common["num_layers"]
         if f.get("layer_types", None) is None:  # Gemma 2 alternates local, global, ...
-            window = f.integer("sliding_window", 4096)
+            window = f.positive_int("sliding_window", 4096)
             windows = tuple(window if i % 2 == 0 else None for i in range(layers))
         else:
             windows = layer_windows(f, layers)
         return cls(
             **common,
-            query_pre_attn_scalar=f.number("query_pre_attn_scalar", 256.0),
-            attn_logit_softcapping=f.number("attn_logit_softcapping", None),
-            final_logit_softcapping=f.number("final_logit_softcapping", None),
+            query_pre_attn_scalar=f.number("query_pre_attn_scalar", 256.0, positive=True),
+            attn_logit_softcapping=f.number("attn_logit_softcapping", None, positive=True),
+            final_logit_softcapping=f.number("final_logit_softcapping", None, positive=True),
             layer_windows=windows,
         )
 

@@ -24,7 +24,7 @@ def _local_rope(f: ConfigFields) -> RopeSpec:
     params = f.get("rope_parameters", None)
     if isinstance(params, dict) and "sliding_attention" in params:
         return f.rope("sliding_attention")
-    return RopeSpec(theta=f.number("rope_local_base_freq", 10000.0))
+    return RopeSpec(theta=f.number("rope_local_base_freq", 10000.0, positive=True))
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,17 @@ class Gemma3TextConfig(DecoderConfig):
             common["rope"] = f.rope(default_theta=1_000_000.0)
         layers = common["num_layers"]
         if f.get("layer_types", None) is None:
-            pattern = f.integer("sliding_window_pattern", 6)
-            window = f.integer("sliding_window", 4096)
+            pattern = f.positive_int("sliding_window_pattern", 6)
+            window = f.positive_int("sliding_window", 4096)
             windows = tuple(window if (i + 1) % pattern else None for i in range(layers))
         else:
             windows = layer_windows(f, layers)
         return cls(
             **common,
             local_rope=_local_rope(f),
-            query_pre_attn_scalar=f.number("query_pre_attn_scalar", 256.0),
-            attn_logit_softcapping=f.number("attn_logit_softcapping", None),
-            final_logit_softcapping=f.number("final_logit_softcapping", None),
+            query_pre_attn_scalar=f.number("query_pre_attn_scalar", 256.0, positive=True),
+            attn_logit_softcapping=f.number("attn_logit_softcapping", None, positive=True),
+            final_logit_softcapping=f.number("final_logit_softcapping", None, positive=True),
             layer_windows=windows,
         )
 

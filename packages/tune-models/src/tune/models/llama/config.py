@@ -27,6 +27,6 @@ class LlamaConfig(DecoderConfig):
         f.expect("pretraining_tp", (1,), 1)
         return cls(
             **common_fields(f, eps_default=1e-6),
-            attention_bias=bool(f.get("attention_bias", False)),
-            mlp_bias=bool(f.get("mlp_bias", False)),
+            attention_bias=f.boolean("attention_bias", False),
+            mlp_bias=f.boolean("mlp_bias", False),
         )

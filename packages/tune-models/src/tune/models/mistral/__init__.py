@@ -28,7 +28,7 @@ class MistralConfig(DecoderConfig):
     def from_hf(cls, f: ConfigFields) -> MistralConfig:
         """Read an HF ``MistralConfig``-style ``config.json``."""
         f.expect("hidden_act", ("silu",), "silu")
-        return cls(**common_fields(f), sliding_window=f.integer("sliding_window", None))
+        return cls(**common_fields(f), sliding_window=f.positive_int("sliding_window", None))
 
 
 def build_mistral(cfg: MistralConfig) -> Transformer:

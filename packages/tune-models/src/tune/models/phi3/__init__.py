@@ -15,7 +15,7 @@ import torch
 
 from tune.models.decoder_builder import assemble_decoder
 from tune.models.decoder_config import DecoderConfig, common_fields
-from tune.models.hf_config import ConfigFields
+from tune.models.hf_config import ConfigFields, UnsupportedConfigError
 from tune.models.key_map import LLAMA_KEY_MAP
 from tune.models.llama import default_rotary, llama_block
 from tune.models.registry import ModelFamily, register_family
@@ -39,10 +39,16 @@ class Phi3Config(DecoderConfig):
         """Read an HF ``Phi3Config``-style ``config.json``."""
         f.expect("hidden_act", ("silu",), "silu")
         common = common_fields(f, eps_default=1e-5)
+        rotary_dim = int(common["head_dim"] * f.partial_rotary_factor())
+        if rotary_dim < 2 or rotary_dim % 2:
+            raise UnsupportedConfigError(
+                f"{f.source}: partial_rotary_factor: expected head_dim * factor to be an even "
+                f"number >= 2, got head_dim {common['head_dim']} -> rotary_dim {rotary_dim}"
+            )
         return cls(
             **common,
-            rotary_dim=int(common["head_dim"] * f.partial_rotary_factor()),
-            sliding_window=f.integer("sliding_window", None),
+            rotary_dim=rotary_dim,
+            sliding_window=f.positive_int("sliding_window", None),
         )
 
 

@@ -20,9 +20,10 @@ def qwen_layer_windows(f: ConfigFields, num_layers: int) -> tuple[int | None, ..
 
     if f.get("layer_types", None) is not None:
         return layer_windows(f, num_layers)
-    if not f.get("use_sliding_window", False):
+    if not f.boolean("use_sliding_window", False):
         return (None,) * num_layers
-    window, first = f.integer("sliding_window"), f.integer("max_window_layers", num_layers)
+    window = f.positive_int("sliding_window")
+    first = f.integer("max_window_layers", num_layers, minimum=0)
     return tuple(window if i >= first else None for i in range(num_layers))
 
 

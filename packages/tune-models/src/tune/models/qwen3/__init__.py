@@ -34,7 +34,7 @@ class Qwen3Config(DecoderConfig):
         common = common_fields(f)
         return cls(
             **common,
-            attention_bias=bool(f.get("attention_bias", False)),
+            attention_bias=f.boolean("attention_bias", False),
             layer_windows=qwen_layer_windows(f, common["num_layers"]),
         )
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,12 +15,81 @@ from typing import Any
 from tune.train.loggers.protocol import prepare_metrics
 from tune.train.loggers.redaction import redact_secrets
 
+logger = logging.getLogger(__name__)
+
 
 def _json_value(value: float | int | str) -> float | int | str:
     # Non-finite floats are not JSON; write them as strings so a NaN step stays visible.
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _kept_on_resume(line: str, resume_from_step: int) -> bool | None:
+    """True to keep a line, False to drop a step >= resume_from_step, None if unreadable."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step")
+    if step is None:  # a config record
+        return True
+    if isinstance(step, bool) or not isinstance(step, int):
+        return None
+    return step < resume_from_step
+
+
+def drop_steps_from(path: str | Path, resume_from_step: int) -> int:
+    """Rewrite a metrics JSONL file keeping only steps before `resume_from_step`, atomically.
+
+    Config records are kept; unreadable lines (e.g. one cut short by a crash) are dropped. The
+    file is rewritten beside itself and renamed over the original, so a crash leaves either the
+    old or the new file, never half of one.
+
+    Args:
+        path: the `.jsonl` file; nothing happens if it does not exist.
+        resume_from_step: the first step the resumed run will log.
+
+    Returns:
+        How many lines were dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept: list[str] = []
+    dropped = unreadable = 0
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            keep = _kept_on_resume(line, resume_from_step)
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+                unreadable += keep is None
+    if not dropped:
+        return 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info(
+        "%s: dropped %d lines at step >= %d (%d unreadable) before resuming",
+        path,
+        dropped,
+        resume_from_step,
+        unreadable,
+    )
+    return dropped
 
 
 class JsonlLogger:
@@ -28,11 +100,25 @@ class JsonlLogger:
 
     Args:
         path: the `.jsonl` file (parent directories are created; appended to if it exists).
+        resume_from_step: when resuming, the first step this run will log: lines already in the
+            file at this step or later (written after the checkpoint the run resumes from) are
+            dropped first, atomically, so each step appears once. None keeps the file as it is.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, resume_from_step: int | None = None) -> None:
+        if resume_from_step is not None and (
+            isinstance(resume_from_step, bool)
+            or not isinstance(resume_from_step, int)
+            or resume_from_step < 0
+        ):
+            raise ValueError(
+                f"JsonlLogger resume_from_step: expected an integer >= 0 or None, got "
+                f"{resume_from_step!r}"
+            )
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_from_step is not None:
+            drop_steps_from(self.path, resume_from_step)
         self._file = self.path.open("a", encoding="utf-8")
 
     def _write(self, record: dict[str, Any]) -> None:

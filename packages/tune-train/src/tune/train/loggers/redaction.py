@@ -1,4 +1,21 @@
-"""Keep secrets (API keys, tokens, passwords) out of logs and saved configs."""
+"""Keep secrets (API keys, tokens, passwords) out of logs and saved configs.
+
+Three rules, applied together:
+
+- by name: an entry whose key names a credential (`hf_token`, `wandb.api_key`, `dbPassword`,
+  `aws_secret_access_key`, ...) has its value replaced. Tokenizer settings (`eos_token`,
+  `pad_token`, ...) are not credentials. Bools are kept (a flag carries no secret), and so are
+  numbers under names that end in a plain `token` (`flops_per_token`, a metric).
+- by value: substrings that look like known credentials are replaced wherever they appear: Hugging
+  Face tokens (`hf_` + 30 or more letters/digits), OpenAI/Anthropic-style keys (`sk-...`), GitHub
+  tokens (`ghp_...`, `github_pat_...`), Slack (`xoxb-...`) and AWS (`AKIA...`) keys, bearer
+  tokens, and 40-hex W&B keys where the key or the text says `wandb` (a bare 40-hex string is more
+  often a git commit, which must stay readable).
+- by environment: the values of secret environment variables (`HF_TOKEN`, `WANDB_API_KEY`,
+  `*_SECRET`, ...) are replaced wherever they appear.
+
+`redact_secrets` applies them to a nested config or metrics object; `redact_text` to a log line.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +49,35 @@ KNOWN_SECRET_ENV_VARS = (
     "GITHUB_TOKEN",
 )
 _MIN_SECRET_LENGTH = 6
+# The name rule of tune-recipes' config redaction (a value of any type under these names).
+_CREDENTIAL_NAME = re.compile(
+    r"(^|[_-])(token|auth_token|access_token|api_?key|secret|secret_key|password|passwd|"
+    r"credentials?|private_key)$",
+    re.IGNORECASE,
+)
+_PLAIN_TOKEN = re.compile(r"(^|[_-])token$", re.IGNORECASE)
+_COMPOUND = re.compile(r"(^|[_-])(auth_token|access_token)$", re.IGNORECASE)
+_SPECIAL_TOKEN_NAME = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token$", re.IGNORECASE)
+# Credentials recognisable by their shape, wherever they appear in a string.
+_TOKEN_PATTERNS = (
+    re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}"),  # Hugging Face
+    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{20,}"),  # OpenAI, Anthropic (sk-ant-...)
+    re.compile(r"(?<![A-Za-z0-9])gh[pousr]_[A-Za-z0-9]{30,}"),  # GitHub
+    re.compile(r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{30,}"),
+    re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}"),  # Slack
+    re.compile(r"(?<![A-Za-z0-9])AKIA[0-9A-Z]{16}(?![A-Za-z0-9])"),  # AWS access key id
+)
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_HEX40 = re.compile(r"(?<![0-9A-Fa-f])[0-9a-f]{40}(?![0-9A-Fa-f])")
+_WANDB_KEY_IN_TEXT = re.compile(r"(?i)(wandb[^\n]{0,40}?)(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])")
+# `name=value`, `name: value`, `"name": "value"` and `--name value` in a log line.
+_ASSIGNMENTS = (
+    re.compile(
+        r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>[\"']?\s*[:=]\s*)(?P<quote>[\"']?)"
+        r"(?P<value>[^\s\"',;&}]+)"
+    ),
+    re.compile(r"(?P<name>--?[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>\s+)(?P<quote>)(?P<value>[^\s-]\S*)"),
+)
 
 
 def _words(name: str) -> list[str]:
@@ -58,12 +104,20 @@ def is_secret_key(name: str, value: Any = "") -> bool:
 
     Args:
         name: the key, e.g. `hf_token`, `wandb.api_key`, `dbPassword`.
-        value: its value (names ending in token/key are secret only for string values).
+        value: its value: None, `""` and bools are never secret; numbers under names that only
+            end in token/key (`flops_per_token`) are not either.
     """
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool) or value == "":
         return False
     kind = _name_kind(name)
-    return kind == "any" or (kind == "str" and isinstance(value, (str, bytes)))
+    if kind == "any":
+        return True
+    last = name.rsplit(".", 1)[-1].replace("-", "_")
+    credential = bool(_CREDENTIAL_NAME.search(last)) and not _SPECIAL_TOKEN_NAME.match(last)
+    if isinstance(value, (int, float)):
+        # `flops_per_token: 3.1e9` is a metric; a number under `api_key` or `password` is not.
+        return credential and not (_PLAIN_TOKEN.search(last) and not _COMPOUND.search(last))
+    return credential or kind == "str"
 
 
 def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -83,23 +137,29 @@ def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-def _redact_string(text: str, secrets: list[str]) -> str:
+def _redact_string(text: str, secrets: list[str], wandb: bool = False) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    text = _BEARER.sub(rf"\g<1>{REDACTED}", text)
+    if wandb:
+        return _HEX40.sub(REDACTED, text)
+    return _WANDB_KEY_IN_TEXT.sub(rf"\g<1>{REDACTED}", text)
 
 
-def _redact(value: Any, secrets: list[str]) -> Any:
+def _redact(value: Any, secrets: list[str], wandb: bool = False) -> Any:
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if is_secret_key(str(k), v) else _redact(v, secrets))
-            for k, v in value.items()
-        }
+        out = {}
+        for k, v in value.items():
+            under_wandb = wandb or "wandb" in str(k).lower()
+            out[k] = REDACTED if is_secret_key(str(k), v) else _redact(v, secrets, under_wandb)
+        return out
     if isinstance(value, (list, tuple)):
-        return type(value)(_redact(v, secrets) for v in value)
+        return type(value)(_redact(v, secrets, wandb) for v in value)
     if isinstance(value, str):
-        return _redact_string(value, secrets)
+        return _redact_string(value, secrets, wandb)
     return value
 
 
@@ -114,3 +174,27 @@ def redact_secrets(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
         environ: the environment whose secret values to scrub (default `os.environ`).
     """
     return _redact(obj, secret_env_values(environ))
+
+
+def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """A log line with secrets replaced by `"***"`.
+
+    Replaces the values of secret-named assignments (`hf_token=...`, `"api_key": "..."`,
+    `--hf-token ...`), credential-shaped substrings (see the module docstring) and the values of
+    secret environment variables.
+
+    Args:
+        text: the line (or lines).
+        environ: the environment whose secret values to scrub (default `os.environ`).
+    """
+
+    def assignment(match: re.Match[str]) -> str:
+        name, value = match["name"].lstrip("-"), match["value"]
+        if value == REDACTED or not is_secret_key(name, value):
+            return match[0]
+        return f"{match['name']}{match['sep']}{match['quote']}{REDACTED}"
+
+    text = _redact_string(text, secret_env_values(environ))
+    for pattern in _ASSIGNMENTS:
+        text = pattern.sub(assignment, text)
+    return text

@@ -36,7 +36,7 @@ def _one_line(text: str, secret: str | None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Download with ``snapshot_download``; failures are one line on stderr, exit status 1."""
+    """Download with ``snapshot_download``; failures are one line on stderr, exit status 2."""
     try:
         import huggingface_hub
     except ImportError:
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             "pip install 'tune-recipes[download]'",
             file=sys.stderr,
         )
-        return 1
+        return 2
     out = Path(args.output_dir or Path("checkpoints") / args.repo_id.split("/")[-1])
     try:
         path = huggingface_hub.snapshot_download(
@@ -67,6 +67,6 @@ def main(args: argparse.Namespace) -> int:
             f"tune download: error: cannot download {args.repo_id}{hint}: {name}: {message}",
             file=sys.stderr,
         )
-        return 1
+        return 2
     print(f"Downloaded {args.repo_id} to {path}")
     return 0

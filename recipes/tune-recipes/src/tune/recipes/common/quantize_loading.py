@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tune.checkpoint import UnsafeCheckpointPathError, ensure_inside
+
 if TYPE_CHECKING:
     from tune.models import CheckpointModel
 
@@ -130,6 +132,15 @@ def check_quantized_loadable(
             f"asked for {wanted}; set the model dtype to {manifest.dtype}"
         )
     check_scheme_supported(manifest.scheme, device, dtype)
+    if not isinstance(manifest.weights_file, str) or not manifest.weights_file:
+        raise QuantizedCheckpointError(
+            f"{root / QUANTIZATION_MANIFEST}: weights_file must be a file name, "
+            f"got {manifest.weights_file!r}"
+        )
+    try:
+        ensure_inside(manifest.weights_file, root, f"weights_file of {QUANTIZATION_MANIFEST}")
+    except UnsafeCheckpointPathError as err:
+        raise QuantizedCheckpointError(f"{root / QUANTIZATION_MANIFEST}: {err}") from None
     if not (root / manifest.weights_file).is_file():
         raise QuantizedCheckpointError(
             f"{root / QUANTIZATION_MANIFEST}: weights_file {manifest.weights_file!r} is missing"

@@ -66,8 +66,9 @@ class ConfigValidationError(ValueError):
         self.issues = issues
         self.source = source
         errors = [i for i in issues if i.severity == "error"]
-        lines = "\n".join(f"  {i.key}: {i.message}" for i in errors)
-        super().__init__(f"{where(source)}: {len(errors)} invalid setting(s):\n{lines}")
+        # One line, whatever the count: the CLI prints each user error as a single line.
+        listed = "; ".join(f"{i.key}: {' '.join(i.message.split())}" for i in errors)
+        super().__init__(f"{where(source)}: {len(errors)} invalid setting(s): {listed}")
 
     @property
     def keys(self) -> list[str]:

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tune.recipes.config.errors import ConfigError
-from tune.recipes.config.imports import check_component_keys
+from tune.recipes.config.imports import ALLOW_HINT, allowed_from_env, check_component_keys
+from tune.recipes.config.redaction import REDACTED, is_secret_key, looks_secret
 from tune.recipes.config.registries import check_components
 from tune.recipes.config.schema import (
     build,
@@ -30,8 +31,10 @@ from tune.recipes.config.validation import ValidationContext, validate_config, w
 logger = logging.getLogger(__name__)
 
 # Top-level keys every config may carry, whether or not its schema declares them.
-RESERVED_KEYS: dict[str, Any] = {"recipe": str | None, "allow_imports": list[str]}
+RESERVED_KEYS: dict[str, Any] = {"recipe": str | None}
 COMMAND_LINE = "command line"
+# Set by the loader from the command line and the environment, never by a config.
+ALLOW_IMPORTS_KEY = "allow_imports"
 
 
 def key_lines(text: str) -> dict[str, int]:
@@ -80,15 +83,18 @@ def parse_override(schema: type, item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or key.startswith("-"):
+        # The item may hold a secret (a value with no key): never echo it back.
         raise ConfigError(
-            item, "overrides are written key=value (e.g. training.epochs=2)", COMMAND_LINE
+            _shown(item), "overrides are written key=value (e.g. training.epochs=2)", COMMAND_LINE
         )
+    shown = f"{COMMAND_LINE} ({key}=...)"
+    if key == ALLOW_IMPORTS_KEY or key.startswith(ALLOW_IMPORTS_KEY + "."):
+        raise ConfigError(key, f"imports are not granted by overrides: {ALLOW_HINT}", shown)
     try:
         tp = _schema_type(schema, key)
     except KeyError:
-        raise ConfigError(
-            key, "unknown key" + did_you_mean(key, schema), f"{COMMAND_LINE} ({item!r})"
-        ) from None
+        # A mistyped key (`data.hf_tokn=hf_...`) may carry a secret: name the key only.
+        raise ConfigError(key, "unknown key" + did_you_mean(key, schema), shown) from None
     inner, optional = strip_optional(tp)
     if optional and raw.strip() in ("null", "~", "None"):
         return key, None
@@ -101,26 +107,53 @@ def parse_override(schema: type, item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(key, f"cannot parse {raw!r}: {exc}", COMMAND_LINE) from None
+        raise ConfigError(key, f"cannot parse {_shown(raw)!r}: {exc}", COMMAND_LINE) from None
     if inner is float and isinstance(value, str):
         try:  # YAML 1.1 reads 1e-4 (no dot) as a string
             value = float(value)
         except ValueError:
-            raise ConfigError(key, f"expected {type_name(tp)}, got {raw!r}", COMMAND_LINE) from None
+            raise ConfigError(
+                key, f"expected {type_name(tp)}, got {_shown(raw)!r}", COMMAND_LINE
+            ) from None
     return key, value
+
+
+def _shown(text: str, key: str = "") -> str:
+    """``text`` as an error may quote it: a credential (by its key's name or shape) is hidden."""
+    if key and is_secret_key(key.rpartition(".")[2]):
+        return f"{key}={REDACTED}"
+    return REDACTED if looks_secret(text) else text
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """The raw (unresolved) mapping of a YAML file and its key -> line map."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError("<file>", f"cannot read config: {exc}", str(path)) from None
+        raise ConfigError(
+            "<file>", f"cannot read config: {exc.strerror or exc}", str(path)
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "<file>",
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} cannot be "
+            "decoded (save the file as UTF-8)",
+            str(path),
+            bad_line,
+        ) from None
     try:
         cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     except (yaml.YAMLError, OmegaConfBaseException) as exc:
-        raise ConfigError("<file>", f"not valid YAML: {exc}", str(path)) from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        yaml_line = mark.line + 1 if mark is not None else None
+        raise ConfigError(
+            "<file>", f"not valid YAML: {' '.join(str(problem).split())}", str(path), yaml_line
+        ) from None
     if not OmegaConf.is_dict(cfg):
         raise ConfigError("<file>", "the top level must be a mapping of keys", str(path))
     return OmegaConf.to_container(cfg, resolve=False), key_lines(text)  # type: ignore[return-value]
@@ -144,7 +177,7 @@ def resolve_tree(
         if lines is not None:
             for k in [k for k in lines if k == key or k.startswith(key + ".")]:
                 del lines[k]
-            lines[key] = f"{COMMAND_LINE} ({item!r})"
+            lines[key] = f"{COMMAND_LINE} ({_shown(item, key)!r})"
     try:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
@@ -175,8 +208,9 @@ def load_config(
         schema: the recipe's config dataclass.
         overrides: ``key=value`` items applied on top of the file.
         recipe: the recipe the config is for; a ``recipe:`` key naming another is an error.
-        allow_imports: glob patterns of dotted paths a config may import (added to the
-            config's own ``allow_imports``).
+        allow_imports: patterns of dotted paths the config may import (``--allow-import``),
+            joined by those of ``TUNE_ALLOW_IMPORTS``; a config cannot add any. The config's
+            ``allow_imports`` field, where its schema has one, is set to the joined list.
         validate: run the schema's ``validate()``.
         world_size: processes of the run (default: ``WORLD_SIZE`` from the environment, or 1).
         missing_paths: ``"warn"`` reports paths absent on this machine as warnings.
@@ -188,8 +222,15 @@ def load_config(
     source = str(path)
     raw, file_lines = read_yaml(path)
     lines: dict[str, int | str] = dict(file_lines)
+    if ALLOW_IMPORTS_KEY in raw:
+        raise ConfigError(
+            ALLOW_IMPORTS_KEY,
+            f"a config cannot grant itself imports: {ALLOW_HINT}",
+            source,
+            lines.get(ALLOW_IMPORTS_KEY),
+        )
     tree = resolve_tree(schema, raw, overrides, source, lines)
-    allowed = [*allow_imports, *(tree.get("allow_imports") or [])]
+    allowed = list(dict.fromkeys([*allow_imports, *allowed_from_env()]))
     check_component_keys(tree, allowed, source, lines)
     declared = tree.get("recipe")
     fields = {f.name for f in dataclasses.fields(schema)}
@@ -208,6 +249,8 @@ def load_config(
         key = unknown[0]
         raise ConfigError(key, "unknown key" + did_you_mean(key, schema), source, lines.get(key))
     config = build(schema, tree, source, lines)
+    if ALLOW_IMPORTS_KEY in fields:
+        config = dataclasses.replace(config, **{ALLOW_IMPORTS_KEY: allowed})
     check_components(config, allowed, source, lines)
     if validate:
         context = ValidationContext(

@@ -21,12 +21,26 @@ _SECRET_NAME = re.compile(
 )
 # Special tokens of tokenizers are vocabulary, not credentials.
 _NOT_SECRET = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token$", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
+# Credentials recognisable by their shape: Hugging Face, OpenAI-style, GitHub, Slack, AWS keys.
+_SECRET_VALUE = re.compile(
+    r"(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{30,}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})"
+)
+
+
+def looks_secret(text: str) -> bool:
+    """Whether ``text`` contains something shaped like a credential (``hf_...``, ``sk-...``)."""
+    return bool(_SECRET_VALUE.search(text))
 
 
 def is_secret_key(name: str) -> bool:
     """Whether a key names a credential (``hf_token``, ``api_key``, ``wandb_secret``...)."""
     return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET.match(name)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every credential-shaped substring (``hf_...``, ``sk-...``) replaced."""
+    return _SECRET_VALUE.sub(REDACTED, text)
 
 
 def redact(tree: Any) -> Any:
@@ -39,14 +53,21 @@ def redact(tree: Any) -> Any:
         return out
     if isinstance(tree, list | tuple):
         return [redact(v) for v in tree]
-    if isinstance(tree, str) and _SECRET_VALUE.match(tree):
+    if isinstance(tree, str) and looks_secret(tree):
         return REDACTED
     return tree
 
 
 def config_to_yaml(config: Any) -> str:
-    """YAML of a config (dataclass instance or plain tree), secrets redacted."""
-    return yaml.safe_dump(redact(to_container(config)), sort_keys=False, default_flow_style=False)
+    """YAML of a config (dataclass instance or plain tree), secrets redacted.
+
+    ``allow_imports`` is left out: it comes from the command line of the run that wrote the file,
+    and a config that carries it would be refused when loaded again.
+    """
+    tree = redact(to_container(config))
+    if isinstance(tree, dict):
+        tree.pop("allow_imports", None)
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=False)
 
 
 def save_resolved_config(config: Any, path: str | os.PathLike[str]) -> Path:

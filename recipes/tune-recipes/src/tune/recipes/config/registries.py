@@ -19,7 +19,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from tune.recipes.config.errors import ConfigError
-from tune.recipes.config.imports import import_allowed, import_object, is_dotted_path, refusal
+from tune.recipes.config.imports import (
+    import_allowed,
+    import_object,
+    is_dotted_path,
+    load_target,
+    refusal,
+)
 
 REGISTRY_METADATA = "registry"
 
@@ -61,6 +67,10 @@ class Registry:
         if is_dotted_path(name):
             if not import_allowed(name, allow_imports):
                 raise ConfigError(key, refusal(name, allow_imports), source, line)
+            try:  # allowed: resolve now, so a re-export or a typo fails before the run starts
+                import_object(name, allow_imports)
+            except (ImportError, PermissionError) as err:
+                raise ConfigError(key, str(err), source, line) from None
             return
         close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -80,7 +90,7 @@ class Registry:
         """
         if name in self.builtins:
             target = self.builtins[name]
-            return None if target is None else import_object(target, [target])
+            return None if target is None else load_target(target)  # tune's own names
         for ep in entry_points(group=self.group):
             if ep.name == name:
                 return ep.load()

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.dist import StopSignalHandler
@@ -52,7 +51,8 @@ from tune.recipes.common.parallelism import (
     shard_with_fsdp,
     wrap_blocks,
 )
-from tune.recipes.common.runtime import DTYPES, seed_everything, start_runtime, stop_runtime
+from tune.recipes.common.recipe_run import run_training
+from tune.recipes.common.runtime import DTYPES, seed_everything
 from tune.recipes.common.train_state import (
     resume_run,
     save_training_state,
@@ -84,14 +84,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
     Returns:
         Summary values (final step, last training loss, last validation CE and KL, output paths).
     """
-    cfg = config
-    rt = start_runtime(cfg.device, cfg.model.dtype, cfg.distributed.backend)
-    try:
-        # Log records go through tqdm.write, so INFO lines never break the progress bar.
-        with logging_redirect_tqdm():
-            return _train(cfg, rt)
-    finally:
-        stop_runtime()
+    return run_training(config, _train)
 
 
 def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
@@ -219,6 +212,7 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
             jsonl_path=cfg.logging.jsonl_path,
             options=cfg.logging.options,
             allow_imports=cfg.allow_imports,
+            start_step=step,
         )
     padding_free = resolve_padding_free(
         cfg.data.padding_free, device=rt.device, packing=cfg.data.packing,
@@ -297,15 +291,17 @@ def _train(cfg: DistillConfig, rt: Any) -> dict[str, Any]:
         if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0:
             last_val = run_eval(step)
         every = cfg.checkpointing.save_every_n_steps
-        if (every and step % every == 0 and step < total_steps) or stopper.should_stop():
+        stop = stopper.should_stop()  # a collective: exactly once per step on every rank
+        if (every and step % every == 0 and step < total_steps) or stop:
             save_state(step)
-            if stopper.requested or stopper.should_stop():
+            if stop:
                 logger.warning("stop signal received: saved step %d, exiting", step)
                 bar.close()
                 stopper.uninstall()
                 return {"step": step, "loss": last_loss, "val": last_val, "stopped": True}
     bar.close()
     stopper.uninstall()
+    guard.check_trained()  # every step skipped as non-finite: fail, write nothing
 
     # ---- final evaluation and outputs ----------------------------------------------------------
     if val_ds is not None and (cfg.eval.every_n_steps is None or step % cfg.eval.every_n_steps):

@@ -25,8 +25,10 @@ from tune.recipes.common.data_loading import (
     make_loader,
     split_source,
 )
+from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.config import ValidationContext, to_container, validate_config
+from tune.recipes.config.redaction import redact
 from tune.recipes.eval.config import EvalConfig
 from tune.recipes.eval.scoring import PerplexityResult, dataset_perplexity
 from tune.recipes.generate.model_setup import LoadedModel, load_generation_model
@@ -175,6 +177,10 @@ def _evaluate(cfg: EvalConfig, rt: Any) -> dict[str, Any]:
         merge_adapter=cfg.model.merge_adapter,
         quantize=cfg.model.quantize,
     )
+    check_vocab_fits(
+        tokenizer.vocab_size, loaded.checkpoint.config.vocab_size,
+        tokenizer_dir=cfg.tokenizer_dir, checkpoint_dir=cfg.model.checkpoint_dir,
+    )  # fmt: skip
     report: dict[str, Any] = {
         "model": {
             "checkpoint_dir": cfg.model.checkpoint_dir,
@@ -207,7 +213,7 @@ def _evaluate(cfg: EvalConfig, rt: Any) -> dict[str, Any]:
             lines.append(f"{task}: {shown}")
 
     # ---- report -------------------------------------------------------------------------------
-    report["config"] = to_container(cfg)
+    report["config"] = redact(to_container(cfg))
     if cfg.output.file is not None:
         path = _write_json(report, Path(cfg.output.file).expanduser())
         lines.append(f"wrote {path}")

@@ -21,6 +21,7 @@ import torch
 from tune.data import ChatTemplate, resolve_template
 from tune.models import generate
 from tune.recipes.common.data_loading import load_tokenizer
+from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.config import ValidationContext, validate_config
 from tune.recipes.generate.config import GenerateConfig
@@ -157,6 +158,10 @@ def _generate(cfg: GenerateConfig, rt: Any) -> dict[str, Any]:
         merge_adapter=cfg.model.merge_adapter,
         quantize=cfg.model.quantize,
     )
+    check_vocab_fits(
+        tokenizer.vocab_size, loaded.checkpoint.config.vocab_size,
+        tokenizer_dir=cfg.tokenizer_dir, checkpoint_dir=cfg.model.checkpoint_dir,
+    )  # fmt: skip
     model = loaded.checkpoint.model
     _check_lengths(
         encoded, sampling.max_new_tokens, loaded.checkpoint.config.max_position_embeddings

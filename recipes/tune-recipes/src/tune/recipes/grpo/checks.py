@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tune.recipes.common.lora_settings import lora_settings_problem
 from tune.recipes.common.reward_registry import REWARDS
 from tune.recipes.common.rollout_backend import GENERATION_BACKENDS
 from tune.recipes.config.errors import ConfigError, Issue
@@ -90,6 +91,8 @@ def _check_training(cfg: GRPOConfig, c: Checks) -> None:
         c.positive("training.lora.r", t.lora.r)
         c.positive("training.lora.alpha", t.lora.alpha)
         c.in_range("training.lora.dropout", t.lora.dropout, 0.0, 1.0)
+        if not c.errors and (problem := lora_settings_problem(t.method, t.lora)):
+            c.error(f"training.lora.{problem[0]}", problem[1])
         c.require(
             bool(t.lora.targets) and all(t.lora.targets),
             "training.lora.targets",

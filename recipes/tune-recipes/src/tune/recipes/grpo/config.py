@@ -165,6 +165,9 @@ class GRPOCheckpointConfig:
         resume: ``auto`` (latest step in output_dir, if any), ``never``, or a step directory.
         save_merged: also write the base with adapters merged as an HF directory.
         save_adapter: write a PEFT adapter directory (adapter methods).
+        resume_overrides: settings that may differ from the checkpoint's when resuming
+            (``[training.optimizer.lr, training.max_steps]``); they are applied, logged and
+            recorded. Any other changed setting is refused, naming it.
     """
 
     output_dir: str = "outputs/grpo"
@@ -173,6 +176,7 @@ class GRPOCheckpointConfig:
     resume: str = "auto"
     save_merged: bool = False
     save_adapter: bool = True
+    resume_overrides: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.data import PromptAnswerBuilder
@@ -40,9 +39,10 @@ from tune.recipes.common.parallelism import (
     setup_data_parallel,
     shard_with_fsdp,
 )
+from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.reward_registry import build_reward
 from tune.recipes.common.rollout_backend import SamplingSettings, build_generation_backend
-from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
+from tune.recipes.common.runtime import seed_everything
 from tune.recipes.common.train_state import (
     resume_run,
     save_training_state,
@@ -78,12 +78,7 @@ def run(config: GRPOConfig) -> dict[str, Any]:
     Returns:
         Summary values (final step, held-out accuracy before and after, output paths).
     """
-    rt = start_runtime(config.device, config.model.dtype, config.distributed.backend)
-    try:
-        with logging_redirect_tqdm():
-            return _train(config, rt)
-    finally:
-        stop_runtime()
+    return run_training(config, _train)
 
 
 def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
@@ -195,6 +190,7 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
         metrics_log = build_loggers(
             cfg.logging.loggers, output_dir=out_dir, jsonl_path=cfg.logging.jsonl_path,
             options=cfg.logging.options, allow_imports=cfg.allow_imports,
+            start_step=step,
         )  # fmt: skip
     stopper = StopSignalHandler().install()
     model.train()
@@ -291,15 +287,17 @@ def _train(cfg: GRPOConfig, rt: Any) -> dict[str, Any]:
         if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0:
             last_accuracy = run_eval(step)
         every = cfg.checkpointing.save_every_n_steps
-        if (every and step % every == 0 and step < train_cfg.max_steps) or stopper.should_stop():
+        stop = stopper.should_stop()  # a collective: exactly once per step on every rank
+        if (every and step % every == 0 and step < train_cfg.max_steps) or stop:
             save_state(step)
-            if stopper.requested or stopper.should_stop():
+            if stop:
                 logger.warning("stop signal received: saved step %d, exiting", step)
                 bar.close()
                 stopper.uninstall()
                 return {"step": step, "stopped": True}
     bar.close()
     stopper.uninstall()
+    guard.check_trained()  # every step skipped as non-finite: fail, write nothing
 
     # ---- final evaluation and outputs --------------------------------------------------------------
     if held_out is not None and (cfg.eval.every_n_steps is None or step % cfg.eval.every_n_steps):

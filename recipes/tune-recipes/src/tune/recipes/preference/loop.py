@@ -14,7 +14,6 @@ from typing import Any
 
 from torch import nn
 from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.data import PreferenceBuilder, StreamingLoader
@@ -34,7 +33,8 @@ from tune.recipes.common.preference_step import (
     preference_stats,
     summarize_stats,
 )
-from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
+from tune.recipes.common.recipe_run import run_training
+from tune.recipes.common.runtime import seed_everything
 from tune.recipes.common.train_state import (
     resume_run,
     save_training_state,
@@ -67,12 +67,7 @@ def run(config: PreferenceConfig) -> dict[str, Any]:
     Returns:
         Summary values (final step, last training metrics, last validation metrics, outputs).
     """
-    rt = start_runtime(config.device, config.model.dtype, config.distributed.backend)
-    try:
-        with logging_redirect_tqdm():
-            return _train(config, rt)
-    finally:
-        stop_runtime()
+    return run_training(config, _train)
 
 
 def _objective(cfg: PreferenceConfig) -> PreferenceObjective:
@@ -211,6 +206,7 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
         metrics_log = build_loggers(
             cfg.logging.loggers, output_dir=out_dir, jsonl_path=cfg.logging.jsonl_path,
             options=cfg.logging.options, allow_imports=cfg.allow_imports,
+            start_step=step,
         )  # fmt: skip
     meter = ThroughputMeter(device=rt.device)
     stopper = StopSignalHandler().install()
@@ -284,15 +280,17 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
         if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0:
             last_val = run_eval(step)
         every = cfg.checkpointing.save_every_n_steps
-        if (every and step % every == 0 and step < total_steps) or stopper.should_stop():
+        stop = stopper.should_stop()  # a collective: exactly once per step on every rank
+        if (every and step % every == 0 and step < total_steps) or stop:
             save_state(step)
-            if stopper.requested or stopper.should_stop():
+            if stop:
                 logger.warning("stop signal received: saved step %d, exiting", step)
                 bar.close()
                 stopper.uninstall()
                 return {"step": step, **last, "validation": last_val, "stopped": True}
     bar.close()
     stopper.uninstall()
+    guard.check_trained()  # every step skipped as non-finite: fail, write nothing
 
     # ---- final evaluation and outputs ------------------------------------------------------
     if val_ds is not None and (cfg.eval.every_n_steps is None or step % cfg.eval.every_n_steps):

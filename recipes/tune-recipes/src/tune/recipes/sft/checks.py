@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tune.recipes.common.lora_settings import lora_settings_problem
 from tune.recipes.config.errors import Issue
 from tune.recipes.config.validation import Checks, ValidationContext
 
@@ -75,6 +76,8 @@ def check_training_section(cfg: SFTConfig, c: Checks) -> None:
         c.positive("training.lora.r", lora.r)
         c.positive("training.lora.alpha", lora.alpha)
         c.in_range("training.lora.dropout", lora.dropout, 0.0, 1.0)
+        if not c.errors and (problem := lora_settings_problem(t.method, lora)):
+            c.error(f"training.lora.{problem[0]}", problem[1])
         c.require(
             bool(lora.targets) and all(lora.targets),
             "training.lora.targets",

@@ -226,6 +226,9 @@ class CheckpointConfig:
         save_merged: also write the base with adapters merged as an HF directory.
         save_adapter: write a PEFT adapter directory (adapter methods).
         async_save: write checkpoints in the background.
+        resume_overrides: settings that may differ from the checkpoint's when resuming
+            (``[training.optimizer.lr, training.max_steps]``); they are applied, logged and
+            recorded. Any other changed setting is refused, naming it.
     """
 
     output_dir: str = "outputs/sft"
@@ -235,6 +238,7 @@ class CheckpointConfig:
     save_merged: bool = False
     save_adapter: bool = True
     async_save: bool = False
+    resume_overrides: list[str] = field(default_factory=list)
 
 
 @dataclass

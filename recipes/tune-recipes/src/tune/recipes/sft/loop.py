@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tune.checkpoint import CheckpointManager
 from tune.dist import (
@@ -47,7 +46,8 @@ from tune.recipes.common.parallelism import (
     wrap_blocks,
 )
 from tune.recipes.common.qat_outputs import write_quantized_output
-from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
+from tune.recipes.common.recipe_run import run_training
+from tune.recipes.common.runtime import seed_everything
 from tune.recipes.common.train_state import (
     resume_run,
     save_training_state,
@@ -81,25 +81,10 @@ def run(config: SFTConfig) -> dict[str, Any]:
     Returns:
         Summary values (final step, last training loss, last validation loss, output paths).
     """
-    cfg = config
-    rt = start_runtime(cfg.device, cfg.model.dtype, cfg.distributed.backend)
-    try:
-        summary = _train(cfg, rt)
-    except BaseException:
-        # No barrier: the other ranks may be waiting inside a training collective.
-        stop_runtime(wait_for_ranks=False)
-        raise
-    stop_runtime()
-    return summary
+    return run_training(config, _train)
 
 
 def _train(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
-    # Log records go through tqdm.write, so INFO lines never break the progress bar.
-    with logging_redirect_tqdm():
-        return _train_logged(cfg, rt)
-
-
-def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
     train_cfg, data_cfg = cfg.training, cfg.data
     out_dir = Path(cfg.checkpointing.output_dir)
     resolved = redact(to_container(cfg))  # saved with every checkpoint: no secrets
@@ -231,6 +216,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
             jsonl_path=cfg.logging.jsonl_path,
             options=cfg.logging.options,
             allow_imports=cfg.allow_imports,
+            start_step=step,
         )
     meter = ThroughputMeter(device=rt.device)
     stopper = StopSignalHandler().install()
@@ -316,6 +302,7 @@ def _train_logged(cfg: SFTConfig, rt: Any) -> dict[str, Any]:
                 return {"step": step, "loss": last_loss, "val_loss": last_val, "stopped": True}
     bar.close()
     stopper.uninstall()
+    guard.check_trained()  # every step skipped as non-finite: fail, write nothing
 
     # ---- final evaluation and outputs ------------------------------------------------------
     if val_ds is not None and (cfg.eval.every_n_steps is None or step % cfg.eval.every_n_steps):

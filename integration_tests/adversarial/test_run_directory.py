@@ -134,3 +134,55 @@ def test_the_lock_is_released_when_a_run_fails(assets: Assets, tmp_path: Path) -
     assert status == 0, err
     before = tree_digest(out / "checkpoints")
     assert before
+
+
+def test_tune_validate_refuses_an_output_dir_over_an_input(
+    assets: Assets, tmp_path: Path, expect: Expect
+) -> None:
+    base = Path(shutil.copytree(assets.base, tmp_path / "run" / "model"))
+    argv = ["validate", "sft/tiny_cpu_lora", f"model.checkpoint_dir={base}",
+            f"data.source={assets.sft.data_file}", f"checkpointing.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    expect.refused("inputs", argv, "contains the input model.checkpoint_dir", intact=(base,))
+
+
+def test_quantize_never_writes_into_or_clears_an_input(
+    assets: Assets, tmp_path: Path, expect: Expect
+) -> None:
+    base = Path(shutil.copytree(assets.base, tmp_path / "model.tmp"))
+    quantize = ["run", "quantize", "--config", "quantize/tiny_cpu_int8",
+                f"model.checkpoint_dir={base}"]  # fmt: skip
+    expect.refused("inputs", [*quantize, f"output_dir={base / 'int8'}"],
+                   "lies inside the input model.checkpoint_dir", intact=(base,))  # fmt: skip
+    # `model` beside `model.tmp`: the old scratch name; the base must survive the export
+    before = tree_digest(base)
+    status, err = tune_cli([*quantize, f"output_dir={tmp_path / 'model'}"])
+    assert status == 0, err
+    assert tree_digest(base) == before
+
+
+def test_a_full_disk_in_the_final_export_keeps_the_previous_output(
+    assets: Assets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect: Expect
+) -> None:
+    import errno
+
+    import tune.checkpoint.safetensors_dir as safetensors_dir
+
+    out = tmp_path / "out"
+    merged = [s for s in SHORT if not s.startswith("checkpointing.save_merged")]
+    argv = [*assets.argv("sft", out, *merged), "checkpointing.save_merged=true"]
+    assert tune_cli(argv)[0] == 0
+    previous = tree_digest(out / "model")
+
+    write = safetensors_dir.write_safetensors_file
+
+    def full_disk(path: Path, *args: object, **kwargs: object) -> int:
+        if "checkpoints" in str(path):  # the training state still fits; the export does not
+            return write(path, *args, **kwargs)  # type: ignore[arg-type]
+        Path(path).write_bytes(b"\0" * 100)  # half a file, then the error write() gives
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors_dir, "write_safetensors_file", full_disk)
+    again = [*argv, "training.max_steps=2", "checkpointing.resume_overrides=[training.max_steps]"]
+    expect.refused("disk full", again, "No space left on device", str(out / "model"),
+                   intact=(out / "model",))  # fmt: skip
+    assert tree_digest(out / "model") == previous

@@ -135,7 +135,11 @@ def _resume_fails(in_process: Any, saved_run: Path, *overrides: str) -> BaseExce
     shutil.copytree(saved_run, in_process.out)
     before = (in_process.out / "metrics.jsonl").read_text()
     with pytest.raises(Exception) as info:
-        in_process.run("training.max_steps=4", *overrides)
+        in_process.run(
+            "training.max_steps=4",
+            "checkpointing.resume_overrides=[training.max_steps]",
+            *overrides,
+        )
     assert (in_process.out / "metrics.jsonl").read_text() == before, "a step ran"
     return info.value
 
@@ -169,7 +173,9 @@ def test_resume_after_rows_were_removed_from_the_data_file_is_refused(
     data, _, settings = _run_on_private_files(in_process, tmp_path)
     data.write_text("".join(data.read_text().splitlines(keepends=True)[:200]))
     with pytest.raises(ValueError, match=r"data\.source: .*data\.jsonl changed size"):
-        in_process.run(*settings, "training.max_steps=4")
+        in_process.run(
+            *settings, "training.max_steps=4", "checkpointing.resume_overrides=[training.max_steps]"
+        )
 
 
 @pytest.mark.parametrize("changed", ["data", "tokenizer"])
@@ -188,7 +194,9 @@ def test_resume_after_a_file_changed_in_place_is_refused(
         hf.add_tokens(["<new_token>"])
         hf.save(str(tok / "tokenizer.json"))
     with pytest.raises(Exception, match=changed):
-        in_process.run(*settings, "training.max_steps=4")
+        in_process.run(
+            *settings, "training.max_steps=4", "checkpointing.resume_overrides=[training.max_steps]"
+        )
 
 
 def test_resume_with_a_changed_tokenizer_names_the_key(
@@ -241,7 +249,9 @@ def test_resume_auto_skips_a_truncated_latest_step(
     shutil.copytree(saved_run, in_process.out)
     optimizer = in_process.out / "checkpoints" / "step_2" / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    summary = in_process.run("training.max_steps=3")
+    summary = in_process.run(
+        "training.max_steps=3", "checkpointing.resume_overrides=[training.max_steps]"
+    )
     assert summary["step"] == 3
     assert "skipping checkpoint" in caplog.text
     assert "resumed from" in caplog.text

@@ -192,7 +192,7 @@ def test_lora_two_rank_run_resumes(runs: Any, tmp_path: Path) -> None:
     out = tmp_path / "run"
     lora = ("training.method=lora", "training.max_steps=2", "checkpointing.save_every_n_steps=1")
     runs.launch_ok(runs.multi_rank(out, *lora), tmp_path / "first.txt")
-    result = runs.launch(runs.multi_rank(out, *lora[:1], "training.max_steps=3"),
+    result = runs.launch(runs.multi_rank(out, *lora[:1], "training.max_steps=3", "checkpointing.resume_overrides=[training.max_steps]"),
                          tmp_path / "resumed.txt")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(read_metrics(out / "metrics.jsonl")) == [1, 2, 3]

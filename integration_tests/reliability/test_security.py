@@ -74,7 +74,9 @@ def test_malicious_pickle_in_a_resumed_step_runs_no_code(
     sentinel = tmp_path / "sentinel"
     _plant(in_process.out / "checkpoints" / "step_2" / name, sentinel)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        in_process.run("training.max_steps=4")
+        in_process.run(
+            "training.max_steps=4", "checkpointing.resume_overrides=[training.max_steps]"
+        )
     assert not sentinel.exists()
 
 
@@ -85,7 +87,9 @@ def test_refused_pickle_error_names_the_file(
     target = in_process.out / "checkpoints" / "step_2" / "optimizer.pt"
     _plant(target, tmp_path / "sentinel")
     with pytest.raises(pickle.UnpicklingError) as info:
-        in_process.run("training.max_steps=4")
+        in_process.run(
+            "training.max_steps=4", "checkpointing.resume_overrides=[training.max_steps]"
+        )
     assert str(target) in str(info.value)
 
 

@@ -126,7 +126,7 @@ def test_all_torchrun_flags_pass_through_and_argv_is_built() -> None:
         flags, "sft", "/abs/c.yaml", ["training.lr=1e-4"], ["mypkg.*"], python="py"
     )
     assert built == [
-        "py", "-m", "torch.distributed.run", *flags,
+        "py", "-m", "tune.recipes.torchrun", *flags,
         "-m", "tune.recipes", "run", "sft", "--config", "/abs/c.yaml",
         "--allow-import", "mypkg.*", "training.lr=1e-4",
     ]  # fmt: skip

@@ -83,7 +83,7 @@ def build_torchrun_argv(
     return [
         python or sys.executable,
         "-m",
-        "torch.distributed.run",
+        "tune.recipes.torchrun",  # torch.distributed.run, minus its traceback on a rank failure
         *flags,
         "-m",
         "tune.recipes",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Literal
 
-from tune.recipes.config import ValidationContext, load_config, validate_config
+from tune.recipes.config import ValidationContext, load_config, to_container, validate_config
 from tune.recipes.config.loading import declared_recipe
 from tune.recipes.config.validation import world_size_from_env
 from tune.recipes.discovery import find_config, load_recipe
@@ -52,5 +52,11 @@ def main(args: argparse.Namespace) -> int:
     context = ValidationContext(world_size=world_size, missing_paths=missing)
     for warning in validate_config(config, context, str(path)):
         print(warning)
+    # imported here: it brings torch, which `tune --help` and `tune ls` do without
+    from tune.recipes.common.run_directory import check_output_apart, model_inputs, output_dir_of
+
+    tree = to_container(config)
+    if (out := output_dir_of(tree)) is not None:
+        check_output_apart(out, dict(model_inputs(tree)))
     print(f"OK: {path} is a valid {recipe_name!r} config (world size {world_size})")
     return 0

@@ -53,6 +53,13 @@ def model_inputs(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[st
             yield key, value
 
 
+def output_dir_of(tree: Mapping[str, Any]) -> str | None:
+    """``checkpointing.output_dir`` (training recipes) or ``output_dir`` (quantize), if any."""
+    section = tree.get("checkpointing")
+    value = section.get("output_dir") if isinstance(section, Mapping) else tree.get("output_dir")
+    return value if isinstance(value, str) else None
+
+
 def check_output_apart(output_dir: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
     """Refuse an output directory that is, contains or lies inside an input (symlinks resolved).
 

@@ -148,15 +148,25 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     except (yaml.YAMLError, OmegaConfBaseException) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        yaml_line = mark.line + 1 if mark is not None else None
-        raise ConfigError(
-            "<file>", f"not valid YAML: {' '.join(str(problem).split())}", str(path), yaml_line
-        ) from None
+        message, line = _yaml_problem(exc)
+        raise ConfigError("<file>", message, str(path), line) from None
     if not OmegaConf.is_dict(cfg):
         raise ConfigError("<file>", "the top level must be a mapping of keys", str(path))
     return OmegaConf.to_container(cfg, resolve=False), key_lines(text)  # type: ignore[return-value]
+
+
+def _yaml_problem(exc: Exception) -> tuple[str, int | None]:
+    """(one-line message, line where the broken construct starts) of a YAML parse error."""
+    parts, first_line = [], None
+    for what, mark_name in (("context", "context_mark"), ("problem", "problem_mark")):
+        text, mark = getattr(exc, what, None), getattr(exc, mark_name, None)
+        if text:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            parts.append(f"{' '.join(str(text).split())}{where}")
+            if mark is not None and first_line is None:
+                first_line = mark.line + 1
+    message = "; ".join(parts) or " ".join(str(exc).split())
+    return f"not valid YAML: {message}", first_line
 
 
 def resolve_tree(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -74,10 +75,10 @@ def write_quantized_checkpoint(
         ``output_dir``.
     """
     source, out = Path(source_dir).expanduser(), Path(output_dir).expanduser()
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh, uniquely named scratch directory: never one that already exists (it could be
+    # anybody's, an input even).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     for path in _side_files(source):
         shutil.copy2(path, tmp / path.name)
     state = {ckpt.native_to_hf_key(k): v for k, v in ckpt.model.state_dict().items()}

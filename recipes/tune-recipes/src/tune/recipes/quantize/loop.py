@@ -23,8 +23,10 @@ from tune.quant import (
     select_linear_modules,
 )
 from tune.recipes.common.quantize_loading import QuantizationManifest
+from tune.recipes.common.run_directory import check_output_apart, model_inputs
 from tune.recipes.common.runtime import DTYPES, start_runtime, stop_runtime
 from tune.recipes.config import ValidationContext, validate_config
+from tune.recipes.config.schema import to_container
 from tune.recipes.generate.model_setup import load_generation_model
 from tune.recipes.quantize.checks import quantize_device_type
 from tune.recipes.quantize.config import QuantizeConfig
@@ -46,7 +48,9 @@ def preflight(cfg: QuantizeConfig) -> list[str]:
         UnsupportedSchemeError: the scheme cannot run on the device/dtype, a chosen layer's
             shape does not fit it, or the tied LM head would be quantized.
         ValueError: a model family whose HF tensors are fused (no one-to-one key names).
+        OutputOverlapsInputError: ``output_dir`` is, contains or lies inside an input.
     """
+    check_output_apart(cfg.output_dir, dict(model_inputs(to_container(cfg))))
     q = cfg.quantization
     device_type = quantize_device_type(cfg.device)
     check_scheme_supported(q.scheme, device_type, DTYPES[cfg.model.dtype])

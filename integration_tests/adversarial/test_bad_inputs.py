@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -428,3 +429,24 @@ def test_a_corrupt_optimizer_file_is_named_and_nothing_is_deleted(
     optimizer.write_bytes(optimizer.read_bytes()[:100])
     expect.refused(KLASS, [*argv, "training.max_steps=2", "checkpointing.resume_overrides=[training]"],
                    "optimizer.pt", intact=(out / "checkpoints",))  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["generate", "eval", "sft"])
+def test_a_tokenizer_larger_than_the_embedding_is_named(
+    recipe: str, assets: Assets, tmp_path: Path, expect: Expect
+) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokenizer = Path(shutil.copytree(assets.base, tmp_path / "tokenizer"))
+    hf = HFTokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    hf.add_tokens([f"<extra_{i}>" for i in range(64)])  # ids past the 512-row embedding
+    hf.save(str(tokenizer / "tokenizer.json"))
+    if recipe == "sft":
+        argv = [*assets.argv("sft", tmp_path / "out", *SHORT), f"tokenizer.path={tokenizer}"]
+    else:
+        config = {"generate": "generate/tiny_cpu", "eval": "eval/tiny_cpu_eval"}[recipe]
+        argv = ["run", recipe, "--config", config, f"model.checkpoint_dir={assets.base}",
+                f"tokenizer.path={tokenizer}"]  # fmt: skip
+        if recipe == "eval":
+            argv.append(f"perplexity.source={assets.sft.data_file}")
+    expect.refused(KLASS, argv, "tokenizer", "embeds only 512")

@@ -126,8 +126,6 @@ def test_malicious_pytorch_model_bin_runs_no_code(runs: Any, tmp_path: Path) -> 
     [
         "training.optimizer.name=os.system",
         "training.lr_schedule.name=os.system",
-        "training.loss=os.system",
-        "data.builder=os.system",
         "logging.loggers=[os.system]",
     ],
 )
@@ -183,7 +181,7 @@ def canary_run(runs: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     out = tmp / "out"
     command = runs.one_process(
         out, "training.max_steps=2", "checkpointing.save_every_n_steps=1",
-        f"data.hf_token={CONFIG_CANARY}", "logging.loggers=[stdout,jsonl]",
+        f"logging.options.wandb.api_key={CONFIG_CANARY}", "logging.loggers=[stdout,jsonl]",
         "checkpointing.save_merged=true",
     )  # fmt: skip
     result = runs.launch_ok(command, tmp / "stderr.txt", clean_env(**ENV_CANARIES))
@@ -223,6 +221,8 @@ def test_secret_override_is_not_logged_by_the_multi_rank_launcher(
     runs: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    command = runs.multi_rank(out, "training.max_steps=2", f"data.hf_token={CONFIG_CANARY}")
+    command = runs.multi_rank(
+        out, "training.max_steps=2", f"logging.options.wandb.api_key={CONFIG_CANARY}"
+    )
     result = runs.launch_ok(command, tmp_path / "stderr.txt", clean_env(**ENV_CANARIES))
     assert _leaks({"stdout": result.stdout.encode(), "stderr": result.stderr.encode()}) == []

@@ -9,9 +9,7 @@ import torch
 
 from tune.recipes.cli import main
 from tune.recipes.config import (
-    DATASETS,
     LOGGERS,
-    LOSSES,
     LR_SCHEDULES,
     OPTIMIZERS,
     ConfigError,
@@ -140,7 +138,7 @@ def test_builtin_targets_resolve_lazily() -> None:
         OPTIMIZERS.load("nope")
 
 
-@pytest.mark.parametrize("reg", [OPTIMIZERS, LR_SCHEDULES, LOSSES, DATASETS, LOGGERS])
+@pytest.mark.parametrize("reg", [OPTIMIZERS, LR_SCHEDULES, LOGGERS])
 def test_every_builtin_target_exists(reg) -> None:
     # Guards against a library renaming what a built-in name points at.
     for name, target in reg.builtins.items():
@@ -155,3 +153,26 @@ def test_a_package_extends_a_registry_through_entry_points(sft_yaml, echo_path: 
     assert OPTIMIZERS.load("echo_sgd") is torch.optim.SGD
     cfg = load_config(sft_yaml(), SFTConfig, ["training.optimizer.name=echo_sgd"])
     assert cfg.training.optimizer.name == "echo_sgd"
+
+
+@pytest.mark.parametrize(
+    ("item", "hint"),
+    [
+        ("checkpointing.async_save=true", "never did anything"),
+        ("data.hf_token=abc", "HF_TOKEN"),
+        ("data.streaming=true", "never did anything"),
+        ("data.builder=mine", "data.format"),
+        ("training.loss=cross_entropy", "training.fused_ce"),
+    ],
+)
+def test_a_removed_key_is_named_with_what_to_do_instead(sft_yaml, item: str, hint: str) -> None:
+    key = item.partition("=")[0]
+    with pytest.raises(ConfigError) as exc:  # as an override
+        load_config(sft_yaml(), SFTConfig, [item])
+    assert exc.value.key == key
+    assert "was removed" in str(exc.value)
+    assert hint in str(exc.value)
+    section, _, name = key.partition(".")
+    path = sft_yaml(**{section: {name: item.partition("=")[2]}})
+    with pytest.raises(ConfigError, match=f"{key}: was removed"):  # in the file
+        load_config(path, SFTConfig)

@@ -48,18 +48,18 @@ def test_saved_resolved_config_is_redacted_and_loads_back(sft_yaml, tmp_path: Pa
         sft_yaml(),
         SFTConfig,
         [
-            f"data.hf_token={TOKEN}",
+            f"logging.options.wandb.api_key={TOKEN}",
             "logging.loggers=[stdout, jsonl]",
             "logging.options.jsonl.api_key=k-secret",
         ],
     )
-    assert cfg.data.hf_token == TOKEN  # the run itself still has it
+    assert cfg.logging.options["wandb"]["api_key"] == TOKEN  # the run itself still has it
     out = save_resolved_config(cfg, tmp_path / "run" / "config.yaml")
     text = out.read_text()
     assert TOKEN not in text
     assert "k-secret" not in text
     saved = yaml.safe_load(text)
-    assert saved["data"]["hf_token"] == REDACTED
+    assert saved["logging"]["options"]["wandb"]["api_key"] == REDACTED
     assert saved["logging"]["options"]["jsonl"]["api_key"] == REDACTED
     # Resolved: interpolations are replaced by their values; defaults are written out.
     assert saved["logging"]["jsonl_path"] == cfg.logging.jsonl_path
@@ -68,5 +68,5 @@ def test_saved_resolved_config_is_redacted_and_loads_back(sft_yaml, tmp_path: Pa
     # The saved file is a complete config of the same recipe.
     again = load_config(out, SFTConfig, recipe="sft")
     assert again.training == cfg.training
-    assert again.data.hf_token == REDACTED
+    assert again.logging.options["wandb"]["api_key"] == REDACTED
     assert config_to_yaml(again) == text

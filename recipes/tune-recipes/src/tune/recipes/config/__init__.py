@@ -11,9 +11,7 @@ from tune.recipes.config.redaction import (
     save_resolved_config,
 )
 from tune.recipes.config.registries import (
-    DATASETS,
     LOGGERS,
-    LOSSES,
     LR_SCHEDULES,
     OPTIMIZERS,
     Registry,
@@ -29,9 +27,7 @@ from tune.recipes.config.validation import (
 )
 
 __all__ = [
-    "DATASETS",
     "LOGGERS",
-    "LOSSES",
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "REDACTED",

@@ -35,6 +35,23 @@ RESERVED_KEYS: dict[str, Any] = {"recipe": str | None}
 COMMAND_LINE = "command line"
 # Set by the loader from the command line and the environment, never by a config.
 ALLOW_IMPORTS_KEY = "allow_imports"
+# Keys that were accepted once and did nothing: a config that still sets one is told what to do.
+REMOVED_KEYS = {
+    "checkpointing.async_save": "it never did anything (checkpoints are written in the "
+    "foreground); remove the key",
+    "data.hf_token": "gated Hub datasets read HF_TOKEN from the environment; remove the key",
+    "data.streaming": "it never did anything (local files are read whole, batches are built "
+    "on the fly); remove the key",
+    "data.builder": "choose the shape of the rows with data.format and data.column_map",
+    "training.loss": "the sft loss is cross-entropy; training.fused_ce picks the fused kernel",
+}
+
+
+def unknown_key_message(key: str, schema: type) -> str:
+    """Why ``key`` is refused: removed (with what to do instead), or unknown (did-you-mean)."""
+    if key in REMOVED_KEYS:
+        return f"was removed: {REMOVED_KEYS[key]}"
+    return "unknown key" + did_you_mean(key, schema)
 
 
 def key_lines(text: str) -> dict[str, int]:
@@ -94,7 +111,7 @@ def parse_override(schema: type, item: str) -> tuple[str, Any]:
         tp = _schema_type(schema, key)
     except KeyError:
         # A mistyped key (`data.hf_tokn=hf_...`) may carry a secret: name the key only.
-        raise ConfigError(key, "unknown key" + did_you_mean(key, schema), shown) from None
+        raise ConfigError(key, unknown_key_message(key, schema), shown) from None
     inner, optional = strip_optional(tp)
     if optional and raw.strip() in ("null", "~", "None"):
         return key, None
@@ -257,7 +274,7 @@ def load_config(
     unknown = find_unknown_keys(tree, schema)
     if unknown:
         key = unknown[0]
-        raise ConfigError(key, "unknown key" + did_you_mean(key, schema), source, lines.get(key))
+        raise ConfigError(key, unknown_key_message(key, schema), source, lines.get(key))
     config = build(schema, tree, source, lines)
     if ALLOW_IMPORTS_KEY in fields:
         config = dataclasses.replace(config, **{ALLOW_IMPORTS_KEY: allowed})

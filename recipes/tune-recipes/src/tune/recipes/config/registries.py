@@ -1,7 +1,7 @@
 """Swappable parts chosen by name from registries that packages extend through entry points.
 
-A registry is an entry-point group (``tune.optimizers``, ``tune.lr_schedules``, ``tune.losses``,
-``tune.datasets``, ``tune.loggers``). Any installed package adds a name with::
+A registry is an entry-point group (``tune.optimizers``, ``tune.lr_schedules``, ``tune.loggers``;
+GRPO adds ``tune.rewards`` and ``tune.generation_backends``). Any installed package adds a name with::
 
     [project.entry-points."tune.optimizers"]
     lion = "mypkg.optim:Lion"
@@ -119,15 +119,6 @@ LR_SCHEDULES = Registry(
         "warmup_stable_decay": "tune.train:warmup_stable_decay_schedule",
     },
 )
-LOSSES = Registry(
-    "tune.losses",
-    "loss",
-    {
-        "cross_entropy": "tune.train:cross_entropy",
-        "chunked_cross_entropy": "tune.train:chunked_cross_entropy",
-    },
-)
-DATASETS = Registry("tune.datasets", "dataset builder", {})
 LOGGERS = Registry(
     "tune.loggers",
     "metric logger",
@@ -140,7 +131,7 @@ LOGGERS = Registry(
     },
 )
 
-_KNOWN = {r.group: r for r in (OPTIMIZERS, LR_SCHEDULES, LOSSES, DATASETS, LOGGERS)}
+_KNOWN = {r.group: r for r in (OPTIMIZERS, LR_SCHEDULES, LOGGERS)}
 
 
 def registry(group: str) -> Registry:

@@ -48,10 +48,8 @@ def check_model_section(cfg: SFTConfig, c: Checks) -> None:
 
 def check_data_section(cfg: SFTConfig, c: Checks) -> None:
     d = cfg.data
-    has_source = c.require(
-        bool(d.source) or d.builder is not None, "data.source", "must not be empty"
-    )
-    if has_source and d.builder is None and looks_local(d.source):
+    has_source = c.require(bool(d.source), "data.source", "must not be empty")
+    if has_source and looks_local(d.source):
         c.path_exists("data.source", d.source, "any")
     c.positive("data.max_seq_len", d.max_seq_len)
     c.in_range("data.validation_fraction", d.validation_fraction, 0.0, 1.0)

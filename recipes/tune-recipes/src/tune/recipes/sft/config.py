@@ -44,9 +44,8 @@ class DataConfig:
     """Training and validation data.
 
     Args:
-        source: a local file or directory (json/jsonl/parquet/csv/txt), or a Hub dataset name;
-            with ``builder``, the argument given to that builder.
-        builder: a dataset builder from the ``tune.datasets`` registry (None: built in by format).
+        source: a local file or directory (json/jsonl/parquet/csv/txt), or a Hub dataset name
+            (a gated one reads ``HF_TOKEN`` from the environment).
         format: ``instruction`` (instruction/input/output), ``chat`` (messages) or ``text``.
         column_map: dataset column -> expected name (e.g. ``{"prompt": "instruction"}``).
         split: the training split.
@@ -63,13 +62,10 @@ class DataConfig:
             ``drop`` skips them (counted), ``error`` stops with the example named.
         train_on_input: also compute the loss on prompt tokens.
         shuffle: shuffle the examples each epoch.
-        streaming: read the source lazily instead of loading it whole.
         seed: shuffling and hold-out seed.
-        hf_token: token for gated Hub datasets (redacted when the config is saved).
     """
 
     source: str
-    builder: str | None = field(default=None, metadata=component("tune.datasets"))
     format: Literal["instruction", "chat", "text"] = "instruction"
     column_map: dict[str, str] = field(default_factory=dict)
     split: str = "train"
@@ -81,9 +77,7 @@ class DataConfig:
     truncation: Literal["truncate", "drop", "error"] = "truncate"
     train_on_input: bool = False
     shuffle: bool = True
-    streaming: bool = False
     seed: int = 0
-    hf_token: str | None = None
 
 
 @dataclass
@@ -163,7 +157,6 @@ class TrainingConfig:
         micro_batch_size: sequences per forward/backward on one rank.
         optimizer: the optimizer.
         lr_schedule: the schedule.
-        loss: a ``tune.losses`` name.
         max_grad_norm: clip the global gradient norm (null: no clipping).
         nonfinite: on a NaN/inf loss or gradient, ``raise`` or ``skip`` the step.
         seed: model-init, dropout and data-order seed.
@@ -181,7 +174,6 @@ class TrainingConfig:
     micro_batch_size: int = 1
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-    loss: str = field(default="cross_entropy", metadata=component("tune.losses"))
     max_grad_norm: float | None = 1.0
     nonfinite: Literal["raise", "skip"] = "raise"
     seed: int = 0
@@ -225,7 +217,6 @@ class CheckpointConfig:
         resume: ``auto`` (latest step in output_dir, if any), ``never``, or a step directory.
         save_merged: also write the base with adapters merged as an HF directory.
         save_adapter: write a PEFT adapter directory (adapter methods).
-        async_save: write checkpoints in the background.
         resume_overrides: settings that may differ from the checkpoint's when resuming
             (``[training.optimizer.lr, training.max_steps]``); they are applied, logged and
             recorded. Any other changed setting is refused, naming it.
@@ -237,7 +228,6 @@ class CheckpointConfig:
     resume: str = "auto"
     save_merged: bool = False
     save_adapter: bool = True
-    async_save: bool = False
     resume_overrides: list[str] = field(default_factory=list)
 
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.common.reward_functions import (
+from tune.recipes.common.reward_registry import build_reward, score_completions
+from tune.recipes.config import ConfigValidationError, load_config
+from tune.recipes.discovery import find_config
+from tune.recipes.grpo.config import GRPOConfig
+from tune.recipes.grpo.toy_task import arithmetic_rows
+from tune.train.steps.rewards import (
     RewardInputs,
     answer_format,
     exact_answer,
     final_integer,
     length_penalty,
 )
-from tune.recipes.common.reward_registry import build_reward, score_completions
-from tune.recipes.config import ConfigValidationError, load_config
-from tune.recipes.discovery import find_config
-from tune.recipes.grpo.config import GRPOConfig
-from tune.recipes.grpo.toy_task import arithmetic_rows
 
 
 def _load(

@@ -9,17 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from tune.recipes.common.grpo_step import (
+from tune.recipes.common.reward_registry import build_reward
+from tune.recipes.common.rollout_backend import GenerationBackend, SamplingSettings
+from tune.recipes.grpo.rollouts import sample_and_score
+from tune.train import GradientAccumulator
+from tune.train.steps.grpo import (
     PolicyLossSettings,
     RolloutBatch,
     batched_logprobs,
     policy_backward,
     with_logprobs,
 )
-from tune.recipes.common.reward_registry import build_reward
-from tune.recipes.common.rollout_backend import GenerationBackend, SamplingSettings
-from tune.recipes.grpo.rollouts import sample_and_score
-from tune.train import GradientAccumulator
 
 ANSWER, EOS, PAD = 10, 11, 12  # ids 0..9 are the digits
 V = 16

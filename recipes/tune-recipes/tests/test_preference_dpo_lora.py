@@ -38,7 +38,8 @@ def test_dpo_lora_raises_heldout_accuracy_with_adapters_disabled_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # How "no second model copy" is asserted: (1) the checkpoint is loaded once; (2) the loss
-    # step is handed reference=None, i.e. the policy with adapters disabled; (3) while training,
+    # step is handed the reference of ``reference_logprobs_fn`` over no frozen model, i.e. the policy
+    # with adapters disabled; (3) while training,
     # exactly one more instance of the model class is alive than before the run (no deepcopy,
     # no second load); (4) at step 0 the held-out reward margins are exactly 0: the reference
     # log-probs are bit-identical to the policy's, as they are only for the same weights.
@@ -75,7 +76,10 @@ def test_dpo_lora_raises_heldout_accuracy_with_adapters_disabled_reference(
     )  # fmt: skip
 
     assert loads == [tiny_assets.checkpoint_dir]
-    assert seen["reference"] is None
+    reference = seen["reference"]
+    assert reference.__qualname__ == "reference_logprobs_fn.<locals>.logprobs"
+    cells = dict(zip(reference.__code__.co_freevars, reference.__closure__, strict=True))
+    assert cells["reference"].cell_contents is None  # no frozen copy: the policy, adapters off
     assert seen["model_instances"] == 1
     accuracy = read_metrics(out / "metrics.jsonl", "val_accuracy")
     margin = read_metrics(out / "metrics.jsonl", "val_reward_margin")

@@ -1,5 +1,6 @@
-"""tune.train: losses (chunked and fused CE, preference, KD, GRPO), token-normalised accumulation,
-schedules, clipping, non-finite guards, metric loggers and meters."""
+"""tune.train: losses (chunked and fused CE, preference, KD, GRPO), the training step of each
+objective (``tune.train.steps``), token-normalised accumulation, schedules, clipping, non-finite
+guards, metric loggers and meters."""
 
 from tune.train._version import __version__
 from tune.train.accumulation import (
@@ -61,9 +62,21 @@ from tune.train.schedules import (
     warmup_stable_decay_factor,
     warmup_stable_decay_schedule,
 )
+from tune.train.steps import (
+    DistillLossSettings,
+    PolicyLossSettings,
+    PreferenceObjective,
+    RewardInputs,
+    distill_micro_batch_loss,
+    evaluate_token_loss,
+    micro_batch_loss,
+    micro_batch_policy_loss,
+    micro_batch_preference,
+)
 
 __all__ = [
     "IGNORE_INDEX",
+    "DistillLossSettings",
     "GradientAccumulator",
     "JsonlLogger",
     "MLflowLogger",
@@ -73,7 +86,10 @@ __all__ = [
     "NonFiniteGuard",
     "NothingTrainedError",
     "PolicyLoss",
+    "PolicyLossSettings",
     "PreferenceLoss",
+    "PreferenceObjective",
+    "RewardInputs",
     "StdoutLogger",
     "TensorBoardLogger",
     "ThroughputMeter",
@@ -87,8 +103,10 @@ __all__ = [
     "count_nonpadding_tokens",
     "count_trained_tokens",
     "cross_entropy",
+    "distill_micro_batch_loss",
     "distributed_sum",
     "dpo_loss",
+    "evaluate_token_loss",
     "fused_linear_cross_entropy",
     "group_advantages",
     "ipo_loss",
@@ -99,6 +117,9 @@ __all__ = [
     "kto_reference_point",
     "linear_schedule_with_warmup",
     "loss_scale_for_step",
+    "micro_batch_loss",
+    "micro_batch_policy_loss",
+    "micro_batch_preference",
     "model_flops_utilization",
     "orpo_loss",
     "peak_memory_bytes",

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from tune.recipes.common.reward_functions import RewardInputs
 from tune.recipes.config.registries import Registry
+from tune.train.steps.rewards import RewardInputs
 
 RewardFunction = Callable[[RewardInputs], Sequence[float]]
 
@@ -27,9 +27,9 @@ REWARDS = Registry(
     "tune.rewards",
     "reward function",
     {
-        "exact_answer": "tune.recipes.common.reward_functions:exact_answer",
-        "answer_format": "tune.recipes.common.reward_functions:answer_format",
-        "length_penalty": "tune.recipes.common.reward_functions:length_penalty",
+        "exact_answer": "tune.train.steps.rewards:exact_answer",
+        "answer_format": "tune.train.steps.rewards:answer_format",
+        "length_penalty": "tune.train.steps.rewards:length_penalty",
     },
 )
 

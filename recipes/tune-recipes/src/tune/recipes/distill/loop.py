@@ -25,11 +25,6 @@ from tune.recipes.common.data_loading import (
     per_rank_batches,
     split_source,
 )
-from tune.recipes.common.distill_loss import (
-    DistillLossSettings,
-    distill_micro_batch_loss,
-    evaluate_distillation,
-)
 from tune.recipes.common.distill_setup import (
     DISTILL_RESUME_KEYS,
     compared_vocab_size,
@@ -70,6 +65,11 @@ from tune.train import (
     ThroughputMeter,
     clip_grad_norm,
     count_nonpadding_tokens,
+)
+from tune.train.steps.distillation import (
+    DistillLossSettings,
+    distill_micro_batch_loss,
+    evaluate_distillation,
 )
 
 logger = logging.getLogger(__name__)

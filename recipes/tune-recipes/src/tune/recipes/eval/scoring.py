@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.recipes.common.padding_free import padding_free_batch
-from tune.recipes.common.training_step import micro_batch_loss
+from tune.train.steps.token import micro_batch_loss
 
 
 @dataclass(frozen=True)

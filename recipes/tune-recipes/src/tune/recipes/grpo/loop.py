@@ -24,12 +24,6 @@ from tune.dist import StopSignalHandler
 from tune.peft import disable_adapters
 from tune.recipes.common.data_loading import load_tokenizer, make_loader, split_source
 from tune.recipes.common.finetune_method import load_for_method
-from tune.recipes.common.grpo_step import (
-    PolicyLossSettings,
-    batched_logprobs,
-    policy_backward,
-    with_logprobs,
-)
 from tune.recipes.common.metric_logging import build_loggers
 from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
@@ -59,9 +53,15 @@ from tune.recipes.grpo.rollouts import (
     prompt_rows,
     rollout_metrics,
     sample_and_score,
-    sampling_seed,
 )
 from tune.train import GradientAccumulator, NonFiniteGuard, clip_grad_norm
+from tune.train.steps.grpo import (
+    PolicyLossSettings,
+    batched_logprobs,
+    policy_backward,
+    sampling_seed,
+    with_logprobs,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from tune.data import Tokenizer
-from tune.recipes.common.grpo_step import RolloutBatch, rollout_advantages, rollout_tensors
-from tune.recipes.common.reward_functions import RewardInputs, exact_answer
 from tune.recipes.common.reward_registry import WeightedReward, score_completions
 from tune.recipes.common.rollout_backend import GenerationBackend, SamplingSettings
+from tune.train.steps.grpo import (
+    RolloutBatch,
+    rollout_advantages,
+    rollout_tensors,
+)
+from tune.train.steps.rewards import RewardInputs, exact_answer
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
-
-
-def sampling_seed(seed: int, step: int, rank: int) -> int:
-    """The sampling seed of rollout batch ``step`` on ``rank``: a pure function, so a resumed run
-    samples exactly what the uninterrupted one did."""
-    digest = hashlib.sha256(f"grpo:{seed}:{step}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def prompt_rows(batch: dict) -> list[list[int]]:  # type: ignore[type-arg]

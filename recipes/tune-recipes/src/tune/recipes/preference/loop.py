@@ -25,14 +25,7 @@ from tune.recipes.common.model_loading import check_vocab_fits, load_pretrained
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.parallelism import setup_data_parallel, shard_with_fsdp, wrap_blocks
-from tune.recipes.common.preference_step import (
-    PreferenceObjective,
-    add_stats,
-    evaluate_preference,
-    micro_batch_preference,
-    preference_stats,
-    summarize_stats,
-)
+from tune.recipes.common.preference_reference import reference_logprobs_fn
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import seed_everything
 from tune.recipes.common.train_state import (
@@ -53,6 +46,14 @@ from tune.train import (
     ThroughputMeter,
     clip_grad_norm,
     count_nonpadding_tokens,
+)
+from tune.train.steps.preference import (
+    PreferenceObjective,
+    add_stats,
+    evaluate_preference,
+    micro_batch_preference,
+    preference_stats,
+    summarize_stats,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,12 +213,16 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
     stopper = StopSignalHandler().install()
     model.train()
 
+    reference_logprobs = reference_logprobs_fn(
+        model, reference, objective, fused=fused, softcap=softcap
+    )
+
     def run_eval(at_step: int) -> dict[str, float] | None:
         if val_ds is None:
             return None
         batches = _loader(cfg, val_ds, tokenizer, rank=dp_rank, world=dp_size, train=False)
         metrics = evaluate_preference(
-            model, batches, objective, reference=reference, fused=fused, softcap=softcap,
+            model, batches, objective, reference=reference_logprobs, fused=fused, softcap=softcap,
             max_batches=per_rank_batches(cfg.eval.max_batches, dp_size), reduce=reduce,
         )  # fmt: skip
         if rt.is_main:
@@ -251,7 +256,7 @@ def _train(cfg: PreferenceConfig, rt: Any) -> dict[str, Any]:
             if distributed and sync is not None:
                 sync(i == len(micro_batches) - 1)
             result = micro_batch_preference(
-                model, mb, objective, reference=reference, fused=fused, softcap=softcap
+                model, mb, objective, reference=reference_logprobs, fused=fused, softcap=softcap
             )
             accumulator.scale(result.losses.sum()).backward()
             stats = add_stats(stats, preference_stats(result, mb.get("desirable")))

@@ -52,7 +52,6 @@ from tune.recipes.common.train_state import (
     resume_run,
     save_training_state,
 )
-from tune.recipes.common.training_step import evaluate, micro_batch_loss
 from tune.recipes.config import (
     ValidationContext,
     redact,
@@ -68,6 +67,8 @@ from tune.train import (
     clip_grad_norm,
     count_nonpadding_tokens,
 )
+from tune.train.steps.token import evaluate_token_loss as evaluate
+from tune.train.steps.token import micro_batch_loss
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tune.train import TokenLoss, cross_entropy, kl_distillation_loss
+from tune.train.losses import (
+    TokenLoss,
+    cross_entropy,
+    kl_distillation_loss,
+)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ predicted at position ``t``) and -100 elsewhere, so only completion tokens are t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -14,9 +15,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tune.train import (
+from tune.train.accumulation import GradientAccumulator
+from tune.train.losses import (
     IGNORE_INDEX,
-    GradientAccumulator,
     group_advantages,
     policy_gradient_loss,
     token_logprobs,
@@ -90,6 +91,13 @@ class RolloutBatch:
             move(self.old_logprobs),
             move(self.reference_logprobs),
         )
+
+
+def sampling_seed(seed: int, step: int, rank: int) -> int:
+    """The sampling seed of rollout batch ``step`` on ``rank``: a pure function of the three, so
+    a resumed run samples exactly what the uninterrupted one did."""
+    digest = hashlib.sha256(f"grpo:{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def rollout_tensors(

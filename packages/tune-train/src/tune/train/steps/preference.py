@@ -3,21 +3,29 @@
 A batch holds 2B sequences in one tensor (``tune.data.collate_preference``): rows 0..B-1 are the
 chosen responses, rows B..2B-1 the rejected ones (for KTO: the B examples, then the same prompts
 with mismatched completions for the KL reference point). Policy log-probs come from ONE forward
-over all 2B rows; so do the reference's, under ``torch.no_grad``.
+over all 2B rows. The reference log-probs come from a callable (``batch -> [2B]``), so the
+reference may be a frozen copy, the policy with its adapters disabled, or precomputed values::
+
+    objective = PreferenceObjective("dpo", beta=0.1)
+    reference = lambda b: batch_logprobs(frozen, b, average=objective.average, fused=False)
+    result = micro_batch_preference(policy, batch, objective, reference=reference, fused=False)
+    result.losses.mean().backward()
+
+``model`` follows tune's model convention: ``model(tokens, positions=..., attention_mask=...)``
+returns logits [N, T, V]; with ``fused`` it is called with ``return_hidden=True`` and its
+``output`` linear layer projects the hidden states.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from tune.peft import disable_adapters
-from tune.train import (
+from tune.train.losses import (
     PreferenceLoss,
     dpo_loss,
     ipo_loss,
@@ -146,30 +154,8 @@ def batch_logprobs(
     return sequence_logprobs(logits, batch["labels"], average=average)
 
 
-@torch.no_grad()
-def reference_logprobs(
-    model: nn.Module,
-    reference: nn.Module | None,
-    batch: Mapping[str, Tensor],
-    *,
-    average: bool,
-    fused: bool,
-    softcap: float | None = None,
-) -> Tensor:
-    """Reference log-probs: ``reference`` if given, else ``model`` with its adapters disabled.
-
-    Args:
-        model: the policy (with LoRA layers when ``reference`` is None).
-        reference: a frozen reference model (full tuning), or None.
-        batch: as for ``batch_logprobs``.
-        average: length-average instead of sum.
-        fused: chunked projection from hidden states.
-        softcap: final-logit soft-capping.
-    """
-    net = model if reference is None else reference
-    context = disable_adapters(model) if reference is None else nullcontext()
-    with context:
-        return batch_logprobs(net, batch, average=average, fused=fused, softcap=softcap)
+ReferenceLogprobs = Callable[[Mapping[str, Tensor]], Tensor]
+"""A batch (as for ``batch_logprobs``) -> [N] reference log-probs, computed without gradients."""
 
 
 def micro_batch_preference(
@@ -177,7 +163,7 @@ def micro_batch_preference(
     batch: Mapping[str, Tensor],
     objective: PreferenceObjective,
     *,
-    reference: nn.Module | None,
+    reference: ReferenceLogprobs | None,
     fused: bool,
     softcap: float | None = None,
 ) -> PreferenceLoss:
@@ -187,15 +173,17 @@ def micro_batch_preference(
         model: the policy.
         batch: 2B rows, chosen first (see the module docstring); ``desirable`` [B] for KTO.
         objective: the loss.
-        reference: the frozen reference model, or None for the adapters-disabled policy.
+        reference: the reference log-probs of a batch (losses with a reference); None for
+            reference-free losses.
         fused: chunked projection from hidden states.
         softcap: final-logit soft-capping.
     """
     ref = None
     if objective.needs_reference:
-        ref = reference_logprobs(
-            model, reference, batch, average=objective.average, fused=fused, softcap=softcap
-        )
+        if reference is None:
+            raise ValueError(f"preference loss {objective.name!r} needs a reference callable")
+        with torch.no_grad():
+            ref = reference(batch)
     policy = batch_logprobs(model, batch, average=objective.average, fused=fused, softcap=softcap)
     return objective.loss(policy, ref, batch.get("desirable"))
 
@@ -260,7 +248,7 @@ def evaluate_preference(
     batches: Iterable[Mapping[str, Tensor]],
     objective: PreferenceObjective,
     *,
-    reference: nn.Module | None,
+    reference: ReferenceLogprobs | None,
     fused: bool,
     softcap: float | None = None,
     max_batches: int | None = None,

@@ -8,7 +8,11 @@ from typing import cast
 import torch
 from torch import nn
 
-from tune.train import TokenLoss, cross_entropy, fused_linear_cross_entropy
+from tune.train.losses import (
+    TokenLoss,
+    cross_entropy,
+    fused_linear_cross_entropy,
+)
 
 
 def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -44,7 +48,7 @@ def micro_batch_loss(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_token_loss(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from tune.data import InstructionBuilder
 from tune.data.synthetic import write_jsonl
 from tune.recipes.common.data_loading import load_tokenizer
+from tune.recipes.common.generation_model import load_generation_model
 from tune.recipes.config import ConfigValidationError, load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.eval.config import EvalConfig
 from tune.recipes.eval.loop import run as run_eval
 from tune.recipes.eval.scoring import rolling_loglikelihood, score_continuations
-from tune.recipes.generate.model_setup import load_generation_model
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -10,12 +10,12 @@ import torch
 
 from tune.checkpoint import save_peft_adapter
 from tune.peft import LoraConfig, apply_lora, export_peft_adapter
+from tune.recipes.common.generation_model import AdapterMismatchError
 from tune.recipes.common.model_loading import load_pretrained
 from tune.recipes.config import ConfigError, ConfigValidationError, load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run
-from tune.recipes.generate.model_setup import AdapterMismatchError
 from tune.recipes.generate.prompts import PromptInputError
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 

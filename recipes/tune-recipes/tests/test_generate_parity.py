@@ -160,7 +160,7 @@ def test_int8_weight_only_equals_its_dequantized_float_twin(trained: dict[str, P
     from tune.data import Tokenizer
     from tune.models import generate
     from tune.quant import is_quantized_weight
-    from tune.recipes.generate.model_setup import load_generation_model
+    from tune.recipes.common.generation_model import load_generation_model
 
     common = [f"model.checkpoint_dir={trained['base']}", f"prompts.items={RAW}",
               "prompts.chat=false", "sampling.max_new_tokens=10", "sampling.stop_at_eos=false"]  # fmt: skip

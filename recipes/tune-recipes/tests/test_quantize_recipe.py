@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from tune.recipes.common.generation_model import load_generation_model
 from tune.recipes.common.quantize_loading import (
     QUANTIZATION_MANIFEST,
     QuantizedCheckpointError,
@@ -23,7 +24,6 @@ from tune.recipes.config import ConfigValidationError, load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run as run_generate
-from tune.recipes.generate.model_setup import load_generation_model
 from tune.recipes.quantize.config import QuantizeConfig
 from tune.recipes.quantize.loop import run as run_quantize
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint

@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import Checks, ValidationContext
-
-# The student, data, training and output sections are the sft recipe's: so are their checks.
-from tune.recipes.sft.checks import (
+# The student, data, training and output sections are the shared ones: so are their checks.
+from tune.recipes.common.section_checks import (
     check_data_section,
     check_model_section,
     check_outputs_section,
     check_training_section,
 )
+from tune.recipes.config.errors import Issue
+from tune.recipes.config.validation import Checks, ValidationContext
 
 if TYPE_CHECKING:
     from tune.recipes.distill.config import DistillConfig

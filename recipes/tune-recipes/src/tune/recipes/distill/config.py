@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
-from tune.recipes.sft.config import (
+from tune.recipes.common.config_sections import (
     CheckpointConfig,
     DataConfig,
     DistributedConfig,
@@ -21,6 +19,8 @@ from tune.recipes.sft.config import (
     TokenizerConfig,
     TrainingConfig,
 )
+from tune.recipes.config.errors import Issue
+from tune.recipes.config.validation import ValidationContext
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tune.recipes.common.config_sections import QuantScheme
 from tune.recipes.config.errors import Issue
 from tune.recipes.config.validation import ValidationContext
-from tune.recipes.generate.config import QuantScheme
 
 
 @dataclass

@@ -76,8 +76,8 @@ class TuneLM(TemplateLM):
         """Load ``checkpoint_dir`` (+ ``adapter_dir``, ``quantize``, ``dtype``) as the generate
         recipe does; lm_eval calls this for ``model="tune"``."""
         from tune.recipes.common.data_loading import load_tokenizer
+        from tune.recipes.common.generation_model import load_generation_model
         from tune.recipes.common.runtime import DTYPES
-        from tune.recipes.generate.model_setup import load_generation_model
 
         args = {**(additional_config or {}), **arg_dict}
         args = {k: v for k, v in args.items() if v is not None}

@@ -25,13 +25,13 @@ from tune.recipes.common.data_loading import (
     make_loader,
     split_source,
 )
+from tune.recipes.common.generation_model import LoadedModel, load_generation_model
 from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.config import ValidationContext, to_container, validate_config
 from tune.recipes.config.redaction import redact
 from tune.recipes.eval.config import EvalConfig
 from tune.recipes.eval.scoring import PerplexityResult, dataset_perplexity
-from tune.recipes.generate.model_setup import LoadedModel, load_generation_model
 
 logger = logging.getLogger(__name__)
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tune.recipes.common.config_sections import QuantScheme
 from tune.recipes.config.errors import Issue
 from tune.recipes.config.validation import ValidationContext
-
-QuantScheme = Literal[
-    "int8_weight_only",
-    "int8_dynamic_int8_weight",
-    "int4_weight_only",
-    "int8_dynamic_int4_weight",
-]
 
 
 @dataclass

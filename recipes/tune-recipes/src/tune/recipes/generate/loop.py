@@ -21,11 +21,11 @@ import torch
 from tune.data import ChatTemplate, resolve_template
 from tune.models import generate
 from tune.recipes.common.data_loading import load_tokenizer
+from tune.recipes.common.generation_model import load_generation_model
 from tune.recipes.common.model_loading import check_vocab_fits
 from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
 from tune.recipes.config import ValidationContext, validate_config
 from tune.recipes.generate.config import GenerateConfig
-from tune.recipes.generate.model_setup import load_generation_model
 from tune.recipes.generate.prompts import (
     EncodedPrompt,
     PromptInputError,

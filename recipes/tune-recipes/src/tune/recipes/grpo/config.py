@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
-from tune.recipes.sft.config import (
+from tune.recipes.common.config_sections import (
     DistributedConfig,
     LoggingConfig,
     LoRAConfig,
@@ -16,6 +14,8 @@ from tune.recipes.sft.config import (
     OptimizerConfig,
     TokenizerConfig,
 )
+from tune.recipes.config.errors import Issue
+from tune.recipes.config.validation import ValidationContext
 
 
 @dataclass

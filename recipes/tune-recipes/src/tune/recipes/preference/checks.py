@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import Checks, ValidationContext
-from tune.recipes.sft.checks import (
+from tune.recipes.common.section_checks import (
     check_model_section,
     check_outputs_section,
     check_training_section,
     looks_local,
 )
+from tune.recipes.config.errors import Issue
+from tune.recipes.config.validation import Checks, ValidationContext
 
 if TYPE_CHECKING:
     from tune.recipes.preference.config import PreferenceConfig

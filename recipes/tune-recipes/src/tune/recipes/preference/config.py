@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
-from tune.recipes.sft.config import (
+from tune.recipes.common.config_sections import (
     CheckpointConfig,
     DistributedConfig,
     EvalConfig,
@@ -17,6 +15,8 @@ from tune.recipes.sft.config import (
     OptimizerConfig,
     TokenizerConfig,
 )
+from tune.recipes.config.errors import Issue
+from tune.recipes.config.validation import ValidationContext
 
 LossName = Literal["dpo", "ipo", "simpo", "orpo", "kto", "reference_free_dpo"]
 # Losses that compare the policy with a reference model.

@@ -22,12 +22,12 @@ from tune.quant import (
     quantize_model,
     select_linear_modules,
 )
+from tune.recipes.common.generation_model import load_generation_model
 from tune.recipes.common.quantize_loading import QuantizationManifest
 from tune.recipes.common.run_directory import check_output_apart, model_inputs
 from tune.recipes.common.runtime import DTYPES, start_runtime, stop_runtime
 from tune.recipes.config import ValidationContext, validate_config
 from tune.recipes.config.schema import to_container
-from tune.recipes.generate.model_setup import load_generation_model
 from tune.recipes.quantize.checks import quantize_device_type
 from tune.recipes.quantize.config import QuantizeConfig
 from tune.recipes.quantize.export import pick_weights_file, write_quantized_checkpoint

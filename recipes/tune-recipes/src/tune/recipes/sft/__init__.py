@@ -1,7 +1,6 @@
 """The ``sft`` recipe: supervised fine-tuning (full, LoRA, QLoRA, DoRA; one device or many)."""
 
-from tune.recipes.recipe import Recipe
-from tune.recipes.sft.config import (
+from tune.recipes.common.config_sections import (
     CheckpointConfig,
     DataConfig,
     DistributedConfig,
@@ -11,11 +10,11 @@ from tune.recipes.sft.config import (
     LRScheduleConfig,
     ModelConfig,
     OptimizerConfig,
-    QATConfig,
-    SFTConfig,
     TokenizerConfig,
     TrainingConfig,
 )
+from tune.recipes.recipe import Recipe
+from tune.recipes.sft.config import QATConfig, SFTConfig
 
 # The loop module is imported only when the recipe runs: `tune ls/validate` stay light.
 recipe = Recipe(

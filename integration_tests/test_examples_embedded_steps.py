@@ -18,9 +18,9 @@ import pytest
 
 from tune.data.synthetic import synthetic_instruction_rows
 from tune.recipes.cli import main as tune_main
-from tune.recipes.grpo.testing import make_arithmetic_assets
-from tune.recipes.preference.testing import write_preference_data
-from tune.recipes.sft_testing import NF4_FRIENDLY_SIZES, TinyAssets, make_tiny_assets, read_metrics
+from tune.recipes.testing.grpo import make_arithmetic_assets
+from tune.recipes.testing.preference import write_preference_data
+from tune.recipes.testing.sft import NF4_FRIENDLY_SIZES, TinyAssets, make_tiny_assets, read_metrics
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 
 pytestmark = pytest.mark.integration

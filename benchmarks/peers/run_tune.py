@@ -40,7 +40,7 @@ def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
     single_thread()
     import tune.recipes.sft.loop as sft_loop
-    from tune.recipes.sft_testing import run_sft_in_process
+    from tune.recipes.testing.sft import run_sft_in_process
 
     digests: list[str] = []
     make_loader = sft_loop.make_loader

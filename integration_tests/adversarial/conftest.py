@@ -29,9 +29,9 @@ import pytest
 
 from tune.data.synthetic import write_jsonl
 from tune.recipes.cli import main
-from tune.recipes.grpo.testing import ArithmeticAssets, grpo_overrides, make_arithmetic_assets
-from tune.recipes.preference.testing import preference_overrides, write_preference_data
-from tune.recipes.sft_testing import TinyAssets, make_tiny_assets, sft_overrides
+from tune.recipes.testing.grpo import ArithmeticAssets, grpo_overrides, make_arithmetic_assets
+from tune.recipes.testing.preference import preference_overrides, write_preference_data
+from tune.recipes.testing.sft import TinyAssets, make_tiny_assets, sft_overrides
 
 QUIET = ["logging.progress_bar=false", "logging.loggers=[jsonl]"]
 # One optimizer step of the sft-shaped recipes, no merged export.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tune.recipes.sft_testing import (
+from tune.recipes.testing.sft import (
     TinyAssets,
     clean_env,
     make_tiny_assets,

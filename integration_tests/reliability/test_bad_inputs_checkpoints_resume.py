@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tune.checkpoint.training_state as training_state
-from tune.recipes.sft_testing import read_metrics
+from tune.recipes.testing.sft import read_metrics
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 
 pytestmark = pytest.mark.integration

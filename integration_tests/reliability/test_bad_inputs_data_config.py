@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tune.recipes.sft_testing import TinyAssets, clean_env, run_launch, tune_command
+from tune.recipes.testing.sft import TinyAssets, clean_env, run_launch, tune_command
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tune.recipes.sft_testing import read_metrics, run_and_signal_rank
+from tune.recipes.testing.sft import read_metrics, run_and_signal_rank
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 

@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tune.recipes.grpo.testing import ArithmeticAssets, grpo_overrides, make_arithmetic_assets
-from tune.recipes.preference.testing import preference_overrides, write_preference_data
-from tune.recipes.sft_testing import (
+from tune.recipes.testing.grpo import ArithmeticAssets, grpo_overrides, make_arithmetic_assets
+from tune.recipes.testing.preference import preference_overrides, write_preference_data
+from tune.recipes.testing.sft import (
     TinyAssets,
     read_metrics,
     run_and_kill_at,

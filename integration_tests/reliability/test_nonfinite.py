@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from tune.recipes.sft_testing import read_metrics
+from tune.recipes.testing.sft import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tune.recipes.sft_testing import read_metrics
+from tune.recipes.testing.sft import read_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed, pytest.mark.slow]
 

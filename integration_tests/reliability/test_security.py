@@ -22,7 +22,7 @@ from tune.checkpoint import CheckpointManager, load_hf_checkpoint
 from tune.checkpoint.commit import MANIFEST_NAME, write_manifest
 from tune.recipes.config import ConfigError, load_config
 from tune.recipes.sft.config import SFTConfig
-from tune.recipes.sft_testing import clean_env, read_metrics, tune_command
+from tune.recipes.testing.sft import clean_env, read_metrics, tune_command
 
 pytestmark = pytest.mark.integration
 

@@ -69,6 +69,6 @@ def sft_yaml(sft_dirs: dict[str, Path]):
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A tiny random Llama checkpoint (NF4-friendly sizes) and 240 instruction rows."""
-    from tune.recipes.sft_testing import make_tiny_assets
+    from tune.recipes.testing.sft import make_tiny_assets
 
     return make_tiny_assets(tmp_path_factory.mktemp("sft_assets"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tune.data.synthetic import synthetic_instruction_rows
-from tune.recipes.sft_testing import TinyAssets, read_metrics, run_to_end
+from tune.recipes.testing.sft import TinyAssets, read_metrics, run_to_end
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 
 STEPS = 3

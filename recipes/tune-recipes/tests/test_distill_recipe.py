@@ -14,7 +14,7 @@ import torch
 from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.distill.config import DistillConfig
-from tune.recipes.sft_testing import (
+from tune.recipes.testing.sft import (
     TinyAssets,
     read_metrics,
     run_sft_in_process,
@@ -204,7 +204,7 @@ def test_bad_teacher_dir_fails_before_training(
 def test_kill9_then_resume_through_the_cli_is_bit_identical(
     tiny_assets: TinyAssets, teacher_student: dict, tmp_path: Path
 ) -> None:
-    from tune.recipes.sft_testing import run_and_kill_at
+    from tune.recipes.testing.sft import run_and_kill_at
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "tune.recipes", "run", "distill", "--config",

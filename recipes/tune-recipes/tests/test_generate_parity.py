@@ -12,7 +12,7 @@ from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run
-from tune.recipes.sft_testing import TinyAssets, make_tiny_assets, run_sft_in_process, sft_overrides
+from tune.recipes.testing.sft import TinyAssets, make_tiny_assets, run_sft_in_process, sft_overrides
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

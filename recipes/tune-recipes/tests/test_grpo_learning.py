@@ -20,8 +20,8 @@ from tune.data import PromptAnswerBuilder, Tokenizer
 from tune.recipes.common.model_loading import load_pretrained
 from tune.recipes.common.rollout_backend import BuiltinGenerationBackend, SamplingSettings
 from tune.recipes.grpo.rollouts import held_out_accuracy
-from tune.recipes.grpo.testing import grpo_overrides, make_arithmetic_assets, run_grpo_in_process
-from tune.recipes.sft_testing import read_metrics, run_sft_in_process
+from tune.recipes.testing.grpo import grpo_overrides, make_arithmetic_assets, run_grpo_in_process
+from tune.recipes.testing.sft import read_metrics, run_sft_in_process
 
 GRPO_STEPS = 40
 

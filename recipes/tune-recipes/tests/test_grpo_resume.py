@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.grpo.testing import (
+from tune.recipes.testing.grpo import (
     ArithmeticAssets,
     grpo_command,
     grpo_overrides,
     make_arithmetic_assets,
 )
-from tune.recipes.sft_testing import read_metrics, run_and_kill_at, run_to_end
+from tune.recipes.testing.sft import read_metrics, run_and_kill_at, run_to_end
 
 STEPS = 5
 TIMEOUT = 240

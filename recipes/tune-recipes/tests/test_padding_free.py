@@ -12,7 +12,7 @@ from tune.data import remove_padding
 from tune.recipes.cli import main
 from tune.recipes.common import padding_free as padding_free_module
 from tune.recipes.common.padding_free import padding_free_batch, resolve_padding_free
-from tune.recipes.sft_testing import TinyAssets, read_metrics, sft_overrides
+from tune.recipes.testing.sft import TinyAssets, read_metrics, sft_overrides
 
 STEPS = 6
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

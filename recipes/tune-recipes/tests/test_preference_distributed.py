@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.preference.testing import (
+from tune.recipes.testing.preference import (
     preference_command,
     preference_overrides,
     write_preference_data,
 )
-from tune.recipes.sft_testing import TinyAssets, read_metrics, run_to_end
+from tune.recipes.testing.sft import TinyAssets, read_metrics, run_to_end
 
 STEPS = 3
 TIMEOUT = 300

@@ -13,12 +13,12 @@ import torch
 
 import tune.recipes.common.finetune_method as finetune_method
 import tune.recipes.preference.loop as loop
-from tune.recipes.preference.testing import (
+from tune.recipes.testing.preference import (
     preference_overrides,
     run_preference_in_process,
     write_preference_data,
 )
-from tune.recipes.sft_testing import TinyAssets, read_metrics
+from tune.recipes.testing.sft import TinyAssets, read_metrics
 
 
 @pytest.fixture(scope="module")

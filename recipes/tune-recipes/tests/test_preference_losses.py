@@ -16,12 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tune.recipes.common.finetune_method as finetune_method
 import tune.recipes.preference.loop as loop
-from tune.recipes.preference.testing import (
+from tune.recipes.testing.preference import (
     preference_overrides,
     run_preference_in_process,
     write_preference_data,
 )
-from tune.recipes.sft_testing import NF4_FRIENDLY_SIZES, TinyAssets, read_metrics
+from tune.recipes.testing.sft import NF4_FRIENDLY_SIZES, TinyAssets, read_metrics
 from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 from tune.train import (
     dpo_loss,

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from tune.recipes.common.train_state import ResumeMismatchError
-from tune.recipes.preference.testing import (
+from tune.recipes.testing.preference import (
     preference_command,
     preference_overrides,
     run_preference_in_process,
     write_preference_data,
 )
-from tune.recipes.sft_testing import TinyAssets, read_metrics, run_and_kill_at, run_to_end
+from tune.recipes.testing.sft import TinyAssets, read_metrics, run_and_kill_at, run_to_end
 
 STEPS = 8
 TIMEOUT = 240

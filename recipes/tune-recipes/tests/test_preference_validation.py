@@ -17,9 +17,9 @@ from tune.recipes.config import (
     validate_config,
 )
 from tune.recipes.preference import PreferenceConfig
-from tune.recipes.preference.testing import unpaired_rows
 from tune.recipes.preference.unpaired import UnpairedBuilder, UnpairedLoader
-from tune.recipes.sft_testing import TinyAssets
+from tune.recipes.testing.preference import unpaired_rows
+from tune.recipes.testing.sft import TinyAssets
 
 CONFIG_DIR = Path(tune.recipes.__file__).parent / "configs" / "preference"
 TINY = CONFIG_DIR / "tiny_cpu_dpo_lora.yaml"

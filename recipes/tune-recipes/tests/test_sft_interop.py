@@ -10,7 +10,7 @@ import torch
 from tune.checkpoint import load_peft_adapter as read_peft_dir
 from tune.peft import load_peft_adapter
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.sft_testing import TinyAssets, run_sft_in_process, sft_overrides
+from tune.recipes.testing.sft import TinyAssets, run_sft_in_process, sft_overrides
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -12,7 +12,7 @@ import torch
 
 from tune.quant import is_quantized_weight
 from tune.recipes.common.qat_outputs import load_quantized_output
-from tune.recipes.sft_testing import TinyAssets
+from tune.recipes.testing.sft import TinyAssets
 
 # Each rank: load the base, prepare QAT (exclude output), shard with FSDP2 (or not, with one
 # process), then write the quantized directory (a collective when sharded).

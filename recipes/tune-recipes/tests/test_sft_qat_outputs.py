@@ -30,7 +30,7 @@ from tune.recipes.common.data_loading import (
 from tune.recipes.common.finetune_method import lora_config_from, prepare_for_method
 from tune.recipes.common.model_loading import load_pretrained
 from tune.recipes.common.qat_outputs import load_quantized_output, write_quantized_output
-from tune.recipes.sft_testing import TinyAssets, run_sft_in_process, sft_overrides
+from tune.recipes.testing.sft import TinyAssets, run_sft_in_process, sft_overrides
 from tune.train.steps.token import evaluate_token_loss as evaluate
 from tune.train.steps.token import micro_batch_loss
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tune.recipes.cli import main
-from tune.recipes.sft_testing import (
+from tune.recipes.testing.sft import (
     TinyAssets,
     read_metrics,
     run_to_end,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.sft_testing import (
+from tune.recipes.testing.sft import (
     TinyAssets,
     read_metrics,
     run_and_kill_at,

@@ -1,4 +1,6 @@
-"""Test helpers shipped with the package: a trivial recipe and a CLI runner.
+"""Test helpers shipped with the package, in one place: a trivial recipe and a CLI runner here;
+tiny checkpoints, data and launch/fault helpers per recipe in ``testing.sft``,
+``testing.preference`` and ``testing.grpo``.
 
 Used by this package's tests and the integration tests; nothing here is needed at run time.
 """

@@ -1,6 +1,6 @@
 """Helpers for tests of the ``preference`` recipe: preference data files, runs, commands.
 
-Shipped next to ``tune.recipes.sft_testing`` so integration tests share one way to make a run;
+Shipped next to ``tune.recipes.testing.sft`` so integration tests share one way to make a run;
 nothing here is used at training time.
 """
 

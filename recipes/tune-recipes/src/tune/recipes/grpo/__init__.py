@@ -2,7 +2,6 @@
 device or many)."""
 
 from tune.recipes.grpo.config import (
-    GRPOCheckpointConfig,
     GRPOConfig,
     GRPOTrainingConfig,
     HeldOutEvalConfig,
@@ -21,7 +20,6 @@ recipe = Recipe(
 )
 
 __all__ = [
-    "GRPOCheckpointConfig",
     "GRPOConfig",
     "GRPOTrainingConfig",
     "HeldOutEvalConfig",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tune.recipes.common.config_sections import (
+    CheckpointConfig,
     DistributedConfig,
     LoggingConfig,
     LoRAConfig,
@@ -155,31 +156,6 @@ class HeldOutEvalConfig:
 
 
 @dataclass
-class GRPOCheckpointConfig:
-    """What is written, and resuming.
-
-    Args:
-        output_dir: run directory (step directories, final HF/PEFT directories, config).
-        save_every_n_steps: training-state checkpoint interval (null: only at the end).
-        keep_last_n: step directories kept.
-        resume: ``auto`` (latest step in output_dir, if any), ``never``, or a step directory.
-        save_merged: also write the base with adapters merged as an HF directory.
-        save_adapter: write a PEFT adapter directory (adapter methods).
-        resume_overrides: settings that may differ from the checkpoint's when resuming
-            (``[training.optimizer.lr, training.max_steps]``); they are applied, logged and
-            recorded. Any other changed setting is refused, naming it.
-    """
-
-    output_dir: str = "outputs/grpo"
-    save_every_n_steps: int | None = None
-    keep_last_n: int = 2
-    resume: str = "auto"
-    save_merged: bool = False
-    save_adapter: bool = True
-    resume_overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
 class GRPOConfig:
     """GRPO with verifiable rewards: everything one run needs.
 
@@ -206,7 +182,9 @@ class GRPOConfig:
     rewards: list[RewardConfig] = field(default_factory=_default_rewards)
     training: GRPOTrainingConfig = field(default_factory=GRPOTrainingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    checkpointing: GRPOCheckpointConfig = field(default_factory=GRPOCheckpointConfig)
+    checkpointing: CheckpointConfig = field(
+        default_factory=lambda: CheckpointConfig(output_dir="outputs/grpo")
+    )
     eval: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -226,7 +204,6 @@ class GRPOConfig:
 
 
 __all__ = [
-    "GRPOCheckpointConfig",
     "GRPOConfig",
     "GRPOTrainingConfig",
     "HeldOutEvalConfig",

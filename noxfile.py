@@ -21,11 +21,14 @@ nox.options.error_on_external_run = True
 
 ROOT = Path(__file__).parent.resolve()
 CONSTRAINTS = str(ROOT / "ci" / "constraints.txt")
-LIBRARIES = ["models", "peft", "data", "dist", "quant", "checkpoint", "train"]
+LIBRARIES = ["models", "peft", "data", "dist", "quant", "checkpoint", "train", "config"]
 PACKAGE_DIRS: dict[str, Path] = {name: ROOT / "packages" / f"tune-{name}" for name in LIBRARIES}
 PACKAGE_DIRS["recipes"] = ROOT / "recipes" / "tune-recipes"
 PACKAGE_DIRS["all"] = ROOT / "packages" / "tune-all"
 TESTED_PACKAGES = [*LIBRARIES, "recipes"]
+# The recipe-level test helpers (tune_testing): never published, installed only by the sessions
+# whose tests, benchmarks or examples import them, never into a library's isolated session.
+TESTING_DIR = str(ROOT / "testing")
 
 # Byte-compiling torch on install costs ~20 s per venv; modules compile lazily on import instead.
 SESSION_ENV = {"PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
@@ -105,7 +108,7 @@ def tests(session: nox.Session, package: str) -> None:
         # The assembly package depends on every library: install them all from local wheels.
         wheels = _build_wheels(session, [*LIBRARIES, "recipes"])
         _install(session, *[w for n, w in wheels.items() if n != "recipes"])
-        _install(session, f"{wheels['recipes']}[test]")
+        _install(session, f"{wheels['recipes']}[test]", TESTING_DIR)
     else:
         wheels = _build_wheels(session, [package])
         _install(session, f"{wheels[package]}[test]")
@@ -153,7 +156,7 @@ def typecheck(session: nox.Session) -> None:
         "tqdm",
     )
     packages = [arg for name in [*LIBRARIES, "recipes"] for arg in ("-p", f"tune.{name}")]
-    session.run("mypy", *packages)
+    session.run("mypy", *packages, "-p", "tune_testing")
 
 
 @nox.session
@@ -165,6 +168,7 @@ def integration(session: nox.Session) -> None:
         *[f"{w}[test]" for n, w in wheels.items() if n not in ("all", "recipes")],
         f"{wheels['recipes']}[test,eval]",  # eval: the lm-evaluation-harness adapter
         wheels["all"],
+        TESTING_DIR,
         "matplotlib>=3.8",  # the demo's loss curve
     )
     session.run(
@@ -219,7 +223,12 @@ def _torchtune_venv(session: nox.Session) -> Path:
 def bench(session: nox.Session) -> None:
     """Throughput and memory benchmarks (ratios, not pass/fail); results land in bench_results/."""
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
-    _install(session, *[f"{w}[test]" for n, w in wheels.items() if n != "all"], "matplotlib>=3.8")
+    _install(
+        session,
+        *[f"{w}[test]" for n, w in wheels.items() if n != "all"],
+        TESTING_DIR,
+        "matplotlib>=3.8",
+    )
     env = dict(RUN_ENV)
     if not session.posargs or any("peers" in arg for arg in session.posargs):
         env["TUNE_BENCH_TORCHTUNE_PYTHON"] = str(_torchtune_venv(session))

@@ -34,10 +34,11 @@ import torch
 from demo_eval import Answer, Answerer, exact_match
 from demo_tasks import as_chat, facts
 
-from tune.recipes.common.data_loading import split_source
+from tune.data import split_source
 from tune.recipes.config import load_config
 from tune.recipes.sft.config import SFTConfig
 from tune.recipes.sft.loop import run
+from tune.train.loggers import read_jsonl_metrics
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BASE = HERE / "assets" / "demo-base"
@@ -73,18 +74,6 @@ def write_chat_data(path: Path) -> int:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return len(rows)
-
-
-def read_metrics(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(training loss, validation loss) as (step, value) lists from a run's metrics.jsonl."""
-    train, val = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            train.append((record["step"], record["loss"]))
-        if "val_loss" in record:
-            val.append((record["step"], record["val_loss"]))
-    return train, val
 
 
 def plot_losses(train: list[tuple[int, float]], val: list[tuple[int, float]], path: Path) -> Path:
@@ -190,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
 
     banner(f"3. LoRA fine-tuning with the sft recipe ({config.training.max_steps} steps)")
     summary = run(config)
-    train_curve, val_curve = read_metrics(run_dir / "metrics.jsonl")
+    train_curve, val_curve = (
+        sorted(read_jsonl_metrics(run_dir / "metrics.jsonl", key).items())
+        for key in ("loss", "val_loss")
+    )
 
     banner("4. after fine-tuning: the merged model on the held-out facts")
     model_dir, adapter_dir = Path(summary["model_dir"]), Path(summary["adapter_dir"])

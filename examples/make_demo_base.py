@@ -3,7 +3,7 @@
     python examples/make_demo_base.py                      # writes examples/assets/demo-base
 
 1. A random-weight Llama-architecture checkpoint with a byte-level BPE tokenizer (chatml
-   template) trained on the task text (``tune.recipes.tiny_checkpoint``).
+   template) trained on the task text (``tune_testing.make_tiny_checkpoint``).
 2. Full-parameter pre-training with the ``sft`` recipe (``data.format=text``, packed) on plain-text
    pages that state every fact of the demo's task in six plain-text layouts ("Question: ... /
    Answer: ...", "Q: ... / A: ...", ...; see demo_tasks.py). No chat template appears in the
@@ -36,7 +36,7 @@ from demo_tasks import TEXT_LAYOUTS, as_text, facts, pretraining_documents
 from tune.recipes.config import load_config
 from tune.recipes.sft.config import SFTConfig
 from tune.recipes.sft.loop import run
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune_testing import make_tiny_checkpoint
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DEST = HERE / "assets" / "demo-base"

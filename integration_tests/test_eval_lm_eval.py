@@ -23,7 +23,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from tune.data.synthetic import write_jsonl  # noqa: E402
 from tune.recipes.eval.lm_eval_adapter import TuneLM  # noqa: E402
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+from tune_testing import make_tiny_checkpoint  # noqa: E402
 
 QUESTIONS = [
     {"question": "What is 2 + 3?", "choices": ["5", "6", "23"], "label": 0, "answer": "5"},

@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tune.data.synthetic import synthetic_instruction_rows
+from tune.data.synthetic import synthetic_instruction_rows, write_preference_data
 from tune.recipes.cli import main as tune_main
-from tune.recipes.testing.grpo import make_arithmetic_assets
-from tune.recipes.testing.preference import write_preference_data
-from tune.recipes.testing.sft import NF4_FRIENDLY_SIZES, TinyAssets, make_tiny_assets, read_metrics
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import (
+    NF4_FRIENDLY_SIZES,
+    TinyAssets,
+    make_arithmetic_assets,
+    make_tiny_assets,
+    make_tiny_checkpoint,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +76,7 @@ def _recipe_losses(recipe: str, config: str, out: Path, *overrides: str) -> list
     argv = ["run", recipe, "--config", config, f"checkpointing.output_dir={out}", *COMMON,
             *overrides]  # fmt: skip
     assert tune_main(argv) == 0
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     assert sorted(losses) == list(range(1, STEPS + 1))
     return [losses[s] for s in range(1, STEPS + 1)]
 
@@ -118,11 +122,11 @@ def test_grpo_loop_equals_the_grpo_recipe(assets: TinyAssets, tmp_path: Path) ->
     task = make_arithmetic_assets(tmp_path / "arith", num_rows=96, held_out_rows=8)
     expected = _recipe_losses(
         "grpo", "grpo/tiny_cpu", tmp_path / "recipe",
-        f"model.checkpoint_dir={assets.checkpoint_dir}", f"data.source={task.train_file}",
+        f"model.checkpoint_dir={assets.checkpoint_dir}", f"data.source={task.data_file}",
         "training.updates_per_rollout=1", "training.optimizer.lr=5e-4",
     )  # fmt: skip
     losses = _example_losses(
-        "grpo_loop.py", "--checkpoint", str(assets.checkpoint_dir), "--data", str(task.train_file),
+        "grpo_loop.py", "--checkpoint", str(assets.checkpoint_dir), "--data", str(task.data_file),
         "--lr", "5e-4",
     )  # fmt: skip
     assert losses == pytest.approx(expected, rel=1e-5, abs=1e-7)

@@ -77,14 +77,9 @@ def non_padding_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 def dump_batches(model_dir: Path, data_file: Path, packing: bool, steps: int, path: Path) -> None:
     """Save the first ``steps`` batches of the recipe's training loader (same args as the recipe)."""
-    from tune.recipes.common.data_loading import (
-        build_sample_builder,
-        load_tokenizer,
-        make_loader,
-        split_source,
-    )
+    from tune.data import Tokenizer, build_sample_builder, make_loader, split_source
 
-    tok = load_tokenizer(model_dir)
+    tok = Tokenizer.from_dir(model_dir)
     builder = build_sample_builder(
         tok, "instruction", column_map={}, chat_template=None, train_on_input=False
     )

@@ -39,17 +39,17 @@ class DigestingLoader:
 def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
     single_thread()
-    import tune.recipes.sft.loop as sft_loop
-    from tune.recipes.testing.sft import run_sft_in_process
+    import tune.recipes.common.token_data as token_data  # where the sft recipe builds loaders
+    from tune_testing import run_in_process
 
     digests: list[str] = []
-    make_loader = sft_loop.make_loader
+    make_loader = token_data.make_loader
 
     def digesting_make_loader(*a: Any, **kw: Any) -> Any:
         loader = make_loader(*a, **kw)
         return DigestingLoader(loader, digests) if kw.get("endless") else loader
 
-    sft_loop.make_loader = digesting_make_loader
+    token_data.make_loader = digesting_make_loader
     saved = load_batches(args.fixture, args.packed, args.steps)
     out = args.work_dir / "run"
     shutil.rmtree(out, ignore_errors=True)  # the jsonl logger appends to an existing file
@@ -62,7 +62,7 @@ def main() -> None:
         f"checkpointing.output_dir={out}",
     ]
     start = time.perf_counter()
-    run_sft_in_process(str(CONFIG), overrides)
+    run_in_process("sft", str(CONFIG), overrides)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = sorted((r for r in records if "loss" in r), key=lambda r: r["step"])
     if digests != saved["digests"]:

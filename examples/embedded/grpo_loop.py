@@ -4,9 +4,10 @@
     python examples/embedded/grpo_loop.py --checkpoint <hf dir> --data arithmetic.jsonl --steps 5
 
 Rows are `{"prompt", "answer"}`. Each step samples a group of completions per prompt with the
-live policy (tune.models' `generate`), scores them with tune.train's rewards (the last integer
-equals the answer; `Answer: <n>` format), turns the rewards into group-normalised advantages and
-takes one clipped policy-gradient step (tune.train's GRPO step). Prints one JSON line per step.
+live policy (tune.models' `generate`, passed to tune.train.rl's `PolicyGenerationBackend`), scores
+them with tune.train.rl's rewards (the last integer equals the answer; `Answer: <n>` format), turns
+the rewards into group-normalised advantages (`sample_and_score`) and takes one clipped
+policy-gradient step (`policy_backward`). Prints one JSON line per step.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from tune.checkpoint import load_hf_checkpoint
 from tune.data import PromptAnswerBuilder, StreamingLoader, Tokenizer, load_source
 from tune.models import generate, model_from_checkpoint_dir
 from tune.train import GradientAccumulator, clip_grad_norm, constant_schedule_with_warmup
-from tune.train.steps.grpo import (
+from tune.train.rl import (
+    PolicyGenerationBackend,
     PolicyLossSettings,
-    RolloutBatch,
+    SamplingSettings,
+    answer_format,
+    exact_answer,
     policy_backward,
-    rollout_advantages,
-    rollout_tensors,
+    prompt_rows,
+    sample_and_score,
     sampling_seed,
+    weighted_reward,
 )
-from tune.train.steps.rewards import RewardInputs, answer_format, exact_answer
 
-REWARDS = ((exact_answer, 1.0), (answer_format, 0.1))  # (function, weight)
+REWARDS = [weighted_reward(exact_answer), weighted_reward(answer_format, weight=0.1)]
 
 
 def main() -> None:
@@ -61,7 +65,9 @@ def main() -> None:
         rows, PromptAnswerBuilder(tokenizer), batch_size=args.prompts, max_seq_len=128,
         truncation="drop", seed=args.seed, shuffle=True, epochs=None, drop_last=True,
     )  # fmt: skip
-    stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    stops = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    sampling = SamplingSettings(args.max_new_tokens, temperature=1.0, stop_tokens=stops)
+    backend = PolicyGenerationBackend(model, generate, pad_id=tokenizer.pad_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = constant_schedule_with_warmup(optimizer, warmup_steps=0)
     accumulator = GradientAccumulator()  # the unit is the completion token
@@ -70,42 +76,22 @@ def main() -> None:
     batches = iter(loader)
     for step in range(args.steps):
         batch = next(batches)
-        prompts = [row[mask.bool()].tolist() for row, mask in zip(batch["tokens"],
-                   batch["attention_mask"], strict=True)]  # fmt: skip
-        repeated = [prompt for prompt in prompts for _ in range(args.group)]
-        generator = torch.Generator().manual_seed(sampling_seed(args.seed, step, rank=0))
-        with torch.no_grad():
-            sampled = generate(model, repeated, max_new_tokens=args.max_new_tokens,
-                               temperature=1.0, stop_tokens=stops, pad_id=tokenizer.pad_id,
-                               generator=generator)  # fmt: skip
-        completions = [_cut_at_stop(row, stops) for row in sampled]
-        inputs = RewardInputs(
-            prompts=[tokenizer.decode(q) for q in prompts for _ in range(args.group)],
-            completions=[tokenizer.decode(c, skip_special_tokens=True) for c in completions],
-            answers=[a for a in batch["answers"] for _ in range(args.group)],
-            completion_tokens=[len(c) for c in completions],
-        )
-        rewards = sum(w * torch.tensor(fn(inputs), dtype=torch.float32) for fn, w in REWARDS)
-        tokens, labels = rollout_tensors(repeated, completions, tokenizer.pad_id)
-        advantages = rollout_advantages(rewards, args.group, scale_by_std=True)
+        scored = sample_and_score(
+            backend, tokenizer, prompt_rows(batch), batch["answers"], group_size=args.group,
+            sampling=sampling, seed=sampling_seed(args.seed, step, rank=0), rewards=REWARDS,
+            scale_rewards=True, pad_id=tokenizer.pad_id,
+        )  # fmt: skip
         update = policy_backward(
-            model, RolloutBatch(tokens, labels, advantages), settings=settings,
-            micro_batch_size=args.micro_batch, accumulator=accumulator,
+            model, scored.batch, settings=settings, micro_batch_size=args.micro_batch,
+            accumulator=accumulator,
         )  # fmt: skip
         clip_grad_norm(list(model.parameters()), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": update["loss"], "reward": float(rewards.mean())}
+        record = {"step": step + 1, "loss": update["loss"],
+                  "reward": float(scored.total_reward.mean())}  # fmt: skip
         print(json.dumps(record), flush=True)
-
-
-def _cut_at_stop(tokens: list[int], stops: list[int]) -> list[int]:
-    """``tokens`` up to and including the first stop token."""
-    for i, token in enumerate(tokens):
-        if token in stops:
-            return tokens[: i + 1]
-    return tokens
 
 
 if __name__ == "__main__":

@@ -21,17 +21,20 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tune.data.synthetic import write_jsonl
+from tune.data.synthetic import write_jsonl, write_preference_data
 from tune.recipes.cli import main
-from tune.recipes.testing.grpo import ArithmeticAssets, grpo_overrides, make_arithmetic_assets
-from tune.recipes.testing.preference import preference_overrides, write_preference_data
-from tune.recipes.testing.sft import TinyAssets, make_tiny_assets, sft_overrides
+from tune_testing import (
+    TinyAssets,
+    make_arithmetic_assets,
+    make_tiny_assets,
+    tiny_overrides,
+)
 
 QUIET = ["logging.progress_bar=false", "logging.loggers=[jsonl]"]
 # One optimizer step of the sft-shaped recipes, no merged export.
@@ -171,7 +174,7 @@ class Assets:
 
     sft: TinyAssets
     paired: Path
-    arithmetic: ArithmeticAssets
+    arithmetic: TinyAssets
 
     @property
     def base(self) -> Path:
@@ -181,17 +184,18 @@ class Assets:
         """``run <recipe> --config <tiny config> <overrides>`` writing to ``out``."""
         ckpt = base or self.base
         if recipe == "sft":
-            config, overrides = "sft/tiny_cpu_lora", sft_overrides(self.sft, out)
+            config, overrides = "sft/tiny_cpu_lora", tiny_overrides(self.sft, out)
             overrides = [*overrides, f"model.checkpoint_dir={ckpt}"]
         elif recipe == "preference":
             config = "preference/tiny_cpu_dpo_lora"
-            overrides = preference_overrides(ckpt, self.paired, out)
+            overrides = tiny_overrides(TinyAssets(ckpt, self.paired), out)
         elif recipe == "distill":
-            config, overrides = "distill/tiny_cpu_lora", sft_overrides(self.sft, out)
+            config, overrides = "distill/tiny_cpu_lora", tiny_overrides(self.sft, out)
             overrides = [*overrides, f"model.checkpoint_dir={ckpt}"]
             overrides.append(f"teacher.checkpoint_dir={self.base}")
         elif recipe == "grpo":
-            config, overrides = "grpo/tiny_cpu", grpo_overrides(ckpt, self.arithmetic, out)
+            config = "grpo/tiny_cpu"
+            overrides = tiny_overrides(replace(self.arithmetic, checkpoint_dir=ckpt), out)
         else:
             raise ValueError(recipe)
         return ["run", recipe, "--config", config, *overrides, *QUIET, *extra]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tune.checkpoint import CheckpointManager
-from tune.recipes.testing.sft import clean_env
+from tune.dist.testing import clean_env
 
 from .conftest import SHORT, Assets, Expect, tree_digest, tune_cli
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
+from tune.recipes.commands.run import rank_argv
 from tune.recipes.discovery import find_config
-from tune.recipes.launch import build_torchrun_argv
 
 from .conftest import SHORT, Assets, Expect, tune_cli
 
@@ -29,7 +29,7 @@ DANGEROUS = [
     "pickle:loads",
     "shutil:rmtree",
     "tune.train.loggers.redaction:os.system",
-    "tune.recipes.config.imports:importlib.import_module",
+    "tune.config.imports:importlib.import_module",
 ]
 FIELDS = {
     "training.optimizer.name": "{}",
@@ -145,10 +145,10 @@ def test_a_star_never_crosses_a_dot_or_colon(
     ("target", "pattern", "reason"),
     [
         ("os:system", "os:system", "not a class or function defined in 'os'"),
-        ("tune.recipes.config.imports:os", "tune.recipes.config.imports:*", "is a module"),
+        ("tune.config.imports:os", "tune.config.imports:*", "is a module"),
         (
-            "tune.recipes.config.imports:importlib.import_module",
-            "tune.recipes.config.imports:*.*",
+            "tune.config.imports:importlib.import_module",
+            "tune.config.imports:*.*",
             "is a module",
         ),
         ("torch.optim:_functional", "torch.optim:*", "private name"),
@@ -177,5 +177,5 @@ def test_the_command_line_allow_list_reaches_the_running_recipe(
     monkeypatch.setenv("TUNE_ALLOW_IMPORTS", "torch.optim:Adagrad")
     status, err = tune_cli([*argv[:-2], "checkpointing.resume=never"])
     assert status == 0, err
-    ranks = build_torchrun_argv(["--nproc-per-node=2"], "sft", "c.yaml", [], ["torch.optim:*"])
+    ranks = rank_argv(["--nproc-per-node=2"], "sft", "c.yaml", [], ["torch.optim:*"])
     assert ranks[-2:] == ["--allow-import", "torch.optim:*"]

@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 
-from tune.recipes.testing.sft import (
+from tune.dist.testing import clean_env, run_launch
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import (
     TinyAssets,
-    clean_env,
     make_tiny_assets,
-    read_metrics,
-    run_launch,
-    run_sft_in_process,
-    sft_overrides,
+    run_in_process,
+    tiny_overrides,
     tune_command,
 )
 
@@ -162,7 +161,7 @@ class Runs:
 
     def overrides(self, out: Path, *extra: str) -> list[str]:
         """8 steps, a save every 2, LoRA dropout on (so the RNG state matters), no validation."""
-        return sft_overrides(
+        return tiny_overrides(
             self.assets, out, f"training.max_steps={self.steps}",
             f"checkpointing.save_every_n_steps={self.save_every}",
             "checkpointing.save_merged=false", "eval.every_n_steps=null",
@@ -177,13 +176,11 @@ class Runs:
         several ranks cannot resume yet (see test_crash_resume.py).
         """
         overrides = self.overrides(out, "training.method=full", *extra)
-        command = tune_command("sft/tiny_cpu_lora_2proc", overrides, nproc)
-        command.insert(command.index("--nproc-per-node"), "--standalone")  # a free port each
-        return command
+        return tune_command("sft", "sft/tiny_cpu_lora_2proc", overrides, nproc)
 
     def one_process(self, out: Path, *extra: str) -> list[str]:
         """``tune run sft --config sft/tiny_cpu_lora ...`` in one process."""
-        return tune_command("sft/tiny_cpu_lora", self.overrides(out, *extra))
+        return tune_command("sft", "sft/tiny_cpu_lora", self.overrides(out, *extra))
 
     def launch(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> Any:
         """Run a launch to its end under the hard timeout (returns the completed process)."""
@@ -207,7 +204,7 @@ def reference(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     """The uninterrupted 2-rank run: per-step losses and its output directory."""
     out = tmp_path_factory.mktemp("reference") / "run"
     runs.launch_ok(runs.multi_rank(out), out.parent / "stderr.txt")
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     assert sorted(losses) == list(range(1, STEPS + 1))
     return {"losses": losses, "out": out}
 
@@ -234,7 +231,7 @@ class InProcess:
 
     def overrides(self, *extra: str) -> list[str]:
         """Two steps, no saves, no validation: enough to reach step 0."""
-        return sft_overrides(
+        return tiny_overrides(
             self.runs.assets, self.out, "training.max_steps=2",
             "checkpointing.save_every_n_steps=null", "checkpointing.save_merged=false",
             "eval.every_n_steps=null", "eval.before_training=false",
@@ -243,13 +240,13 @@ class InProcess:
 
     def run(self, *extra: str, config: str = "sft/tiny_cpu_lora") -> dict[str, Any]:
         """Run to the end; returns the loop's summary."""
-        return run_sft_in_process(config, self.overrides(*extra))
+        return run_in_process("sft", config, self.overrides(*extra))
 
     def fails(self, *extra: str, config: str = "sft/tiny_cpu_lora") -> BaseException:
         """Run, expecting an exception before any optimizer step; returns it."""
         with pytest.raises(Exception) as info:
             self.run(*extra, config=config)
-        assert read_metrics(self.out / "metrics.jsonl") == {}, "a step ran before the error"
+        assert read_jsonl_metrics(self.out / "metrics.jsonl") == {}, "a step ran before the error"
         return info.value
 
 

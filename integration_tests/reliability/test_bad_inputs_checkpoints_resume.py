@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tune.checkpoint.training_state as training_state
-from tune.recipes.testing.sft import read_metrics
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import make_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -286,7 +286,7 @@ def test_disk_full_during_a_save_keeps_the_previous_step_and_resumes_exactly(
     steps = sorted(p.name for p in (in_process.out / "checkpoints").iterdir())
     assert steps == [".step_3.tmp", "step_1", "step_2"]
     in_process.run(*every)  # same command, nothing cleaned by hand
-    assert read_metrics(in_process.out / "metrics.jsonl") == read_metrics(
+    assert read_jsonl_metrics(in_process.out / "metrics.jsonl") == read_jsonl_metrics(
         reference.out / "metrics.jsonl"
     )
     assert not any(p.name.startswith(".") for p in (in_process.out / "checkpoints").iterdir())

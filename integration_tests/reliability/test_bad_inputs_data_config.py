@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tune.recipes.testing.sft import TinyAssets, clean_env, run_launch, tune_command
+from tune.dist.testing import clean_env, run_launch
+from tune_testing import TinyAssets, tune_command
 
 pytestmark = pytest.mark.integration
 
@@ -268,7 +269,11 @@ def test_bad_yaml_syntax_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("recipe: sft\nmodel:\n  checkpoint_dir: [unclosed\n")
     result = subprocess.run(
-        tune_command(str(path), []), capture_output=True, text=True, timeout=120, env=clean_env()
+        tune_command("sft", str(path), []),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -280,7 +285,11 @@ def test_config_for_another_recipe_fails(tmp_path: Path) -> None:
     path = tmp_path / "gen.yaml"
     path.write_text(yaml.safe_dump({"recipe": "generate"}))
     result = subprocess.run(
-        tune_command(str(path), []), capture_output=True, text=True, timeout=120, env=clean_env()
+        tune_command("sft", str(path), []),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
     )
     assert result.returncode == 2
     assert "generate" in result.stderr

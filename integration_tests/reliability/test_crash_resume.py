@@ -19,7 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tune.recipes.testing.sft import read_metrics, run_and_signal_rank
+from tune.dist.testing import run_and_signal_rank
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import last_step_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
@@ -33,7 +35,7 @@ def _max_abs_delta(losses: dict[int, float], expected: dict[int, float]) -> floa
 
 def _assert_same_run(out: Path, reference: dict[str, Any]) -> float:
     """Losses and final weights bit-identical to the reference; no scratch left. Returns max |Δ|."""
-    losses = read_metrics(out / "metrics.jsonl")  # a re-run step's later line wins
+    losses = read_jsonl_metrics(out / "metrics.jsonl")  # a re-run step's later line wins
     expected = reference["losses"]
     assert sorted(losses) == sorted(expected)
     delta = _max_abs_delta(losses, expected)
@@ -74,8 +76,8 @@ def test_five_kills_at_distinct_steps_each_resumed_bit_identically(
     for trial, step in enumerate(kill_steps):
         rank = rng.randint(0, 1)
         killed = run_and_signal_rank(
-            command, out / "metrics.jsonl", step, ranks=[rank], sig=signal.SIGKILL,
-            timeout=runs.timeout, log=tmp_path / f"killed{trial}.txt",
+            command, last_step_of(out / "metrics.jsonl"), step, ranks=[rank],
+            sig=signal.SIGKILL, timeout=runs.timeout, log=tmp_path / f"killed{trial}.txt",
         )  # fmt: skip
         assert killed.returncode != 0, "the launch survived the death of a rank"
         assert killed.signalled_at < runs.steps, "the run ended before the kill"
@@ -99,8 +101,8 @@ def test_kill9_random_rank_at_random_step_resumes_bit_identically(
     out = tmp_path / "run"
     command = runs.multi_rank(out)
     killed = run_and_signal_rank(
-        command, out / "metrics.jsonl", kill_step, ranks=[rank], sig=signal.SIGKILL,
-        timeout=runs.timeout, log=tmp_path / "killed.txt",
+        command, last_step_of(out / "metrics.jsonl"), kill_step, ranks=[rank],
+        sig=signal.SIGKILL, timeout=runs.timeout, log=tmp_path / "killed.txt",
     )  # fmt: skip
     assert killed.returncode != 0, "the launch survived the death of a rank"
     assert killed.signalled_at < runs.steps, "the run ended before the kill"
@@ -144,8 +146,8 @@ def _preempt(runs: Any, out: Path, ranks: list[int], tmp_path: Path) -> Any:
     """SIGTERM ``ranks`` once step 3 is logged; the run must end within 40 s of the signal."""
     try:
         return run_and_signal_rank(
-            runs.multi_rank(out), out / "metrics.jsonl", 3, ranks=ranks, sig=signal.SIGTERM,
-            timeout=runs.timeout, log=tmp_path / "stopped.txt", grace=40.0,
+            runs.multi_rank(out), last_step_of(out / "metrics.jsonl"), 3, ranks=ranks,
+            sig=signal.SIGTERM, timeout=runs.timeout, log=tmp_path / "stopped.txt", grace=40.0,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail(f"ranks still running 40 s after SIGTERM to ranks {ranks} (killed)")
@@ -155,7 +157,7 @@ def _assert_preempted_then_resumed(
     runs: Any, out: Path, stopped: Any, reference: dict[str, Any], tmp_path: Path
 ) -> tuple[int, float]:
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    saved = max(s for s in read_metrics(out / "metrics.jsonl"))
+    saved = max(s for s in read_jsonl_metrics(out / "metrics.jsonl"))
     assert stopped.signalled_at <= saved <= stopped.signalled_at + 1  # within one step
     assert saved < runs.steps
     step_dir = out / "checkpoints" / f"step_{saved}"
@@ -195,4 +197,4 @@ def test_lora_two_rank_run_resumes(runs: Any, tmp_path: Path) -> None:
     result = runs.launch(runs.multi_rank(out, *lora[:1], "training.max_steps=3", "checkpointing.resume_overrides=[training.max_steps]"),
                          tmp_path / "resumed.txt")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(read_metrics(out / "metrics.jsonl")) == [1, 2, 3]
+    assert sorted(read_jsonl_metrics(out / "metrics.jsonl")) == [1, 2, 3]

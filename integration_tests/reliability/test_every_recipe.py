@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tune.recipes.testing.grpo import ArithmeticAssets, grpo_overrides, make_arithmetic_assets
-from tune.recipes.testing.preference import preference_overrides, write_preference_data
-from tune.recipes.testing.sft import (
+from tune.data.synthetic import write_preference_data
+from tune.dist.testing import run_and_kill_at, run_and_signal_rank, run_launch
+from tune_testing import (
     TinyAssets,
-    read_metrics,
-    run_and_kill_at,
-    run_and_signal_rank,
-    run_launch,
-    sft_overrides,
+    last_step_of,
+    make_arithmetic_assets,
+    tiny_overrides,
+    tune_command,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
@@ -57,16 +56,14 @@ def _command(recipe: str, out: Path, assets: TinyAssets, inputs: dict[str, Any])
     base = assets.checkpoint_dir
     if recipe == "preference":
         config = "preference/tiny_cpu_dpo_lora"
-        overrides = [*preference_overrides(base, inputs["paired"], out), *NO_EVAL]
+        overrides = [*tiny_overrides(TinyAssets(base, inputs["paired"]), out), *NO_EVAL]
     elif recipe == "distill":
         config = "distill/tiny_cpu_lora"
-        overrides = [*sft_overrides(assets, out), f"teacher.checkpoint_dir={base}", *NO_EVAL]
+        overrides = [*tiny_overrides(assets, out), f"teacher.checkpoint_dir={base}", *NO_EVAL]
     else:
-        arithmetic: ArithmeticAssets = inputs["arithmetic"]
-        config, overrides = "grpo/tiny_cpu", grpo_overrides(base, arithmetic, out)
-    launch = ["--standalone", "--nproc-per-node", "2"]
-    return [sys.executable, "-m", "tune.recipes", "run", recipe, *launch, "--config", config,
-            *overrides, *COMMON]  # fmt: skip
+        arithmetic = replace(inputs["arithmetic"], checkpoint_dir=base)
+        config, overrides = "grpo/tiny_cpu", tiny_overrides(arithmetic, out)
+    return tune_command(recipe, config, [*overrides, *COMMON], nproc=2)
 
 
 def _losses(out: Path) -> list[tuple[int, float]]:
@@ -86,17 +83,17 @@ def test_sigterm_one_rank_then_kill9_then_resume_is_bit_identical(
     assert [s for s, _ in expected] == list(range(1, STEPS + 1))
 
     out = tmp_path / "run"
-    command = _command(recipe, out, assets, inputs)
+    command, progress = _command(recipe, out, assets, inputs), last_step_of(out / "metrics.jsonl")
     stopped = run_and_signal_rank(
-        command, out / "metrics.jsonl", 2, ranks=[1], sig=signal.SIGTERM, timeout=TIMEOUT,
+        command, progress, 2, ranks=[1], sig=signal.SIGTERM, timeout=TIMEOUT,
         log=tmp_path / "stopped.txt", grace=60.0,
     )  # fmt: skip
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    saved = max(read_metrics(out / "metrics.jsonl"))
+    saved = progress()
     assert (out / "checkpoints" / f"step_{saved}" / "manifest.json").is_file()
     assert saved < STEPS
 
-    run_and_kill_at(command, out / "metrics.jsonl", saved + 2, TIMEOUT)  # kill -9, every process
+    run_and_kill_at(command, progress, saved + 2, TIMEOUT)  # kill -9, every process
     finished = run_launch(command, TIMEOUT, tmp_path / "final.txt")
     assert finished.returncode == 0, finished.stderr[-3000:]
 

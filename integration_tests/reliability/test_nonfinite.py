@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from tune.recipes.testing.sft import read_metrics
+from tune.train.loggers import read_jsonl_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
@@ -49,8 +49,8 @@ def test_skip_leaves_parameters_and_optimizer_unchanged_and_counts(
         "training.nonfinite=skip",
     )  # fmt: skip
     runs.launch_ok(command, tmp_path / "stderr.txt", inject(f"nan:{BAD_STEP}:1"))
-    losses = read_metrics(out / "metrics.jsonl")
-    skipped = read_metrics(out / "metrics.jsonl", "skipped_steps")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
+    skipped = read_jsonl_metrics(out / "metrics.jsonl", "skipped_steps")
     assert math.isnan(losses[BAD_STEP])
     assert all(math.isfinite(losses[s]) for s in losses if s != BAD_STEP)
     assert skipped == {1: 0, 2: 0, 3: 1, 4: 1}

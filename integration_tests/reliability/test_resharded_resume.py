@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tune.recipes.testing.sft import read_metrics
+from tune.train.loggers import read_jsonl_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def two_rank_losses(runs: Any, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Per-step losses of the uninterrupted 2-rank run."""
     out = tmp_path_factory.mktemp("reshard_reference") / "run"
     runs.launch_ok(runs.multi_rank(out, *SETTINGS), out.parent / "stderr.txt")
-    return read_metrics(out / "metrics.jsonl")
+    return read_jsonl_metrics(out / "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def four_rank_run(runs: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_four_ranks_match_two_ranks_before_the_save(
     four_rank_run: Path, two_rank_losses: dict[int, float], report: Any
 ) -> None:
-    four = read_metrics(four_rank_run / "metrics.jsonl")
+    four = read_jsonl_metrics(four_rank_run / "metrics.jsonl")
     delta = max(abs(four[s] - two_rank_losses[s]) for s in range(1, SAVE_AT + 1))
     report("4 ranks vs 2 ranks, steps 1-3", trial=0, passed=delta <= 1e-6, max_abs_dloss=delta)
     assert delta <= 1e-6
@@ -59,7 +59,7 @@ def test_resume_at_another_world_size_continues_like_two_ranks(
     out = tmp_path / "run"
     shutil.copytree(four_rank_run, out)
     result = runs.launch(runs.multi_rank(out, *SETTINGS, nproc=nproc), tmp_path / "stderr.txt")
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     resumed = range(SAVE_AT + 1, STEPS + 1)
     delta = max((abs(losses[s] - two_rank_losses[s]) for s in resumed), default=float("inf"))
     report(f"save at 4 ranks, resume at {nproc}", trial=0, passed=result.returncode == 0

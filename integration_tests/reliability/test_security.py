@@ -20,9 +20,12 @@ import yaml
 import tune.recipes
 from tune.checkpoint import CheckpointManager, load_hf_checkpoint
 from tune.checkpoint.commit import MANIFEST_NAME, write_manifest
-from tune.recipes.config import ConfigError, load_config
+from tune.config import ConfigError
+from tune.dist.testing import clean_env
+from tune.recipes.config import load_config
 from tune.recipes.sft.config import SFTConfig
-from tune.recipes.testing.sft import clean_env, read_metrics, tune_command
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import tune_command
 
 pytestmark = pytest.mark.integration
 
@@ -146,8 +149,8 @@ def test_component_key_in_yaml_is_refused_before_anything_runs(runs: Any, tmp_pa
     overrides = [f"model.checkpoint_dir={runs.assets.checkpoint_dir}",
                  f"data.source={runs.assets.data_file}",
                  f"checkpointing.output_dir={tmp_path / 'out'}"]  # fmt: skip
-    result = subprocess.run(tune_command(str(path), overrides), capture_output=True, text=True,
-                            timeout=120, env=clean_env())  # fmt: skip
+    result = subprocess.run(tune_command("sft", str(path), overrides), capture_output=True,
+                            text=True, timeout=120, env=clean_env())  # fmt: skip
     assert result.returncode == 2
     assert "_component_" in result.stderr, result.stderr[-2000:]
     assert "os.system" in result.stderr
@@ -185,7 +188,7 @@ def canary_run(runs: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "checkpointing.save_merged=true",
     )  # fmt: skip
     result = runs.launch_ok(command, tmp / "stderr.txt", clean_env(**ENV_CANARIES))
-    assert sorted(read_metrics(out / "metrics.jsonl")) == [1, 2]
+    assert sorted(read_jsonl_metrics(out / "metrics.jsonl")) == [1, 2]
     return _everything_written(out, result)
 
 

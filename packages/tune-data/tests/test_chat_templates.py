@@ -150,3 +150,12 @@ def test_unknown_role_and_missing_content_are_reported(chatml_tokenizer) -> None
         )
     with pytest.raises(MessageError, match=r"message 0 \(user\) has no 'content'"):
         tokenize_messages(chatml_tokenizer, chat, [{"role": "user"}])
+
+
+def test_template_from_a_jinja_file(chatml_tokenizer, tmp_path) -> None:
+    source = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    (tmp_path / "chat.jinja").write_text(source, encoding="utf-8")
+    chat = resolve_template(chatml_tokenizer, str(tmp_path / "chat.jinja"))
+    assert chat.render([{"role": "user", "content": "hi"}]).text == "<user>hi"
+    with pytest.raises(ValueError, match=r"unknown template '.*missing.jinja' \(no such file"):
+        resolve_template(chatml_tokenizer, str(tmp_path / "missing.jinja"))

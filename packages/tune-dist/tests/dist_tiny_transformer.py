@@ -20,13 +20,15 @@ SEQ = 16
 IGNORE = -100
 
 
-class LoRALinear(nn.Module):
-    """nn.Linear's weight under the same name plus ``lora_A`` / ``lora_B`` (PEFT naming)."""
+class LoRALinear(nn.Linear):
+    """An ``nn.Linear`` subclass (like tune-peft's) keeping ``weight`` and adding ``lora_A`` /
+    ``lora_B`` inner layers (PEFT naming)."""
 
     def __init__(self, base: nn.Linear, rank: int = 4, alpha: float = 8.0) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
+        self.register_parameter("bias", None)
         self.lora_A = nn.Linear(base.in_features, rank, bias=False)
         self.lora_B = nn.Linear(rank, base.out_features, bias=False)
         nn.init.normal_(self.lora_B.weight, std=0.02)  # non-zero so both factors get gradients
@@ -112,11 +114,13 @@ def build_model(
             nn.init.normal_(p, std=0.05)
         else:  # norm weights away from 1 so their gradients matter
             nn.init.uniform_(p, 0.5, 1.5)
-    if lora:
+    if lora:  # colwise q/v and rowwise o/down projections get adapters
         model.requires_grad_(False)
         for layer in model.layers.values():
             layer.attn.q_proj = LoRALinear(layer.attn.q_proj)
             layer.attn.v_proj = LoRALinear(layer.attn.v_proj)
+            layer.attn.o_proj = LoRALinear(layer.attn.o_proj)
+            layer.mlp.down_proj = LoRALinear(layer.mlp.down_proj)
     return model
 
 

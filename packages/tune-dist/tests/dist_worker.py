@@ -6,6 +6,7 @@ Every scenario compares a distributed run against a single-process run computed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from dist_tiny_transformer import (
     train_reference,
 )
 from torch import nn
+from torch.distributed.tensor.parallel import ColwiseParallel
 
 import tune.dist as td
 
@@ -54,6 +56,10 @@ SP_PLAN = {
     "layers.*.attn.[qk]_norm": "head_sharded",
     "output": "colwise_seq_rep",
 }
+
+
+class MyColwise(ColwiseParallel):
+    """A user's own style: not known to shard a layer's inner adapter layers."""
 
 
 def train_distributed(
@@ -204,7 +210,8 @@ def scenario_tp_errors(info: td.DistributedInfo) -> dict[str, Any]:
         "tied": (build_model(tie_embeddings=True), {"output": "colwise_rep"}),
         "indivisible": (nn.Sequential(nn.Linear(4, 3)), {"0": "colwise"}),
         "unknown_style": (build_model(), {"output": "diagonal"}),
-        "not_linear": (build_model(lora=True), {"layers.*.attn.q_proj": "colwise"}),
+        "not_linear": (build_model(), {"layers.*.attn": "colwise"}),
+        "inner_custom_style": (build_model(lora=True), {"layers.*.attn.q_proj": MyColwise()}),
     }
     for name, (model, plan) in cases.items():
         try:
@@ -300,6 +307,61 @@ def scenario_hsdp(info: td.DistributedInfo) -> dict[str, Any]:
     dp_rank, dp_size = td.data_parallel_rank_and_size(mesh)
     losses = train_distributed(model, dp_rank, dp_size, dp_mesh)
     return compare(model, losses, ref, dp_mesh_ndim=dp_mesh.ndim)
+
+
+def scenario_data_parallel(info: td.DistributedInfo) -> dict[str, Any]:
+    """setup_data_parallel: TP peers share a data shard and are left out of the reduction."""
+    out = {}
+    for tp in (1, 2):
+        dp = td.setup_data_parallel(tp, device_type="cpu")
+        assert dp.reduce is not None
+        out[f"tp{tp}"] = [dp.rank, dp.size, dp.tp_size, dp.reduce(torch.tensor([1.0])).item()]
+    return out
+
+
+def scenario_parallelize_tp_lora(info: td.DistributedInfo) -> dict[str, Any]:
+    """TP (sequence parallel) over LoRA layers, checkpointing, then FSDP on a size-1 dp mesh, as
+    a recipe with tp = world size runs it; a frozen copy goes through the same call."""
+    ref = reference(lora=True, qk_norm=True)
+    batch = make_batches(1)[0]
+    with torch.no_grad():
+        frozen_ref = summed_loss(build_model(qk_norm=True)(batch["tokens"]), batch["labels"])
+    mesh = td.build_mesh(tp=info.world_size)
+    model = build_model(lora=True, qk_norm=True)
+    plan = td.ParallelPlan(block="layers.*", mesh=mesh, tp_plan=SP_PLAN,
+                           activation_checkpointing=True, fsdp=True)  # fmt: skip
+    applied = td.parallelize(model, plan)
+    frozen = build_model(qk_norm=True).requires_grad_(False)
+    frozen_applied = td.parallelize(
+        frozen, dataclasses.replace(plan, activation_checkpointing=False)
+    )
+    with torch.no_grad():
+        frozen_loss = summed_loss(frozen(batch["tokens"]), batch["labels"])
+    q, o = model.layers["0"].attn.q_proj, model.layers["0"].attn.o_proj
+    layouts = {  # the TP placement: the last mesh dimension (FSDP's comes first)
+        f"{name}.{ab}": repr(getattr(layer, ab).weight.placements[-1])
+        for name, layer in (("q", q), ("o", o))
+        for ab in ("lora_A", "lora_B")
+    }
+    losses = train_distributed(model, 0, 1, td.data_parallel_mesh(mesh))
+    out = compare(model, losses, ref, applied=applied, frozen_applied=frozen_applied,
+                  layouts=layouts, frozen_loss=frozen_loss.item(),
+                  frozen_ref_loss=frozen_ref.item())  # fmt: skip
+    adapters = td.gather_full_state_dict(model, trainable_only=True)
+    if info.rank == 0:
+        out["adapter_err"] = max_error(adapters, {k: v for k, v in ref[1].items() if "lora_" in k})
+    return out
+
+
+def scenario_fsdp_tp_lora(info: td.DistributedInfo) -> dict[str, Any]:
+    """2 x 2 mesh through parallelize: TP over LoRA layers, then FSDP over 2 data-parallel ranks."""
+    ref = reference(lora=True, qk_norm=True)
+    dp = td.setup_data_parallel(2, device_type="cpu")
+    model = build_model(lora=True, qk_norm=True)
+    td.parallelize(model, td.ParallelPlan(block="layers.*", mesh=dp.mesh, tp_plan=TP_PLAN,
+                                          fsdp=True))  # fmt: skip
+    losses = train_distributed(model, dp.rank, dp.size, dp.dp_mesh)
+    return compare(model, losses, ref, dp=[dp.rank, dp.size])
 
 
 def scenario_hang(info: td.DistributedInfo) -> dict[str, Any]:

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.distributed
 
 PARITY = 1e-5  # float32 losses and final parameters vs the single-process run
 TWO_RANK = ["env", "fsdp", "fsdp_lora", "fsdp_ac_offload", "fsdp_options", "tp", "tp_sp",
-            "tp_errors", "load", "stop"]  # fmt: skip
-FOUR_RANK = ["fsdp_tp", "hsdp"]
+            "tp_errors", "load", "stop", "data_parallel", "parallelize_tp_lora"]  # fmt: skip
+FOUR_RANK = ["fsdp_tp", "hsdp", "fsdp_tp_lora"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,10 @@ def test_fsdp_frozen_base_with_lora_params(two_rank: dict[str, Any]) -> None:
     r0 = assert_parity(two_rank["fsdp_lora"])
     assert r0["frozen_changed"] == 0.0
     assert r0["adapter_keys"] == sorted(
-        f"layers.{i}.attn.{p}_proj.lora_{ab}.weight" for i in (0, 1) for p in "qv" for ab in "AB"
+        f"layers.{i}.{m}.lora_{ab}.weight"
+        for i in (0, 1)
+        for m in ("attn.q_proj", "attn.v_proj", "attn.o_proj", "mlp.down_proj")
+        for ab in "AB"
     )
     assert "layers.0.attn.q_proj.weight" in r0["keys"]  # base FQN unchanged by the adapter
     # the ignored frozen weight is a plain full tensor on every rank, and parity still holds
@@ -110,8 +113,34 @@ def test_tensor_parallel_refuses_bad_plans(two_rank: dict[str, Any]) -> None:
     assert "0:" in errors["indivisible"]
     assert "diagonal" in errors["unknown_style"]
     assert "colwise" in errors["unknown_style"]
-    assert "layers.0.attn.q_proj: ColwiseParallel" in errors["not_linear"]
-    assert "LoRALinear" in errors["not_linear"]
+    assert "layers.0.attn: ColwiseParallel" in errors["not_linear"]
+    assert "got Attention" in errors["not_linear"]
+    # An nn.Linear with inner adapter layers is sharded only by the styles that know how.
+    assert "layers.0.attn.q_proj: LoRALinear holds inner layers" in errors["inner_custom_style"]
+    assert "MyColwise" in errors["inner_custom_style"]
+
+
+def test_setup_data_parallel_leaves_tp_peers_out(two_rank: dict[str, Any]) -> None:
+    # [dp rank, dp size, tp size, sum of 1.0 over the dp ranks] on each of the 2 ranks.
+    assert [r["tp1"] for r in two_rank["data_parallel"]["ranks"]] == [
+        [0, 2, 1, 2.0],
+        [1, 2, 1, 2.0],
+    ]
+    assert [r["tp2"] for r in two_rank["data_parallel"]["ranks"]] == [[0, 1, 2, 1.0]] * 2
+
+
+def test_parallelize_tp_over_lora_then_checkpointing_then_fsdp(two_rank: dict[str, Any]) -> None:
+    result = two_rank["parallelize_tp_lora"]
+    r0 = assert_parity(result)
+    assert r0["applied"] == ["tp", "activation_checkpointing", "fsdp"]
+    assert r0["frozen_applied"] == ["tp", "fsdp"]
+    # Only the adapters train (the TP norms stay frozen) and they match the single process.
+    assert r0["adapter_err"] < PARITY
+    # The frozen copy, sharded the same way, computes the single-process loss.
+    assert r0["frozen_loss"] == pytest.approx(r0["frozen_ref_loss"], rel=1e-6)
+    # TP placement (last mesh dim): colwise q shards lora_B, rowwise o shards lora_A.
+    assert r0["layouts"] == {"q.lora_A": "Replicate()", "q.lora_B": "Shard(dim=0)",
+                             "o.lora_A": "Shard(dim=1)", "o.lora_B": "Replicate()"}  # fmt: skip
 
 
 def test_rank0_load_broadcasts_into_meta_built_sharded_model(two_rank: dict[str, Any]) -> None:
@@ -131,6 +160,11 @@ def test_sigterm_on_one_rank_stops_all_after_the_same_step(two_rank: dict[str, A
 def test_fsdp_x_tp_on_2x2_mesh(four_rank: dict[str, Any]) -> None:
     assert_parity(four_rank["fsdp_tp"])
     assert [r["dp"] for r in four_rank["fsdp_tp"]["ranks"]] == [[0, 2], [0, 2], [1, 2], [1, 2]]
+
+
+def test_parallelize_fsdp_x_tp_over_lora_on_2x2_mesh(four_rank: dict[str, Any]) -> None:
+    assert_parity(four_rank["fsdp_tp_lora"])
+    assert [r["dp"] for r in four_rank["fsdp_tp_lora"]["ranks"]] == [[0, 2], [0, 2], [1, 2], [1, 2]]
 
 
 def test_hsdp_on_2x2_mesh(four_rank: dict[str, Any]) -> None:

@@ -45,6 +45,35 @@ def test_init_without_launcher_is_a_noop() -> None:
     td.destroy_distributed()  # nothing to destroy: must not raise
 
 
+def test_init_chooses_the_device() -> None:
+    assert td.init_distributed(env={}, device="cpu").device == torch.device("cpu")
+    with pytest.raises(ValueError, match="device: expected 'auto', 'cuda' or 'cpu', got 'gpu'"):
+        td.init_distributed(env={}, device="gpu")
+    if not torch.cuda.is_available():
+        assert td.init_distributed(env={}, device="auto").device == torch.device("cpu")
+        with pytest.raises(RuntimeError, match="'cuda' was requested"):
+            td.init_distributed(env={}, device="cuda")
+
+
+def test_destroy_without_waiting(tmp_path) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    td.destroy_distributed(wait=False)
+    assert not dist.is_initialized()
+
+
+def test_seed_everything_repeats_every_generator() -> None:
+    import random
+
+    np = pytest.importorskip("numpy")
+    draws = []
+    for _ in range(2):
+        td.seed_everything(2**33 + 7)  # NumPy takes it modulo 2**32
+        draws.append((random.random(), float(np.random.rand()), torch.rand(()).item()))
+    assert draws[0] == draws[1]
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -56,3 +56,18 @@ def test_cache_overflow_and_batch_mismatch_are_reported(hf_and_native) -> None:
             model(torch.ones(3, 2, dtype=torch.long))
     finally:
         teardown_kv_cache(model)
+
+
+def test_cache_takes_the_local_head_count_of_a_tensor_parallel_rank() -> None:
+    from tune.models.kv_cache import KVCache
+
+    cache = KVCache(2, 8, 4, 3, torch.float32, "cpu")  # set up with the global 4 KV heads
+    k, v = torch.randn(2, 2, 5, 3), torch.randn(2, 2, 5, 3)  # this rank computes 2 of them
+    keys, values = cache.update(k, v)
+    assert keys.shape == (2, 2, 8, 3)
+    torch.testing.assert_close(keys[:, :, :5], k)
+    torch.testing.assert_close(values[:, :, :5], v)
+    k2 = torch.randn(2, 2, 1, 3)
+    keys, _ = cache.update(k2, k2)
+    torch.testing.assert_close(keys[:, :, 5:6], k2)
+    assert cache.length == 6

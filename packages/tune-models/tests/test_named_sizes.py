@@ -68,3 +68,29 @@ def test_param_count_options() -> None:
         p.requires_grad_(False)
     model.layers["0"].attn.q_proj.weight.requires_grad_(True)
     assert param_count(model, trainable_only=True) == 2048 * 2048
+
+
+def test_tiny_llama_config_is_read_alike_by_transformers() -> None:
+    import torch
+    import transformers
+
+    from tune.models import build_from_hf_config, convert_native_to_hf
+    from tune.models.llama import tiny_llama_config
+
+    config = tiny_llama_config(96, num_kv_heads=1, tie_word_embeddings=True, eos_token_id=2)
+    torch.manual_seed(0)
+    model = build_from_hf_config(config, device="cpu", dtype=torch.float32)
+    model.init_weights()
+    # 2 blocks of q, o (64 x 64), k, v (64 x 16), a gated MLP (3 x 64 x 128), 2 norms; tied head
+    assert param_count(model) == 96 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 16 + 3 * 64 * 128 + 128) + 64
+    hf_config = transformers.AutoConfig.for_model(**config)
+    reference = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    result = reference.load_state_dict(convert_native_to_hf(state, config), strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) <= {"lm_head.weight"}  # tied: the embedding
+    tokens = torch.randint(0, 96, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), reference(tokens).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="num_heads=3 must divide hidden_size=64"):
+        tiny_llama_config(96, num_heads=3)

@@ -19,14 +19,16 @@ def _one_thread_seeded() -> None:
     torch.manual_seed(0)
 
 
-def make_tiny_llama(*, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer Llama (hidden 32) with random weights, in eval mode, float32."""
+def make_tiny_llama(
+    *, tie: bool = False, seed: int = 0, hidden_size: int = 32, num_layers: int = 2
+) -> LlamaForCausalLM:
+    """A Llama (default: 2 layers, hidden 32) with random weights, in eval mode, float32."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,

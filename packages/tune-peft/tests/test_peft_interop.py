@@ -12,6 +12,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from tune.peft import (
+    AdapterMismatchError,
     LoraConfig,
     adapter_key_map,
     adapter_state_dict,
@@ -141,9 +142,33 @@ def test_key_map_renames_both_ways(tiny_llama, tokens, helpers) -> None:
     }
     with pytest.raises(
         ValueError,
-        match=r"'wrapped.model.layers.0.attention.q_prj' is no nn\.Linear.*closest: \['wrapped.model.layers.0.attention.q_proj'",
+        match=r"'wrapped.model.layers.0.attention.q_prj', which is no linear.*closest: \['wrapped.model.layers.0.attention.q_proj'",
     ):
         load_peft_adapter(fresh, bad, config, key_map=key_map, adapter_name="other")
+
+
+def test_adapter_of_another_base_names_tensor_shapes_and_base(tiny_llama, helpers) -> None:
+    narrow = helpers.make_tiny_llama(hidden_size=16)
+    apply_lora(narrow, LoraConfig(r=2, targets=["q_proj"]))
+    tensors, config = export_peft_adapter(narrow, base_model_name_or_path="org/narrow")
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    with pytest.raises(AdapterMismatchError) as info:
+        load_peft_adapter(tiny_llama, tensors, config)
+    message = str(info.value)
+    assert "'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'" in message
+    assert "shape (2, 16)" in message
+    assert "(32, 32)" in message
+    assert "in_features=32" in message
+    assert "base_model_name_or_path='org/narrow'" in message
+    assert tiny_llama.state_dict().keys() == before.keys()  # nothing was injected
+
+
+def test_adapter_for_a_missing_layer_is_a_mismatch(tiny_llama, helpers) -> None:
+    deep = helpers.make_tiny_llama(num_layers=3)
+    apply_lora(deep, LoraConfig(r=2, targets=["v_proj"]))
+    tensors, config = export_peft_adapter(deep)
+    with pytest.raises(AdapterMismatchError, match=r"'model.layers.2.self_attn.v_proj', which is"):
+        load_peft_adapter(tiny_llama, tensors, config)
 
 
 def test_pissa_init_matches_peft(tiny_llama, helpers) -> None:

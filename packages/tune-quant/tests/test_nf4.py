@@ -121,3 +121,17 @@ def to_nf4_weight(weight: torch.Tensor) -> NF4Tensor:
     from torchao.quantization import to_nf4
 
     return to_nf4(weight, 64, 256)
+
+
+def test_unshardable_nf4_params_names_only_small_frozen_nf4_weights() -> None:
+    from tune.quant import unshardable_nf4_params
+
+    model = nn.Sequential(nn.Linear(128, 128, bias=False), nn.Linear(128, 256, bias=False))
+    model.requires_grad_(False)
+    for layer in model:
+        layer.weight = nn.Parameter(to_nf4_weight(layer.weight.detach()), requires_grad=False)
+    bias = nn.Linear(4, 4)  # trainable and plain: never returned
+    model.append(bias)
+    kept = unshardable_nf4_params(model, 2)
+    assert [p is model[0].weight for p in kept] == [True]  # [128, 128]: 1 second-level scale
+    assert unshardable_nf4_params(model, 1) == []

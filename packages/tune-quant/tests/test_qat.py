@@ -212,11 +212,14 @@ def parametrized(module: nn.Module) -> bool:
 
 def test_convert_without_prepare_and_double_prepare_are_errors(make_lm) -> None:
     model = make_lm()
-    with pytest.raises(ValueError, match="no module of this model was prepared"):
-        convert_qat(model)
+    with pytest.raises(ValueError, match=r"\('int4_weight_only'\): no layer .* fake quant"):
+        convert_qat(model, scheme="int4_weight_only")
     prepare_qat(model, "int8_weight_only", include=["output"])
     with pytest.raises(UnsupportedSchemeError, match="'output' is already prepared for QAT"):
         prepare_qat(model, "int8_weight_only", include=["output"])
+    with pytest.raises(ValueError, match=r"prepared with \['int8_weight_only'\], not 'int4_"):
+        convert_qat(model, scheme="int4_weight_only")
+    assert qat_prepared_modules(model) == {"output": "int8_weight_only"}  # left unchanged
 
 
 def _merge_lora(model: nn.Module) -> None:

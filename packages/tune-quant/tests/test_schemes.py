@@ -15,6 +15,7 @@ from tune.quant import (
     prepare_qat,
     quantize_model,
     select_linear_modules,
+    validate_modules_for_scheme,
 )
 
 
@@ -93,6 +94,20 @@ def test_int4_rejects_in_features_not_multiple_of_group_and_changes_nothing(sche
         assert torch.equal(value, before[key]), key
     # Excluding the offending module makes it work.
     assert apply(model, scheme, exclude=["2"]) == ["0", "1"]
+
+
+def test_meta_skeleton_is_checked_as_if_on_the_target_device() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 64), nn.Linear(48, 64))
+    with pytest.raises(
+        UnsupportedSchemeError, match=r"module '1' .*in_features=48.*multiple of 32"
+    ):
+        validate_modules_for_scheme(
+            model, ["0", "1"], "int8_dynamic_int4_weight", device="cpu", dtype=torch.float32
+        )
+    validate_modules_for_scheme(model, ["0"], "int8_dynamic_int4_weight", device="cpu")
+    with pytest.raises(UnsupportedSchemeError, match="cannot run on device 'meta'"):
+        validate_modules_for_scheme(model, ["0"], "int8_dynamic_int4_weight")
 
 
 def test_float64_model_rejected_naming_the_module() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 import types
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 import torch
 
 from tune.train import JsonlLogger, MetricLogger, MultiLogger, StdoutLogger, redact_secrets
-from tune.train.loggers import REDACTED, drop_steps_from, is_secret_key
+from tune.train.loggers import (
+    REDACTED,
+    TensorBoardLogger,
+    drop_steps_from,
+    is_secret_key,
+    loggers_for_run,
+    read_jsonl_metrics,
+)
 
 SECRET = "hf_abcdefSECRETvalue123"
 WANDB_SECRET = "wandb0123456789secret"
@@ -224,3 +232,70 @@ def test_jsonl_resume_keeps_a_clean_file_and_tolerates_a_missing_one(tmp_path: P
 def test_jsonl_resume_step_is_checked(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="JsonlLogger resume_from_step: expected an integer >= 0"):
         JsonlLogger(tmp_path / "m.jsonl", resume_from_step=bad)  # type: ignore[arg-type]
+
+
+def test_read_jsonl_metrics_reads_what_the_logger_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    assert read_jsonl_metrics(path) == {}  # no file yet
+    logger = JsonlLogger(path)
+    logger.log_config({"loss": "not a metric"})
+    logger.log({"loss": 2.5, "grad_norm": 1.0}, step=1)
+    logger.log({"val_loss": 3.0}, step=1)
+    logger.log({"loss": float("nan")}, step=2)
+    logger.log({"loss": 1.5}, step=1)  # step 1 again, as after a resume: the later line wins
+    logger.close()
+    with path.open("a") as f:
+        f.write('{"step": 3, "loss": 1.')  # a line cut short by a crash
+    losses = read_jsonl_metrics(path)
+    assert sorted(losses) == [1, 2]
+    assert losses[1] == 1.5
+    assert math.isnan(losses[2])
+    assert read_jsonl_metrics(str(path), "val_loss") == {1: 3.0}
+    assert read_jsonl_metrics(path, "accuracy") == {}
+
+
+def _old_run(path: Path, steps: int) -> None:
+    logger = JsonlLogger(path)
+    for step in range(1, steps + 1):
+        logger.log({"loss": float(step)}, step=step)
+    logger.close()
+
+
+def test_loggers_for_run_place_files_in_the_run_and_trim_for_resume(tmp_path: Path) -> None:
+    _old_run(tmp_path / "metrics.jsonl", 6)  # crashed after step 6; checkpoint at step 4
+    stream = io.StringIO()
+    made: list[dict[str, object]] = []
+
+    def custom(**kwargs: object) -> MetricLogger:  # a factory, not a class: kwargs untouched
+        made.append(kwargs)
+        return StdoutLogger(io.StringIO())
+
+    sink = loggers_for_run(
+        [(JsonlLogger, {}), (StdoutLogger, {"stream": stream}), (custom, {"a": 1})],
+        output_dir=tmp_path,
+        start_step=4,
+    )
+    assert _steps(tmp_path / "metrics.jsonl") == [1, 2, 3, 4]
+    sink.log({"loss": 0.5}, step=5)
+    sink.close()
+    assert _steps(tmp_path / "metrics.jsonl") == [1, 2, 3, 4, 5]
+    assert stream.getvalue().startswith("step 5 | loss 0.5")
+    assert made == [{"a": 1}]
+    # A fresh run (start_step=0) drops an old run's lines; an explicit path wins.
+    loggers_for_run([(JsonlLogger, {})], output_dir=tmp_path).close()
+    assert _steps(tmp_path / "metrics.jsonl") == []
+    _old_run(tmp_path / "elsewhere.jsonl", 2)
+    other = loggers_for_run(
+        [(JsonlLogger, {"path": tmp_path / "elsewhere.jsonl"})], output_dir=tmp_path / "x"
+    )
+    other.close()
+    assert _steps(tmp_path / "elsewhere.jsonl") == []
+    assert not (tmp_path / "x").exists()
+
+
+def test_loggers_for_run_put_tensorboard_events_under_the_run(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    sink = loggers_for_run([(TensorBoardLogger, {})], output_dir=tmp_path)
+    sink.log({"loss": 1.0}, step=1)
+    sink.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

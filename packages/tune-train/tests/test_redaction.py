@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tune.train import is_secret_key, redact_secrets, redact_text
+from tune.train import is_secret_key, redact_message, redact_secrets, redact_text
 from tune.train.loggers import REDACTED
 
 HF = "hf_" + "AbCdEfGhIj" * 3 + "12"
@@ -88,3 +88,62 @@ def test_redact_text_scrubs_secret_environment_values() -> None:
     env = {"HF_TOKEN": "custom-secret-value", "MY_SERVICE_SECRET": "abcdef123", "HOME": "/home/u"}
     line = "sent custom-secret-value and abcdef123 from /home/u"
     assert redact_text(line, env) == "sent *** and *** from /home/u"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("hf_token", 123456789), ("token", 12345), ("auth_token", 7), ("secret", 1.5),
+     ("credentials", [1, 2]), ("hf_token", ["a", "b"]), ("api_key", {"k": "v"})],
+)  # fmt: skip
+def test_any_value_under_a_credential_name_is_redacted(name: str, value: Any) -> None:
+    # Merged from tune-recipes' rule: a YAML `hf_token: 123456789` is an int, still a secret.
+    assert is_secret_key(name, value)
+    assert redact_secrets({name: value}, NO_ENV) == {name: REDACTED}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["tokenizer", "max_tokens", "tokens_per_second", "secretary", "keep_last_n", "eos-token",
+     "bos_token"],
+)  # fmt: skip
+def test_names_that_only_resemble_credentials_are_kept(name: str) -> None:
+    assert not is_secret_key(name, "value123")
+    assert not is_secret_key(name, 42)
+
+
+def test_a_config_tree_keeps_its_shape_with_secrets_replaced() -> None:
+    tree = {
+        "data": {"hf_token": HF, "source": "x"},
+        "logging": {"options": {"wandb": {"api_key": "k-123", "project": "p"}}},
+        "notes": [HF, "plain", ("a", SK)],  # token-shaped values under innocent keys
+        "empty": {"token": None},
+        "flags": {"use_auth_token": False},
+    }
+    assert redact_secrets(tree, NO_ENV) == {
+        "data": {"hf_token": REDACTED, "source": "x"},
+        "logging": {"options": {"wandb": {"api_key": REDACTED, "project": "p"}}},
+        "notes": [REDACTED, "plain", ("a", REDACTED)],
+        "empty": {"token": None},
+        "flags": {"use_auth_token": False},
+    }
+    assert tree["data"]["hf_token"] == HF  # a copy: the run keeps its secret
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("cfg.yaml:3: data.hf_token: unknown key", "cfg.yaml:3: data.hf_token: unknown key"),
+        ("training.sort_key: expected int", "training.sort_key: expected int"),
+        ("bad override data.hf_token=abcdef12", "bad override data.hf_token=***"),
+        ("got {'api_key': 'plainsecret'}", "got {'api_key': '***'}"),
+        (f"model.path: {HF} not found", "model.path: *** not found"),
+        ("--hf-token abcdefgh12 is not a flag", "--hf-token *** is not a flag"),
+    ],
+)  # fmt: skip
+def test_redact_message_keeps_the_words_after_a_key(message: str, expected: str) -> None:
+    assert redact_message(message, NO_ENV) == expected
+
+
+def test_redact_message_scrubs_secret_environment_values() -> None:
+    env = {"HF_TOKEN": "custom-secret-value"}
+    assert redact_message("HF_TOKEN value custom-secret-value", env) == "HF_TOKEN value ***"

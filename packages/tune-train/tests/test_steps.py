@@ -11,13 +11,10 @@ from tune.train.steps import (
     DistillLossSettings,
     PolicyLossSettings,
     PreferenceObjective,
-    RewardInputs,
     RolloutBatch,
-    answer_format,
     batch_logprobs,
     distill_micro_batch_loss,
     evaluate_token_loss,
-    exact_answer,
     micro_batch_loss,
     micro_batch_policy_loss,
     micro_batch_preference,
@@ -129,9 +126,3 @@ def test_grpo_pieces() -> None:
     assert int(loss.num_units) == 2
     assert float(loss.loss_sum) == pytest.approx(-2.0, abs=1e-6)
     assert float(loss.clip_fraction) == 0.0
-
-
-def test_bundled_rewards() -> None:
-    inputs = RewardInputs(["p", "p"], ["Answer: 7", "so 8"], ["7", "7"], [3, 2])
-    assert exact_answer(inputs) == [1.0, 0.0]
-    assert answer_format(inputs) == [1.0, 0.0]

@@ -1,4 +1,4 @@
-"""Fixtures: the `echo` test recipe installed through a fake distribution."""
+"""Fixtures: the `echo` test recipe installed through a fake distribution, tiny assets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,76 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.testing import install_echo_recipe
+ECHO_MODULE = '''
+"""A trivial recipe for tests: writes its config and its rank to a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tune.config import Checks
+from tune.recipes.recipe import Recipe
+
+
+@dataclass
+class EchoConfig:
+    out_dir: str
+    message: str = "hello"
+    batch: int = 4
+    lr: float = 0.1
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self, context):
+        checks = Checks(context)
+        checks.positive("lr", self.lr)
+        checks.require(
+            self.batch % context.world_size == 0,
+            "batch",
+            f"{self.batch} is not divisible by the world size {context.world_size}",
+        )
+        return checks.issues
+
+
+def run(config: EchoConfig) -> None:
+    rank = os.environ.get("RANK", "0")
+    record = {"rank": int(rank), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    record["config"] = asdict(config)
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    Path(config.out_dir, f"rank{rank}.json").write_text(json.dumps(record))
+
+
+recipe = Recipe(
+    name="echo",
+    config_class=EchoConfig,
+    run=run,
+    description="test recipe",
+    config_dir=Path(__file__).parent / "echo_configs",
+)
+'''
+
+ECHO_ENTRY_POINTS = """\
+[tune.recipes]
+echo = echo_recipes:recipe
+
+[tune.optimizers]
+echo_sgd = torch.optim:SGD
+"""
+
+
+def install_echo_recipe(root: Path) -> Path:
+    """Write the `echo` recipe module and a dist-info registering it; returns the path to add."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "echo_recipes.py").write_text(ECHO_MODULE)
+    (root / "echo_configs").mkdir()
+    (root / "echo_configs" / "echo_default.yaml").write_text("recipe: echo\nout_dir: echo_out\n")
+    dist = root / "echo_recipes-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-recipes\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(ECHO_ENTRY_POINTS)
+    return root
 
 
 @pytest.fixture
@@ -69,6 +138,6 @@ def sft_yaml(sft_dirs: dict[str, Path]):
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A tiny random Llama checkpoint (NF4-friendly sizes) and 240 instruction rows."""
-    from tune.recipes.testing.sft import make_tiny_assets
+    from tune_testing import make_tiny_assets
 
     return make_tiny_assets(tmp_path_factory.mktemp("sft_assets"))

@@ -12,7 +12,7 @@ import yaml
 
 import tune.recipes
 from tune.recipes.cli import main
-from tune.recipes.testing import run_tune
+from tune_testing import run_tune
 
 CONFIG_DIR = Path(tune.recipes.__file__).parent / "configs"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import tune.recipes
-from tune.recipes.config import ValidationContext, load_config, validate_config
-from tune.recipes.config.errors import ConfigValidationError
+from tune.config import ConfigValidationError, ValidationContext, validate_config
+from tune.recipes.config import load_config
 from tune.recipes.distill.config import DistillConfig
 
 CONFIG_DIR = Path(tune.recipes.__file__).parent / "configs" / "distill"
@@ -43,7 +43,7 @@ def test_bundled_set_covers_methods_kinds_and_families() -> None:
         ("distillation.temperature=0", "distillation.temperature", "must be > 0"),
         ("distillation.symmetric_mix=-0.1", "distillation.symmetric_mix", "[0.0, 1.0"),
         ("distillation.chunk_size=0", "distillation.chunk_size", "must be > 0"),
-        ("distributed.tp_size=2", "distributed.tp_size", "FSDP only"),
+        ("distributed.tp_size=2", "distributed.tp_size", "does not divide the world size 1"),
         ("training.activation_offloading=true", "training.activation_offloading", "not supported"),
         ("teacher.checkpoint_dir=/no/such/teacher", "teacher.checkpoint_dir", "/no/such/teacher"),
         ("training.global_batch_size=7", "training.global_batch_size", "not divisible"),

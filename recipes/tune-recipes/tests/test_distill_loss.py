@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.data import remove_padding
-from tune.recipes.common.distill_setup import compared_vocab_size, load_teacher
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune.recipes.distill.setup import compared_vocab_size, load_teacher
 from tune.train.steps.distillation import (
     DistillLossSettings,
     distill_micro_batch_loss,
     evaluate_distillation,
 )
+from tune_testing import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

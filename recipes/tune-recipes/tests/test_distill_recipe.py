@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tune.recipes.config import load_config
-from tune.recipes.discovery import find_config
-from tune.recipes.distill.config import DistillConfig
-from tune.recipes.testing.sft import (
+from tune.dist.testing import run_and_kill_at, run_to_end
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import (
     TinyAssets,
-    read_metrics,
-    run_sft_in_process,
-    run_to_end,
-    sft_overrides,
+    last_step_of,
+    make_tiny_checkpoint,
+    run_in_process,
+    tiny_overrides,
+    tune_command,
 )
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -31,9 +29,9 @@ def teacher_student(tiny_assets: TinyAssets, tmp_path_factory: pytest.TempPathFa
     """A teacher SFT-trained for 100 steps on the task and a smaller random student."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("distill")
-    summary = run_sft_in_process(
-        "sft/tiny_cpu_full",
-        sft_overrides(
+    summary = run_in_process(
+        "sft", "sft/tiny_cpu_full",
+        tiny_overrides(
             tiny_assets, root / "teacher_run", "training.max_steps=100",
             "training.optimizer.lr=2.0e-3", "eval.every_n_steps=null",
             "checkpointing.save_every_n_steps=null",
@@ -50,23 +48,12 @@ def teacher_student(tiny_assets: TinyAssets, tmp_path_factory: pytest.TempPathFa
 
 
 def _overrides(assets: TinyAssets, models: dict, out: Path, *extra: str) -> list[str]:
-    return [
-        f"model.checkpoint_dir={models['student']}",
-        f"teacher.checkpoint_dir={models['teacher']}",
-        f"data.source={assets.data_file}",
-        f"checkpointing.output_dir={out}",
-        "logging.progress_bar=false",
-        "logging.loggers=[jsonl]",
-        "checkpointing.keep_last_n=10",
-        *extra,
-    ]
+    student = TinyAssets(models["student"], assets.data_file)
+    return tiny_overrides(student, out, f"teacher.checkpoint_dir={models['teacher']}", *extra)
 
 
 def _run(config: str, overrides: list[str]) -> dict[str, Any]:
-    from tune.recipes.distill.loop import run
-
-    path, _ = find_config(config, "distill")
-    return run(load_config(path, DistillConfig, overrides))
+    return run_in_process("distill", config, overrides)
 
 
 def test_distilled_student_beats_ce_only_on_held_out_ce(
@@ -84,10 +71,10 @@ def test_distilled_student_beats_ce_only_on_held_out_ce(
     assert kd["val"]["val_loss"] < ce["val"]["val_loss"] - 0.1, (kd["val"], ce["val"])
     assert kd["val"]["val_kl"] < ce["val"]["val_kl"]
     # The student's KL to the teacher's distribution goes down, held out and in training.
-    val_kl = read_metrics(root / "kd" / "metrics.jsonl", "val_kl")
+    val_kl = read_jsonl_metrics(root / "kd" / "metrics.jsonl", "val_kl")
     assert sorted(val_kl) == [0, 60]
     assert val_kl[60] < 0.2 * val_kl[0], val_kl
-    train_kl = read_metrics(root / "kd" / "metrics.jsonl", "kl")
+    train_kl = read_jsonl_metrics(root / "kd" / "metrics.jsonl", "kl")
     first, last = [sum(train_kl[s] for s in r) / 5 for r in (range(1, 6), range(56, 61))]
     assert last < 0.3 * first, (first, last)
     # Outputs are sft's: a full student is written as an HF directory with the tokenizer.
@@ -117,7 +104,7 @@ class _StopAt:
 def test_lora_student_resumes_bit_exactly(
     tiny_assets: TinyAssets, teacher_student: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tune.recipes.distill.loop as loop
+    import tune.recipes.common.training_run as training_run
 
     extra = ("training.max_steps=8", "training.lora.dropout=0.1", "distillation.kind=symmetric",
              "distillation.temperature=2.0", "distillation.chunk_size=16",
@@ -126,11 +113,11 @@ def test_lora_student_resumes_bit_exactly(
     _run(
         "distill/tiny_cpu_lora", _overrides(tiny_assets, teacher_student, tmp_path / "ref", *extra)
     )
-    reference = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    reference = read_jsonl_metrics(tmp_path / "ref" / "metrics.jsonl")
     assert sorted(reference) == list(range(1, 9))
 
     out = tmp_path / "run"
-    monkeypatch.setattr(loop, "StopSignalHandler", lambda: _StopAt(3))
+    monkeypatch.setattr(training_run, "StopSignalHandler", lambda: _StopAt(3))
     stopped = _run("distill/tiny_cpu_lora", _overrides(tiny_assets, teacher_student, out, *extra))
     assert stopped["stopped"]
     assert stopped["step"] == 3
@@ -139,8 +126,8 @@ def test_lora_student_resumes_bit_exactly(
     assert summary["step"] == 8
     assert Path(summary["adapter_dir"]).is_dir()
     # dropout is on: equality needs the RNG state restored too, not just weights and data.
-    assert read_metrics(out / "metrics.jsonl") == reference
-    assert read_metrics(out / "metrics.jsonl", "kl") == read_metrics(
+    assert read_jsonl_metrics(out / "metrics.jsonl") == reference
+    assert read_jsonl_metrics(out / "metrics.jsonl", "kl") == read_jsonl_metrics(
         tmp_path / "ref" / "metrics.jsonl", "kl"
     )
 
@@ -172,14 +159,12 @@ def test_tune_run_distill_through_the_cli_matches_recorded_losses(
 ) -> None:
     out = tmp_path / "cli"
     models = dict(teacher_student, teacher=tiny_assets.checkpoint_dir)
-    command = [sys.executable, "-m", "tune.recipes", "run", "distill", "--config",
-               "distill/tiny_cpu_full", *_overrides(
-                   tiny_assets, models, out, "training.max_steps=3",
-                   "training.lr_schedule.warmup_steps=1", "eval.every_n_steps=null",
-                   "checkpointing.save_every_n_steps=null")]  # fmt: skip
+    command = tune_command("distill", "distill/tiny_cpu_full", _overrides(
+        tiny_assets, models, out, "training.max_steps=3", "training.lr_schedule.warmup_steps=1",
+        "eval.every_n_steps=null", "checkpointing.save_every_n_steps=null"))  # fmt: skip
     run_to_end(command, timeout=240)
     for key, recorded in RECORDED_CLI.items():
-        values = read_metrics(out / "metrics.jsonl", key)
+        values = read_jsonl_metrics(out / "metrics.jsonl", key)
         assert sorted(values) == [1, 2, 3]
         assert [values[s] for s in (1, 2, 3)] == pytest.approx(recorded, rel=1e-4)
     assert (out / "model" / "model.safetensors").is_file()
@@ -191,9 +176,10 @@ def test_bad_teacher_dir_fails_before_training(
     tiny_assets: TinyAssets, teacher_student: dict, tmp_path: Path
 ) -> None:
     missing = tmp_path / "no_teacher"
-    command = [sys.executable, "-m", "tune.recipes", "run", "distill", "--config",
-               "distill/tiny_cpu_full", *_overrides(
-                   tiny_assets, dict(teacher_student, teacher=missing), tmp_path / "out")]  # fmt: skip
+    models = dict(teacher_student, teacher=missing)
+    command = tune_command(
+        "distill", "distill/tiny_cpu_full", _overrides(tiny_assets, models, tmp_path / "out")
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"teacher.checkpoint_dir: directory not found locally: {missing}" in result.stderr
@@ -204,20 +190,16 @@ def test_bad_teacher_dir_fails_before_training(
 def test_kill9_then_resume_through_the_cli_is_bit_identical(
     tiny_assets: TinyAssets, teacher_student: dict, tmp_path: Path
 ) -> None:
-    from tune.recipes.testing.sft import run_and_kill_at
-
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "tune.recipes", "run", "distill", "--config",
-                "distill/tiny_cpu_lora", *_overrides(
-                    tiny_assets, teacher_student, out, "training.max_steps=6",
-                    "training.lora.dropout=0.1", "checkpointing.save_every_n_steps=2",
-                    "eval.every_n_steps=null", "checkpointing.save_merged=false",
-                    "training.lr_schedule.warmup_steps=1", "logging.log_every_n_steps=1")]  # fmt: skip
+        return tune_command("distill", "distill/tiny_cpu_lora", _overrides(
+            tiny_assets, teacher_student, out, "training.max_steps=6", "training.lora.dropout=0.1",
+            "checkpointing.save_every_n_steps=2", "eval.every_n_steps=null",
+            "checkpointing.save_merged=false", "training.lr_schedule.warmup_steps=1"))  # fmt: skip
 
     run_to_end(command(tmp_path / "ref"), timeout=240)
-    reference = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    reference = read_jsonl_metrics(tmp_path / "ref" / "metrics.jsonl")
     assert sorted(reference) == list(range(1, 7))
     out = tmp_path / "run"
-    assert run_and_kill_at(command(out), out / "metrics.jsonl", 3, timeout=240) >= 3
+    assert run_and_kill_at(command(out), last_step_of(out / "metrics.jsonl"), 3, timeout=240) >= 3
     run_to_end(command(out), timeout=240)  # resume=auto: from the last committed step
-    assert read_metrics(out / "metrics.jsonl") == reference
+    assert read_jsonl_metrics(out / "metrics.jsonl") == reference

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tune.recipes.cli import main
-from tune.recipes.testing import run_tune
+from tune_testing import run_tune
 
 TOKEN = "hf_" + "Zz9" * 12
 

@@ -1,5 +1,5 @@
-"""`tune run eval` perplexity equals a hand computation (plain torch over transformers/peft logits),
-and the continuation / rolling scores behind the lm-eval adapter equal hand-computed ones."""
+"""`tune run eval` perplexity equals a hand computation (plain torch over transformers/peft logits);
+the scorers themselves are tested in tune-train (tests/test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune.data import InstructionBuilder
+from tune.config import ConfigValidationError
+from tune.data import InstructionBuilder, Tokenizer
 from tune.data.synthetic import write_jsonl
-from tune.recipes.common.data_loading import load_tokenizer
-from tune.recipes.common.generation_model import load_generation_model
-from tune.recipes.config import ConfigValidationError, load_config
+from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.eval.config import EvalConfig
 from tune.recipes.eval.loop import run as run_eval
-from tune.recipes.eval.scoring import rolling_loglikelihood, score_continuations
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -108,7 +106,7 @@ def test_assistant_only_perplexity_with_a_peft_adapter_equals_hand_computation(
                     "perplexity.tokens=assistant", "perplexity.batch_size=3"])["perplexity"]  # fmt: skip
 
     # By hand over the same tokens: the chat-rendered example, scored where labels are kept.
-    builder = InstructionBuilder(load_tokenizer(ckpt), None, train_on="assistant")
+    builder = InstructionBuilder(Tokenizer.from_dir(ckpt), None, train_on="assistant")
     nll, count, all_tokens = 0.0, 0, 0
     for i, row in enumerate(rows):
         sample = builder(row, i)
@@ -124,56 +122,6 @@ def test_assistant_only_perplexity_with_a_peft_adapter_equals_hand_computation(
     base = _eval([f"model.checkpoint_dir={ckpt}", f"perplexity.source={data}",
                   "perplexity.format=instruction"])["perplexity"]  # fmt: skip
     assert abs(base["loss"] - report["loss"]) > 1e-3  # the adapter was applied
-
-
-@pytest.fixture(scope="module")
-def scorers(tiny_assets: Any) -> tuple[Any, Any]:
-    """(tune model, transformers model) of the tiny base."""
-    torch.set_num_threads(1)
-    ours = load_generation_model(tiny_assets.checkpoint_dir, dtype=torch.float32,
-                                 device=torch.device("cpu")).checkpoint.model  # fmt: skip
-    return ours, _hf(tiny_assets.checkpoint_dir)
-
-
-def test_continuation_scores_equal_hand_computation(scorers: tuple[Any, Any]) -> None:
-    ours, reference = scorers
-    gen = torch.Generator().manual_seed(1)
-    pairs = [
-        (torch.randint(3, 300, (n,), generator=gen).tolist(),
-         torch.randint(3, 300, (m,), generator=gen).tolist())
-        for n, m in [(5, 3), (1, 1), (12, 6), (30, 4), (7, 16)]
-    ]  # fmt: skip
-    max_length = 20  # (30, 4) and (7, 16) are cut from the left
-    got = score_continuations(ours, pairs, max_length=max_length, batch_size=2)
-    for (context, continuation), (logprob, _) in zip(pairs, got, strict=True):
-        whole = [*context, *continuation][-(max_length + 1) :]
-        expected = float(_token_logprobs(reference, whole)[-len(continuation) :].sum())
-        assert logprob == pytest.approx(expected, rel=1e-5, abs=1e-4)
-    # is_greedy: true exactly for the reference's own argmax continuation.
-    context = pairs[2][0]
-    with torch.no_grad():
-        greedy = reference(torch.tensor([context])).logits[0, -1].argmax().item()
-    (_, yes), (_, no) = score_continuations(
-        ours, [(context, [greedy]), (context, [(greedy + 1) % 300])], max_length=max_length
-    )
-    assert yes
-    assert not no
-
-
-def test_rolling_loglikelihood_uses_lm_eval_windows(scorers: tuple[Any, Any]) -> None:
-    ours, reference = scorers
-    tokens = torch.randint(3, 300, (10,), generator=torch.Generator().manual_seed(2)).tolist()
-    prefix = 5
-    full = [prefix, *tokens]
-    # lm_eval's documented windows for 10 tokens and max length 4: inputs [P 0 1 2] -> 0..3,
-    # [3 4 5 6] -> 4..7, [5 6 7 8] -> 8 9 (the last window keeps full context).
-    expected = float(_token_logprobs(reference, full[0:5]).sum())
-    expected += float(_token_logprobs(reference, full[4:9]).sum())
-    expected += float(_token_logprobs(reference, full[6:11])[-2:].sum())
-    got = rolling_loglikelihood(ours, tokens, prefix_token=prefix, max_length=4)
-    assert got == pytest.approx(expected, rel=1e-5)
-    whole = rolling_loglikelihood(ours, tokens, prefix_token=prefix, max_length=64)
-    assert whole == pytest.approx(float(_token_logprobs(reference, full).sum()), rel=1e-5)
 
 
 def test_eval_config_errors_name_their_key(tiny_assets: Any, tmp_path: Path) -> None:

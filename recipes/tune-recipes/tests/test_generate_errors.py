@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from tune.checkpoint import save_peft_adapter
-from tune.peft import LoraConfig, apply_lora, export_peft_adapter
-from tune.recipes.common.generation_model import AdapterMismatchError
+from tune.config import ConfigError, ConfigValidationError
+from tune.data import PromptInputError
+from tune.peft import AdapterMismatchError, LoraConfig, apply_lora, export_peft_adapter
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.config import ConfigError, ConfigValidationError, load_config
+from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run
-from tune.recipes.generate.prompts import PromptInputError
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune_testing import make_tiny_checkpoint
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,5 @@
-"""Prompt rendering, prompt files, stop strings and the output file of the generate recipe."""
+"""Prompt files, stop strings and the output file of the generate recipe (the prompt and stop
+rules themselves are tested in tune-data and tune-models)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-from tune.data import ChatTemplate, Tokenizer, resolve_template
+from tune.data import Tokenizer, read_prompt_file
 from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run
-from tune.recipes.generate.prompts import PromptInput, encode_prompt, read_prompt_file
-from tune.recipes.generate.stopping import StopRules, finish_completion
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune_testing import make_tiny_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,28 +34,6 @@ def _run(base: Path, *overrides: str) -> dict[str, Any]:
     path, _ = find_config("generate/tiny_cpu", "generate")
     return run(load_config(path, GenerateConfig, [f"model.checkpoint_dir={base}", "output.print=false",
                                                   "sampling.max_new_tokens=8", *overrides]))  # fmt: skip
-
-
-def test_chat_rendering_equals_tune_data_and_transformers(base: Path) -> None:
-    tokenizer = Tokenizer.from_dir(base)
-    template = resolve_template(tokenizer, None)
-    hf_tok = transformers.AutoTokenizer.from_pretrained(base)
-    system = "Be brief."
-    for text in PROMPTS:
-        encoded = encode_prompt(PromptInput("t", text=text), tokenizer, template, system=system)
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-        rendered = ChatTemplate(tokenizer.chat_template, tokenizer.special_tokens).render(
-            messages, add_generation_prompt=True
-        )
-        assert encoded.text == rendered.text
-        assert encoded.text.endswith("<|im_start|>assistant\n")  # the generation prompt
-        hf_ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        hf_ids = hf_ids if isinstance(hf_ids, list) else hf_ids["input_ids"]
-        assert encoded.tokens == list(hf_ids)
-        assert encoded.tokens == tokenizer.encode(rendered.text, add_bos=False, add_eos=False)
-    raw = encode_prompt(PromptInput("t", text=PROMPTS[0]), tokenizer, None)
-    assert raw.text == PROMPTS[0]
-    assert raw.tokens == hf_tok(PROMPTS[0])["input_ids"]
 
 
 def test_jsonl_and_txt_files_give_the_config_items_results(base: Path, tmp_path: Path) -> None:
@@ -116,27 +93,6 @@ def test_stop_string_cuts_the_completion(base: Path) -> None:
     k = cut.completion_tokens
     assert stop in tokenizer.decode(full.completion_ids[:k])
     assert stop not in tokenizer.decode(full.completion_ids[: k - 1])
-
-
-def test_finish_completion_rules(base: Path) -> None:
-    tokenizer = Tokenizer.from_dir(base)
-    eos = tokenizer.eos_id
-
-    def ids(text: str) -> list[int]:
-        return tokenizer.encode(text, add_bos=False, add_eos=False)
-
-    rules = StopRules({eos: "eos", ids("!")[0]: "stop_token"}, (". ",))
-    done = finish_completion([*ids("hello world. bye"), eos], tokenizer, rules, True)
-    assert (done.text, done.stop_reason) == ("hello world", "stop_string")
-    assert done.num_tokens == next(k for k in range(1, 20)
-                                   if ". " in tokenizer.decode(ids("hello world. bye")[:k]))  # fmt: skip
-    done = finish_completion([*ids("hello"), eos], tokenizer, rules, True)
-    assert (done.text, done.stop_reason, done.num_tokens) == ("hello", "eos", len(ids("hello")) + 1)
-    done = finish_completion([*ids("hi"), ids("!")[0]], tokenizer, rules, True)
-    assert (done.text, done.stop_reason) == ("hi", "stop_token")
-    done = finish_completion(ids("no stop here"), tokenizer, StopRules({}), True)
-    assert (done.text, done.stop_reason, done.num_tokens) == (
-        "no stop here", "length", len(ids("no stop here")))  # fmt: skip
 
 
 def test_cli_prints_completions_and_writes_jsonl(base: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run
-from tune.recipes.testing.sft import TinyAssets, make_tiny_assets, run_sft_in_process, sft_overrides
+from tune_testing import TinyAssets, make_tiny_assets, run_in_process, tiny_overrides
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -34,13 +34,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("generate_parity")
     assets: TinyAssets = make_tiny_assets(root / "assets", num_rows=48)
-    summary = run_sft_in_process(
-        "sft/tiny_cpu_lora",
-        sft_overrides(assets, root / "sft", "training.max_steps=2", "training.optimizer.lr=0.05",
-                      "training.lr_schedule.warmup_steps=0", "eval.every_n_steps=null",
-                      "eval.before_training=false", "data.validation_fraction=0",
-                      "data.max_seq_len=64", "checkpointing.save_every_n_steps=null",
-                      "checkpointing.save_merged=true", "logging.loggers=[]"),
+    summary = run_in_process(
+        "sft", "sft/tiny_cpu_lora",
+        tiny_overrides(assets, root / "sft", "training.max_steps=2", "training.optimizer.lr=0.05",
+                       "training.lr_schedule.warmup_steps=0", "eval.every_n_steps=null",
+                       "eval.before_training=false", "data.validation_fraction=0",
+                       "data.max_seq_len=64", "checkpointing.save_every_n_steps=null",
+                       "checkpointing.save_merged=true", "logging.loggers=[]"),
     )  # fmt: skip
     return {
         "base": assets.checkpoint_dir,

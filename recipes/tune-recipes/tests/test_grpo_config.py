@@ -6,19 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from tune.recipes.common.reward_registry import build_reward, score_completions
-from tune.recipes.config import ConfigValidationError, load_config
+from tune.config import ConfigValidationError
+from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
+from tune.recipes.grpo.backend import build_generation_backend
 from tune.recipes.grpo.config import GRPOConfig
-from tune.recipes.grpo.toy_task import arithmetic_rows
-from tune.train.steps.rewards import (
-    RewardInputs,
-    answer_format,
-    exact_answer,
-    final_integer,
-    length_penalty,
-)
+from tune.recipes.grpo.rewards import build_reward
+from tune.train.rl import PolicyGenerationBackend, RewardInputs, exact_answer, score_completions
 
 
 def _load(
@@ -27,6 +23,7 @@ def _load(
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir(exist_ok=True)
     (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"")  # validation checks names, not contents
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "1 + 1?", "answer": "2"}\n')
     path, _ = find_config("grpo/tiny_cpu", "grpo")
@@ -93,33 +90,26 @@ def test_user_reward_by_allowed_import(tmp_path: Path, monkeypatch: pytest.Monke
         build_reward("my_rewards.ends_with_seven")
 
 
-def test_bundled_rewards() -> None:
-    inputs = RewardInputs(
-        prompts=[""] * 5,
-        completions=["Answer: 12", "Answer: 12 apples", "I think -3", "12", "no number"],
-        answers=["12", "12", "-3", "13", "1"],
-        completion_tokens=[3, 5, 4, 1, 10],
+def test_bundled_reward_names_are_tune_trains_functions() -> None:
+    assert build_reward("exact_answer").function is exact_answer
+    reward = build_reward("length_penalty", weight=2.0, options={"per_token": 0.5})
+    assert (reward.name, reward.weight) == ("length_penalty", 2.0)
+    assert reward.function(RewardInputs(["p"], ["c"], ["1"], [3])) == [-1.5]
+
+
+def test_generation_backends_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torch.nn.Linear(2, 2)
+    backend = build_generation_backend(
+        "builtin", model, pad_id=3, distributed=True, options={"batch_size": 4}
     )
-    assert exact_answer(inputs) == [1.0, 1.0, 1.0, 0.0, 0.0]
-    assert answer_format(inputs) == [1.0, 0.0, 0.0, 0.0, 0.0]
-    assert answer_format(inputs, pattern=r"-?\d+") == [0.0, 0.0, 0.0, 1.0, 0.0]
-    assert length_penalty(inputs, free_tokens=3, per_token=0.5) == [0.0, -1.0, -0.5, 0.0, -3.5]
-    assert final_integer("from 3 to -14.") == -14
-    assert final_integer("none") is None
-
-
-def test_a_reward_returning_nan_is_named() -> None:
-    reward = build_reward("length_penalty", options={"per_token": float("nan")})
-    with pytest.raises(ValueError, match=r"length_penalty.*finite"):
-        score_completions([reward], RewardInputs(["p"], ["c"], ["1"], [4]))
-
-
-def test_toy_task_answers_are_verifiable() -> None:
-    rows = arithmetic_rows(300, seed=3)
-    assert rows == arithmetic_rows(300, seed=3)
-    for row in rows:
-        numbers = [int(w) for w in str(row["prompt"]).replace(".", " ").split() if w.isdigit()]
-        a, b = numbers
-        assert int(str(row["answer"])) in (a + b, a - b)
-        assert 0 <= int(str(row["answer"])) <= 9
-        assert row["messages"][1]["content"] == f"Answer: {row['answer']}"  # type: ignore[index]
+    assert isinstance(backend, PolicyGenerationBackend)
+    assert (backend.model, backend.pad_id, backend.lockstep, backend.batch_size) == (
+        model, 3, True, 4,
+    )  # fmt: skip
+    (tmp_path / "my_backends.py").write_text("def broken(model, **kwargs):\n    return object()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match=r"rollout.backend 'my_backends.broken' built object"):
+        build_generation_backend(
+            "my_backends.broken", model, pad_id=0, distributed=False,
+            allow_imports=["my_backends.*"],
+        )  # fmt: skip

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from tune.data import PromptAnswerBuilder, Tokenizer
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.common.rollout_backend import BuiltinGenerationBackend, SamplingSettings
-from tune.recipes.grpo.rollouts import held_out_accuracy
-from tune.recipes.testing.grpo import grpo_overrides, make_arithmetic_assets, run_grpo_in_process
-from tune.recipes.testing.sft import read_metrics, run_sft_in_process
+from tune.recipes.grpo.backend import builtin_generation_backend
+from tune.train.loggers import read_jsonl_metrics
+from tune.train.rl import SamplingSettings, held_out_accuracy
+from tune_testing import make_arithmetic_assets, run_in_process, tiny_overrides
 
 GRPO_STEPS = 40
 
@@ -33,7 +34,7 @@ def _greedy_accuracy(model_dir: Path, held_out: Path) -> float:
     builder = PromptAnswerBuilder(tokenizer)
     rows = [json.loads(line) for line in held_out.read_text().splitlines()]
     samples = [builder(row, i) for i, row in enumerate(rows)]
-    backend = BuiltinGenerationBackend(ckpt.model, pad_id=tokenizer.pad_id)
+    backend = builtin_generation_backend(ckpt.model, pad_id=tokenizer.pad_id)
     return held_out_accuracy(
         backend, tokenizer, [s["prompt_tokens"] for s in samples], [s["answer"] for s in samples],
         sampling=SamplingSettings(8, temperature=0.0, stop_tokens=(tokenizer.eos_id,)),
@@ -46,10 +47,10 @@ def test_grpo_raises_accuracy_after_sft(tmp_path: Path) -> None:
     assets = make_arithmetic_assets(
         tmp_path / "assets", max_total=5, max_change=2, teacher_mistakes=0.75
     )
-    run_sft_in_process(
-        "sft/tiny_cpu_full",
+    run_in_process(
+        "sft", "sft/tiny_cpu_full",
         [
-            f"model.checkpoint_dir={assets.checkpoint_dir}", f"data.source={assets.train_file}",
+            f"model.checkpoint_dir={assets.checkpoint_dir}", f"data.source={assets.data_file}",
             "data.format=chat", "data.max_seq_len=128", "data.validation_fraction=0.0",
             f"checkpointing.output_dir={tmp_path / 'sft'}", "checkpointing.save_every_n_steps=null",
             "eval.every_n_steps=null", "logging.progress_bar=false", "logging.loggers=[jsonl]",
@@ -59,15 +60,15 @@ def test_grpo_raises_accuracy_after_sft(tmp_path: Path) -> None:
     )  # fmt: skip
     sft_model = tmp_path / "sft" / "model"
     out = tmp_path / "grpo"
-    summary = run_grpo_in_process(
-        "grpo/tiny_cpu",
-        grpo_overrides(
-            sft_model, assets, out, f"training.max_steps={GRPO_STEPS}",
+    summary = run_in_process(
+        "grpo", "grpo/tiny_cpu",
+        tiny_overrides(
+            replace(assets, checkpoint_dir=sft_model), out, f"training.max_steps={GRPO_STEPS}",
             "training.optimizer.lr=5e-4", "eval.temperature=1.0", "eval.every_n_steps=null",
             "checkpointing.save_every_n_steps=null",
         ),
     )  # fmt: skip
-    rewards = read_metrics(out / "metrics.jsonl", "reward/exact_answer/mean")
+    rewards = read_jsonl_metrics(out / "metrics.jsonl", "reward/exact_answer/mean")
     first, last = (statistics.mean(rewards[s] for s in steps) for steps in
                    (range(1, 11), range(GRPO_STEPS - 9, GRPO_STEPS + 1)))  # fmt: skip
     greedy_before = _greedy_accuracy(sft_model, assets.held_out_file)

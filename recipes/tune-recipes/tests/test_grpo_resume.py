@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.testing.grpo import (
-    ArithmeticAssets,
-    grpo_command,
-    grpo_overrides,
+from tune.dist.testing import run_and_kill_at, run_to_end
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import (
+    TinyAssets,
+    last_step_of,
     make_arithmetic_assets,
+    tiny_overrides,
+    tune_command,
 )
-from tune.recipes.testing.sft import read_metrics, run_and_kill_at, run_to_end
 
 STEPS = 5
 TIMEOUT = 240
@@ -25,13 +27,13 @@ KEYS = ("loss", "reward/mean", "reward/exact_answer/mean", "completion_length", 
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> ArithmeticAssets:
+def assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
     return make_arithmetic_assets(tmp_path_factory.mktemp("grpo_assets"), num_rows=200)
 
 
-def _command(assets: ArithmeticAssets, out: Path) -> list[str]:
-    overrides = grpo_overrides(
-        assets.checkpoint_dir, assets, out, f"training.max_steps={STEPS}",
+def _command(assets: TinyAssets, out: Path) -> list[str]:
+    overrides = tiny_overrides(
+        assets, out, f"training.max_steps={STEPS}",
         "checkpointing.save_every_n_steps=2", "eval.every_n_steps=null", "eval.max_prompts=8",
         "training.method=lora", "training.lora.dropout=0.1", "training.kl_coef=0.05",
         "training.updates_per_rollout=2", "training.micro_batch_size=16",
@@ -40,15 +42,15 @@ def _command(assets: ArithmeticAssets, out: Path) -> list[str]:
         # a random model is never exactly right: reward writing any digit, so groups differ
         "rewards=[{name: exact_answer}, {name: answer_format, options: {pattern: '.*[0-9].*'}}]",
     )  # fmt: skip
-    return grpo_command("grpo/tiny_cpu", overrides)
+    return tune_command("grpo", "grpo/tiny_cpu", overrides)
 
 
 def _metrics(out: Path) -> dict[str, dict[int, float]]:
-    return {key: read_metrics(out / "metrics.jsonl", key) for key in KEYS}
+    return {key: read_jsonl_metrics(out / "metrics.jsonl", key) for key in KEYS}
 
 
 def test_kill9_then_resume_reproduces_rewards_and_losses(
-    assets: ArithmeticAssets, tmp_path: Path
+    assets: TinyAssets, tmp_path: Path
 ) -> None:
     reference_out = tmp_path / "uninterrupted"
     run_to_end(_command(assets, reference_out), TIMEOUT)
@@ -59,7 +61,7 @@ def test_kill9_then_resume_reproduces_rewards_and_losses(
 
     out = tmp_path / "run"
     command = _command(assets, out)
-    seen = run_and_kill_at(command, out / "metrics.jsonl", 3, TIMEOUT)
+    seen = run_and_kill_at(command, last_step_of(out / "metrics.jsonl"), 3, TIMEOUT)
     assert 3 <= seen < STEPS
     run_to_end(command, TIMEOUT)  # resume=auto: from step 2 (the last committed one)
     resumed = _metrics(out)

@@ -1,4 +1,5 @@
-"""Dotted imports are refused unless allow-listed; registries are extended through entry points."""
+"""The recipes' registries and the allow-list through the `tune` command (the machinery itself is
+tested in tune-config)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tune.config import ConfigError, import_object
 from tune.recipes.cli import main
-from tune.recipes.config import (
-    LOGGERS,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    ConfigError,
-    import_allowed,
-    import_object,
-    load_config,
-)
+from tune.recipes.config import LOGGERS, LR_SCHEDULES, OPTIMIZERS, load_config
 from tune.recipes.sft import SFTConfig
-
-
-def test_component_key_injection_is_refused_at_parse_time(sft_yaml) -> None:
-    text = (
-        sft_yaml()
-        .read_text()
-        .replace(
-            "    name: adamw\n",
-            "    name: adamw\n    kwargs:\n      _component_: os.system\n      command: rm -rf /\n",
-        )
-    )
-    path = sft_yaml(text, name="evil.yaml")
-    line = text.splitlines().index("      _component_: os.system") + 1
-    with pytest.raises(ConfigError) as exc:
-        load_config(path, SFTConfig)
-    assert exc.value.key == "training.optimizer.kwargs._component_"
-    assert str(exc.value).startswith(f"{path}:{line}: training.optimizer.kwargs._component_: ")
-    assert "import of 'os.system' refused" in str(exc.value)
 
 
 def test_dotted_component_name_is_refused_without_allow_list(sft_yaml) -> None:
@@ -65,55 +41,10 @@ def test_allow_listed_import_is_accepted_and_resolves(sft_yaml) -> None:
 
 def test_a_config_cannot_grant_itself_imports(sft_yaml, capsys) -> None:
     path = sft_yaml(allow_imports=["subprocess:*"])
-    with pytest.raises(ConfigError) as exc:
-        load_config(path, SFTConfig, ["logging.loggers=[subprocess:run]"])
-    assert exc.value.key == "allow_imports"
-    assert "a config cannot grant itself imports" in str(exc.value)
     assert main(["validate", str(path)]) == 2
-    assert "--allow-import" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="not granted by overrides"):
-        load_config(sft_yaml(), SFTConfig, ["allow_imports=[subprocess:*]"])
-
-
-def test_environment_variable_allows_imports(sft_yaml, monkeypatch) -> None:
-    override = ["training.optimizer.name=torch.optim:Adagrad"]
-    with pytest.raises(ConfigError):
-        load_config(sft_yaml(), SFTConfig, override)
-    monkeypatch.setenv("TUNE_ALLOW_IMPORTS", " torch.optim:Adagrad , mypkg.*")
-    cfg = load_config(sft_yaml(), SFTConfig, override, allow_imports=["other.*"])
-    assert cfg.allow_imports == ["other.*", "torch.optim:Adagrad", "mypkg.*"]
-
-
-@pytest.mark.parametrize(
-    ("path", "pattern"),
-    [
-        ("tune.train.loggers.redaction:os.system", "tune.train.*"),
-        ("tune.train.loggers:os.system", "tune.train.*"),
-        ("mypkg.sub:Thing", "mypkg:*"),
-        ("mypkgevil.Thing", "mypkg.*"),
-        ("os.system", "o*"),
-        ("os:system", "os.sys*x"),
-    ],
-)
-def test_a_star_never_crosses_a_dot_or_colon(path: str, pattern: str) -> None:
-    assert not import_allowed(path, [pattern])
-    with pytest.raises(PermissionError, match="refused"):
-        import_object(path, [pattern])
-
-
-def test_an_allowed_path_must_name_what_its_module_defines() -> None:
-    # os.system is defined in posix: reaching it through `os` (or through any module that
-    # imported it) is refused even where the pattern allows the path.
-    with pytest.raises(PermissionError, match=r"posix\.system.*not a class or function defined"):
-        import_object("os:system", ["os:system"])
-    with pytest.raises(PermissionError, match="is a module reached through"):
-        import_object("tune.recipes.config.imports:os.system", ["tune.recipes.config.imports:*.*"])
-    with pytest.raises(PermissionError, match="private name"):
-        import_object("torch.optim:_functional", ["torch.optim:*"])
-    # Re-exports from a sub-module of the allowed module are fine.
-    assert import_object("os.path:join", ["os.path.*"]) is __import__("os").path.join
-    assert import_object("torch.optim:AdamW", ["torch.optim:AdamW"]) is torch.optim.AdamW
-    assert import_allowed("mypkg.sub:Thing", ["mypkg.*:*"])
+    err = capsys.readouterr().err
+    assert "allow_imports: a config cannot grant itself imports" in err
+    assert "--allow-import" in err
 
 
 def test_unknown_registry_name_suggests_the_closest(sft_yaml) -> None:

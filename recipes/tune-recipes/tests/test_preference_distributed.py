@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.testing.preference import (
-    preference_command,
-    preference_overrides,
-    write_preference_data,
-)
-from tune.recipes.testing.sft import TinyAssets, read_metrics, run_to_end
+from tune.data.synthetic import write_preference_data
+from tune.dist.testing import run_to_end
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import TinyAssets, tiny_overrides, tune_command
 
 STEPS = 3
 TIMEOUT = 300
@@ -25,15 +23,17 @@ def test_two_ranks_match_one_process(method: str, tiny_assets: TinyAssets, tmp_p
     metrics: dict[int, dict[str, dict[int, float]]] = {}
     for nproc in (1, 2):
         out = tmp_path / f"nproc{nproc}"
-        overrides = preference_overrides(
-            tiny_assets.checkpoint_dir, data, out, f"training.method={method}",
+        overrides = tiny_overrides(
+            TinyAssets(tiny_assets.checkpoint_dir, data), out, f"training.method={method}",
             f"training.max_steps={STEPS}", "training.lr_schedule.warmup_steps=1",
             "training.optimizer.lr=1e-3", "checkpointing.save_every_n_steps=null",
             "eval.every_n_steps=null", "eval.max_batches=null", "eval.before_training=false",
         )  # fmt: skip
-        run_to_end(preference_command("preference/tiny_cpu_dpo_lora", overrides, nproc), TIMEOUT)
+        run_to_end(
+            tune_command("preference", "preference/tiny_cpu_dpo_lora", overrides, nproc), TIMEOUT
+        )
         metrics[nproc] = {
-            key: read_metrics(out / "metrics.jsonl", key)
+            key: read_jsonl_metrics(out / "metrics.jsonl", key)
             for key in ("loss", "reward_margin", "accuracy", "val_loss", "val_accuracy")
         }
     assert sorted(metrics[1]["loss"]) == list(range(1, STEPS + 1))

@@ -13,12 +13,10 @@ import torch
 
 import tune.recipes.common.finetune_method as finetune_method
 import tune.recipes.preference.loop as loop
-from tune.recipes.testing.preference import (
-    preference_overrides,
-    run_preference_in_process,
-    write_preference_data,
-)
-from tune.recipes.testing.sft import TinyAssets, read_metrics
+import tune.recipes.preference.setup as pref_setup
+from tune.data.synthetic import write_preference_data
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import TinyAssets, run_in_process, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,7 @@ def test_dpo_lora_raises_heldout_accuracy_with_adapters_disabled_reference(
     # no second load); (4) at step 0 the held-out reward margins are exactly 0: the reference
     # log-probs are bit-identical to the policy's, as they are only for the same weights.
     loads: list[Any] = []
-    real_load = loop.load_pretrained
+    real_load = pref_setup.load_pretrained
 
     def counting_load(*args: Any, **kwargs: Any) -> Any:
         loads.append(args[0])
@@ -63,31 +61,31 @@ def test_dpo_lora_raises_heldout_accuracy_with_adapters_disabled_reference(
 
     model_class = type(model_from_checkpoint_dir(tiny_assets.checkpoint_dir, device="meta").model)
     seen_before = [_count_alive(model_class)]
-    monkeypatch.setattr(loop, "load_pretrained", counting_load)
+    monkeypatch.setattr(pref_setup, "load_pretrained", counting_load)
     monkeypatch.setattr(finetune_method, "load_pretrained", counting_load)  # the policy
     monkeypatch.setattr(loop, "micro_batch_preference", spying_step)
 
     out = tmp_path / "dpo"
-    summary = run_preference_in_process(
-        "preference/tiny_cpu_dpo_lora",
-        preference_overrides(tiny_assets.checkpoint_dir, pref_data["paired"], out,
-                             "training.max_steps=40", "eval.every_n_steps=20",
-                             "eval.max_batches=null", "checkpointing.save_every_n_steps=null"),
+    summary = run_in_process(
+        "preference", "preference/tiny_cpu_dpo_lora",
+        tiny_overrides(TinyAssets(tiny_assets.checkpoint_dir, pref_data["paired"]), out,
+                       "training.max_steps=40", "eval.every_n_steps=20",
+                       "eval.max_batches=null", "checkpointing.save_every_n_steps=null"),
     )  # fmt: skip
 
-    assert loads == [tiny_assets.checkpoint_dir]
+    assert [Path(p) for p in loads] == [tiny_assets.checkpoint_dir]
     reference = seen["reference"]
     assert reference.__qualname__ == "reference_logprobs_fn.<locals>.logprobs"
     cells = dict(zip(reference.__code__.co_freevars, reference.__closure__, strict=True))
     assert cells["reference"].cell_contents is None  # no frozen copy: the policy, adapters off
     assert seen["model_instances"] == 1
-    accuracy = read_metrics(out / "metrics.jsonl", "val_accuracy")
-    margin = read_metrics(out / "metrics.jsonl", "val_reward_margin")
+    accuracy = read_jsonl_metrics(out / "metrics.jsonl", "val_accuracy")
+    margin = read_jsonl_metrics(out / "metrics.jsonl", "val_reward_margin")
     assert margin[0] == 0.0  # policy == reference before training
     assert accuracy[0] == 0.0
     assert accuracy[40] > 0.9, accuracy
     assert margin[40] > margin[20] > 0.0
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     assert losses[1] == pytest.approx(math.log(2), abs=1e-6)
     assert sum(losses[s] for s in range(31, 41)) / 10 < math.log(2) - 0.1
     assert summary["validation"]["val_accuracy"] == accuracy[40]
@@ -109,14 +107,14 @@ def test_dpo_losses_match_recorded(
     method: str, tiny_assets: TinyAssets, pref_data: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / method
-    run_preference_in_process(
-        "preference/tiny_cpu_dpo_lora",
-        preference_overrides(tiny_assets.checkpoint_dir, pref_data["paired"], out,
-                             f"training.method={method}", f"training.max_steps={STEPS}",
-                             "eval.every_n_steps=null", "eval.before_training=false",
-                             "checkpointing.save_every_n_steps=null"),
+    run_in_process(
+        "preference", "preference/tiny_cpu_dpo_lora",
+        tiny_overrides(TinyAssets(tiny_assets.checkpoint_dir, pref_data["paired"]), out,
+                       f"training.method={method}", f"training.max_steps={STEPS}",
+                       "eval.every_n_steps=null", "eval.before_training=false",
+                       "checkpointing.save_every_n_steps=null"),
     )  # fmt: skip
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     got = [losses[s] for s in range(1, STEPS + 1)]
     # Step 1: the adapters are zero-initialised, so policy == reference and the loss is log 2.
     assert got[0] == pytest.approx(math.log(2), abs=1e-6)

@@ -15,14 +15,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tune.recipes.common.finetune_method as finetune_method
-import tune.recipes.preference.loop as loop
-from tune.recipes.testing.preference import (
-    preference_overrides,
-    run_preference_in_process,
-    write_preference_data,
-)
-from tune.recipes.testing.sft import NF4_FRIENDLY_SIZES, TinyAssets, read_metrics
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+import tune.recipes.preference.setup as pref_setup
+from tune.data.synthetic import write_preference_data
 from tune.train import (
     dpo_loss,
     ipo_loss,
@@ -30,6 +24,14 @@ from tune.train import (
     orpo_loss,
     reference_free_dpo_loss,
     simpo_loss,
+)
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import (
+    NF4_FRIENDLY_SIZES,
+    TinyAssets,
+    make_tiny_checkpoint,
+    run_in_process,
+    tiny_overrides,
 )
 
 PAIRS = 4  # one optimizer step: 2 micro-batches of 2 pairs
@@ -124,11 +126,12 @@ def test_step1_loss_equals_the_formula(
         extra.append(f"model.reference_checkpoint_dir={assets['reference']}")
     data = assets["unpaired" if name == "kto" else "paired"]
     out = tmp_path / name
-    run_preference_in_process(
+    run_in_process(
+        "preference",
         "preference/tiny_cpu_dpo_lora",
-        preference_overrides(tiny_assets.checkpoint_dir, data, out, *extra),
+        tiny_overrides(TinyAssets(tiny_assets.checkpoint_dir, data), out, *extra),
     )
-    logged = read_metrics(out / "metrics.jsonl")[1]
+    logged = read_jsonl_metrics(out / "metrics.jsonl")[1]
     expected = _expected_loss(name, assets, tiny_assets.checkpoint_dir)
     assert logged == pytest.approx(expected, rel=2e-6, abs=1e-7)
     if name in ("dpo", "ipo", "kto"):  # the reference is really the other model
@@ -144,22 +147,22 @@ def test_full_dpo_reference_is_a_frozen_copy(
     # Full tuning without reference_checkpoint_dir: the checkpoint is loaded a second time,
     # frozen; the policy moves away from it while it stays equal to the checkpoint.
     models: list[Any] = []
-    real_load = loop.load_pretrained
+    real_load = pref_setup.load_pretrained
 
     def recording_load(*args: Any, **kwargs: Any) -> Any:
         ckpt = real_load(*args, **kwargs)
         models.append(ckpt.model)
         return ckpt
 
-    monkeypatch.setattr(loop, "load_pretrained", recording_load)
+    monkeypatch.setattr(pref_setup, "load_pretrained", recording_load)
     monkeypatch.setattr(finetune_method, "load_pretrained", recording_load)  # the policy
     out = tmp_path / "full"
-    run_preference_in_process(
-        "preference/tiny_cpu_dpo_lora",
-        preference_overrides(tiny_assets.checkpoint_dir, assets["paired"], out,
-                             "training.method=full", "training.max_steps=3",
-                             "training.optimizer.lr=1e-4", "eval.before_training=false",
-                             "eval.every_n_steps=null", "checkpointing.save_every_n_steps=null"),
+    run_in_process(
+        "preference", "preference/tiny_cpu_dpo_lora",
+        tiny_overrides(TinyAssets(tiny_assets.checkpoint_dir, assets["paired"]), out,
+                       "training.method=full", "training.max_steps=3",
+                       "training.optimizer.lr=1e-4", "eval.before_training=false",
+                       "eval.every_n_steps=null", "checkpointing.save_every_n_steps=null"),
     )  # fmt: skip
     assert len(models) == 2
     policy, reference = models
@@ -173,7 +176,7 @@ def test_full_dpo_reference_is_a_frozen_copy(
     assert not torch.equal(
         moved, dict(fresh.model.named_parameters())["layers.0.attn.q_proj.weight"]
     )
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     assert losses[1] == pytest.approx(math.log(2), abs=1e-6)
     # the trained policy is written as an HF directory that transformers loads
     written = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)

@@ -7,14 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune.recipes.common.train_state import ResumeMismatchError
-from tune.recipes.testing.preference import (
-    preference_command,
-    preference_overrides,
-    run_preference_in_process,
-    write_preference_data,
+from tune.checkpoint import ResumeMismatchError
+from tune.data.synthetic import write_preference_data
+from tune.dist.testing import run_and_kill_at, run_to_end
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import (
+    TinyAssets,
+    last_step_of,
+    run_in_process,
+    tiny_overrides,
+    tune_command,
 )
-from tune.recipes.testing.sft import TinyAssets, read_metrics, run_and_kill_at, run_to_end
 
 STEPS = 8
 TIMEOUT = 240
@@ -22,19 +25,21 @@ KEYS = ("loss", "accuracy", "reward_margin", "grad_norm")
 
 
 def _overrides(assets: TinyAssets, data: Path, out: Path, *extra: str) -> list[str]:
-    return preference_overrides(
-        assets.checkpoint_dir, data, out, f"training.max_steps={STEPS}",
+    return tiny_overrides(
+        TinyAssets(assets.checkpoint_dir, data), out, f"training.max_steps={STEPS}",
         "checkpointing.save_every_n_steps=2", "eval.every_n_steps=4", "eval.max_batches=2",
         "eval.before_training=false", "training.lora.dropout=0.1", *extra,
     )  # fmt: skip
 
 
 def _command(assets: TinyAssets, data: Path, out: Path, *extra: str) -> list[str]:
-    return preference_command("preference/tiny_cpu_dpo_lora", _overrides(assets, data, out, *extra))
+    return tune_command(
+        "preference", "preference/tiny_cpu_dpo_lora", _overrides(assets, data, out, *extra)
+    )
 
 
 def _metrics(out: Path) -> dict[str, dict[int, float]]:
-    return {key: read_metrics(out / "metrics.jsonl", key) for key in (*KEYS, "val_accuracy")}
+    return {key: read_jsonl_metrics(out / "metrics.jsonl", key) for key in (*KEYS, "val_accuracy")}
 
 
 @pytest.mark.parametrize(
@@ -61,8 +66,10 @@ def test_kill9_then_resume_auto_is_bit_identical(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_preference_in_process(
-            "preference/tiny_cpu_dpo_lora", _overrides(tiny_assets, data, reference_out, *extra)
+        run_in_process(
+            "preference",
+            "preference/tiny_cpu_dpo_lora",
+            _overrides(tiny_assets, data, reference_out, *extra),
         )
     finally:
         torch.set_num_threads(threads)
@@ -71,7 +78,7 @@ def test_kill9_then_resume_auto_is_bit_identical(
 
     out = tmp_path / "run"
     command = _command(tiny_assets, data, out, *extra)
-    seen = run_and_kill_at(command, out / "metrics.jsonl", 5, TIMEOUT)
+    seen = run_and_kill_at(command, last_step_of(out / "metrics.jsonl"), 5, TIMEOUT)
     assert seen >= 5
     assert (out / "checkpoints" / "step_4").is_dir()
     run_to_end(command, TIMEOUT)  # the same command: resume=auto picks the last committed step
@@ -82,17 +89,13 @@ def test_kill9_then_resume_auto_is_bit_identical(
 def test_resume_with_another_objective_is_refused(tiny_assets: TinyAssets, tmp_path: Path) -> None:
     data = write_preference_data(tmp_path / "data", num_rows=60)["paired"]
     out = tmp_path / "run"
+    assets = TinyAssets(tiny_assets.checkpoint_dir, data)
     common = ("checkpointing.save_every_n_steps=1", "eval.every_n_steps=null",
               "eval.before_training=false", "training.lr_schedule.warmup_steps=0")  # fmt: skip
-    run_preference_in_process(
-        "preference/tiny_cpu_dpo_lora",
-        preference_overrides(
-            tiny_assets.checkpoint_dir, data, out, "training.max_steps=1", *common
-        ),
+    config = "preference/tiny_cpu_dpo_lora"
+    run_in_process(
+        "preference", config, tiny_overrides(assets, out, "training.max_steps=1", *common)
     )
     with pytest.raises(ResumeMismatchError, match=r"training.loss: saved .*'dpo'.*now .*'ipo'"):
-        run_preference_in_process(
-            "preference/tiny_cpu_dpo_lora",
-            preference_overrides(tiny_assets.checkpoint_dir, data, out, "training.max_steps=2",
-                                 "training.loss.name=ipo", *common),
-        )  # fmt: skip
+        run_in_process("preference", config, tiny_overrides(
+            assets, out, "training.max_steps=2", "training.loss.name=ipo", *common))  # fmt: skip

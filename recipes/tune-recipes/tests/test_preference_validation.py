@@ -1,5 +1,5 @@
-"""PreferenceConfig.validate names each bad key; bundled configs validate; unpaired rows are
-checked; KTO batches carry their labels and mismatched completions."""
+"""PreferenceConfig.validate names each bad key; bundled configs validate (unpaired KTO data:
+tune-data's tests/test_preference.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 
 import tune.recipes
-from tune.data import DataSourceError, Tokenizer
-from tune.recipes.config import (
-    ConfigValidationError,
-    ValidationContext,
-    load_config,
-    validate_config,
-)
+from tune.config import ConfigValidationError, ValidationContext, validate_config
+from tune.recipes.config import load_config
 from tune.recipes.preference import PreferenceConfig
-from tune.recipes.preference.unpaired import UnpairedBuilder, UnpairedLoader
-from tune.recipes.testing.preference import unpaired_rows
-from tune.recipes.testing.sft import TinyAssets
+from tune_testing import TinyAssets
 
 CONFIG_DIR = Path(tune.recipes.__file__).parent / "configs" / "preference"
 TINY = CONFIG_DIR / "tiny_cpu_dpo_lora.yaml"
@@ -50,7 +43,7 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "model.reference_checkpoint_dir: directory not found",
         ),
         (["training.lora.init=pissa"], "training.lora.init: pissa cannot be used with training.loss.name=dpo"),
-        (["distributed.tp_size=2"], "distributed.tp_size: the preference recipe shards with FSDP only"),
+        (["distributed.tp_size=2"], "distributed.tp_size: 2 does not divide the world size 1"),
         (["training.lr_schedule.warmup_steps=40"], "training.lr_schedule.warmup_steps: must be <"),
         (["data.source=./missing.jsonl"], "data.source: path not found locally: ./missing.jsonl"),
         (["data.validation_fraction=0"], "eval.every_n_steps: needs validation data"),
@@ -94,42 +87,3 @@ def test_bundled_set_covers_losses_and_methods() -> None:
                for n in BUNDLED]  # fmt: skip
     assert {c.training.method for c in configs} == {"full", "lora", "qlora"}
     assert {c.training.loss.name for c in configs} >= {"dpo", "simpo", "kto"}
-
-
-def test_unpaired_batches_carry_labels_and_mismatched_completions(
-    tiny_assets: TinyAssets, tmp_path: Path
-) -> None:
-    import datasets
-
-    rows = unpaired_rows(6)
-    dataset = datasets.Dataset.from_list(rows)
-    tokenizer = Tokenizer.from_dir(tiny_assets.checkpoint_dir)
-    builder = UnpairedBuilder(tokenizer, None, dataset)
-    loader = UnpairedLoader(dataset, builder, batch_size=3, max_seq_len=256, shuffle=False)
-    batch = next(iter(loader))
-    assert batch["tokens"].shape[0] == 6
-    assert batch["desirable"].tolist() == [r["label"] for r in rows[:3]]
-    for i in range(3):
-        example = builder._tokenize(rows[i]["prompt"], rows[i]["completion"], "")
-        kl_pair = builder._tokenize(rows[i]["prompt"], rows[i + 1]["completion"], "")
-        n, m = len(example["tokens"]), len(kl_pair["tokens"])
-        assert batch["tokens"][i, :n].tolist() == example["tokens"]
-        assert batch["tokens"][3 + i, :m].tolist() == kl_pair["tokens"]
-
-
-def test_unpaired_rows_are_checked(tiny_assets: TinyAssets) -> None:
-    import datasets
-
-    tokenizer = Tokenizer.from_dir(tiny_assets.checkpoint_dir)
-    bad_label = datasets.Dataset.from_list([{"prompt": "p", "completion": "c", "label": "maybe"}])
-    builder = UnpairedBuilder(tokenizer, None, bad_label)
-    with pytest.raises(
-        DataSourceError, match=r"example 0, column 'label': label must be a boolean"
-    ):
-        builder(bad_label[0], 0)
-    no_label = datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}])
-    with pytest.raises(DataSourceError, match=r"column\(s\) \['label'\] not found"):
-        UnpairedBuilder(tokenizer, None, no_label)
-    renamed = datasets.Dataset.from_list([{"q": "p", "completion": "c", "ok": True}])
-    builder = UnpairedBuilder(tokenizer, None, renamed, {"prompt": "q", "label": "ok"})
-    assert builder(renamed[0], 0)["desirable"] is True

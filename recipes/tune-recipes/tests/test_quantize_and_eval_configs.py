@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import tune.recipes
-from tune.recipes.config import ValidationContext, load_config, validate_config
-from tune.recipes.config.errors import ConfigValidationError
+from tune.config import ConfigValidationError, ValidationContext, validate_config
+from tune.recipes.config import load_config
 from tune.recipes.eval.config import EvalConfig
 from tune.recipes.quantize.config import QuantizeConfig
 

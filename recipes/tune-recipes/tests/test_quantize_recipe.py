@@ -14,19 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from tune.config import ConfigValidationError
+from tune.quant import QUANTIZATION_MANIFEST
 from tune.recipes.common.generation_model import load_generation_model
-from tune.recipes.common.quantize_loading import (
-    QUANTIZATION_MANIFEST,
-    QuantizedCheckpointError,
-    load_quantized_checkpoint,
-)
-from tune.recipes.config import ConfigValidationError, load_config
+from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config
 from tune.recipes.generate.config import GenerateConfig
 from tune.recipes.generate.loop import run as run_generate
 from tune.recipes.quantize.config import QuantizeConfig
 from tune.recipes.quantize.loop import run as run_quantize
-from tune.recipes.tiny_checkpoint import make_tiny_checkpoint
+from tune_testing import make_tiny_checkpoint
 
 CPU = torch.device("cpu")
 SCHEMES = ["int8_weight_only", "int8_dynamic_int8_weight", "int4_weight_only",
@@ -188,17 +185,12 @@ def test_output_dir_must_be_new_and_safetensors_must_be_writable(
                   "quantization.scheme=int4_weight_only", "weights_format=safetensors")  # fmt: skip
 
 
-def test_quantized_directory_refuses_another_dtype_or_device(
-    quantized: dict[str, Path], tmp_path: Path
+def test_quantized_directory_refuses_another_dtype_an_adapter_or_quantize(
+    quantized: dict[str, Path],
 ) -> None:
-    with pytest.raises(QuantizedCheckpointError, match=r"quantized from float32.*bfloat16"):
-        load_quantized_checkpoint(quantized["int8_weight_only"], dtype=torch.bfloat16, device=CPU)
-    moved = tmp_path / "moved"
-    shutil.copytree(quantized["int4_weight_only"], moved)
-    manifest = json.loads((moved / QUANTIZATION_MANIFEST).read_text())
-    (moved / QUANTIZATION_MANIFEST).write_text(json.dumps({**manifest, "device_type": "cuda"}))
-    with pytest.raises(QuantizedCheckpointError, match=r"for device 'cuda'.*asked for 'cpu'"):
-        load_quantized_checkpoint(moved, dtype=torch.float32, device=CPU)
+    # The manifest checks themselves are tune-quant's (tests/test_quantized_dir.py).
+    with pytest.raises(ValueError, match=r"quantized from float32, asked for bfloat16"):
+        load_generation_model(quantized["int8_weight_only"], dtype=torch.bfloat16, device=CPU)
     with pytest.raises(ValueError, match="already quantized"):
         load_generation_model(quantized["int8_weight_only"], dtype=torch.float32, device=CPU,
                               quantize="int8_weight_only")  # fmt: skip

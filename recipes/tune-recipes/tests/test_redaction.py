@@ -1,49 +1,23 @@
-"""Secrets never reach printed or saved configs; the saved config loads back."""
+"""Secrets never reach saved configs (tune-train's rule, tested there); the config loads back."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tune.recipes.config import (
-    REDACTED,
-    config_to_yaml,
-    is_secret_key,
-    load_config,
-    redact,
-    save_resolved_config,
-)
+from tune.recipes.config import config_to_yaml, load_config, save_resolved_config
 from tune.recipes.sft import SFTConfig
+from tune.train.loggers.redaction import REDACTED
 
 TOKEN = "hf_" + "a1B2c3D4e5" * 4
 
 
-def test_secret_key_names() -> None:
-    for name in ("hf_token", "token", "api_key", "apikey", "WANDB_API_KEY", "client_secret",
-                 "password", "aws_secret_key", "access_token", "credentials"):  # fmt: skip
-        assert is_secret_key(name), name
-    for name in ("tokenizer", "max_tokens", "pad_token", "eos_token", "tokens_per_second",
-                 "secretary", "keep_last_n"):  # fmt: skip
-        assert not is_secret_key(name), name
-
-
-def test_redact_tree() -> None:
-    tree = {
-        "data": {"hf_token": TOKEN, "source": "x"},
-        "logging": {"options": {"wandb": {"api_key": "k-123", "project": "p"}}},
-        "notes": [TOKEN, "plain"],  # a token-shaped value under an innocent key
-        "empty": {"token": None},
-    }
-    assert redact(tree) == {
-        "data": {"hf_token": REDACTED, "source": "x"},
-        "logging": {"options": {"wandb": {"api_key": REDACTED, "project": "p"}}},
-        "notes": [REDACTED, "plain"],
-        "empty": {"token": None},
-    }
-
-
-def test_saved_resolved_config_is_redacted_and_loads_back(sft_yaml, tmp_path: Path) -> None:
+def test_saved_resolved_config_is_redacted_and_loads_back(
+    sft_yaml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_SERVICE_SECRET", "envsecret42")
     cfg = load_config(
         sft_yaml(),
         SFTConfig,
@@ -51,6 +25,7 @@ def test_saved_resolved_config_is_redacted_and_loads_back(sft_yaml, tmp_path: Pa
             f"logging.options.wandb.api_key={TOKEN}",
             "logging.loggers=[stdout, jsonl]",
             "logging.options.jsonl.api_key=k-secret",
+            "logging.options.stdout.prefix=run-envsecret42",
         ],
     )
     assert cfg.logging.options["wandb"]["api_key"] == TOKEN  # the run itself still has it
@@ -58,6 +33,8 @@ def test_saved_resolved_config_is_redacted_and_loads_back(sft_yaml, tmp_path: Pa
     text = out.read_text()
     assert TOKEN not in text
     assert "k-secret" not in text
+    assert "envsecret42" not in text  # a secret environment value, wherever it appears
+    assert yaml.safe_load(text)["logging"]["options"]["stdout"]["prefix"] == f"run-{REDACTED}"
     saved = yaml.safe_load(text)
     assert saved["logging"]["options"]["wandb"]["api_key"] == REDACTED
     assert saved["logging"]["options"]["jsonl"]["api_key"] == REDACTED

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tune.dist.launch import launch_world_size, torchrun_args
 from tune.recipes.cli import main, parse_args
+from tune.recipes.commands.run import rank_argv
 from tune.recipes.discovery import load_recipe
-from tune.recipes.launch import build_torchrun_argv, launch_world_size, torchrun_args
 from tune.recipes.sft import SFTConfig
-from tune.recipes.testing import run_tune
+from tune_testing import run_tune
 
 
 def _config(tmp_path: Path, out: Path, batch: int = 4) -> Path:
@@ -122,18 +123,16 @@ def test_all_torchrun_flags_pass_through_and_argv_is_built() -> None:
     assert launch_world_size(flags) == 8
     assert launch_world_size(["--nproc-per-node=gpu"]) is None
     assert launch_world_size(["--nnodes=1:2"]) is None
-    built = build_torchrun_argv(
-        flags, "sft", "/abs/c.yaml", ["training.lr=1e-4"], ["mypkg.*"], python="py"
-    )
-    assert built == [
-        "py", "-m", "tune.recipes.torchrun", *flags,
+    built = rank_argv(flags, "sft", "/abs/c.yaml", ["training.lr=1e-4"], ["mypkg.*"])
+    assert built[1:] == [
+        "-m", "tune.dist.launch", "--prog=tune run", *flags,
         "-m", "tune.recipes", "run", "sft", "--config", "/abs/c.yaml",
         "--allow-import", "mypkg.*", "training.lr=1e-4",
     ]  # fmt: skip
     # torchrun itself accepts what we build.
     from torch.distributed.run import get_args_parser
 
-    parsed = get_args_parser().parse_args(built[3:])
+    parsed = get_args_parser().parse_args(built[4:])
     assert (parsed.nproc_per_node, parsed.nnodes, parsed.node_rank) == ("4", "2", 1)
     assert parsed.module
     assert parsed.training_script == "tune.recipes"

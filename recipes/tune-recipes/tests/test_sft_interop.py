@@ -10,7 +10,7 @@ import torch
 from tune.checkpoint import load_peft_adapter as read_peft_dir
 from tune.peft import load_peft_adapter
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.testing.sft import TinyAssets, run_sft_in_process, sft_overrides
+from tune_testing import TinyAssets, run_in_process, tiny_overrides
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -42,11 +42,11 @@ def test_adapter_and_merged_outputs_load_in_peft_and_transformers(
     method: str, tiny_assets: TinyAssets, tmp_path: Path
 ) -> None:
     out = tmp_path / method
-    summary = run_sft_in_process(
-        f"sft/tiny_cpu_{method}",
-        sft_overrides(tiny_assets, out, "training.max_steps=4", "training.lr_schedule.warmup_steps=1",
-                      "eval.every_n_steps=null", "checkpointing.save_merged=true",
-                      "checkpointing.save_adapter=true"),
+    summary = run_in_process(
+        "sft", f"sft/tiny_cpu_{method}",
+        tiny_overrides(tiny_assets, out, "training.max_steps=4",
+                       "training.lr_schedule.warmup_steps=1", "eval.every_n_steps=null",
+                       "checkpointing.save_merged=true", "checkpointing.save_adapter=true"),
     )  # fmt: skip
     adapter_dir, model_dir = Path(summary["adapter_dir"]), Path(summary["model_dir"])
 
@@ -77,10 +77,10 @@ def test_full_finetune_directory_loads_in_transformers(
     tiny_assets: TinyAssets, tmp_path: Path
 ) -> None:
     out = tmp_path / "full"
-    summary = run_sft_in_process(
-        "sft/tiny_cpu_full",
-        sft_overrides(tiny_assets, out, "training.max_steps=3", "training.lr_schedule.warmup_steps=1",
-                      "eval.every_n_steps=null"),
+    summary = run_in_process(
+        "sft", "sft/tiny_cpu_full",
+        tiny_overrides(tiny_assets, out, "training.max_steps=3",
+                       "training.lr_schedule.warmup_steps=1", "eval.every_n_steps=null"),
     )  # fmt: skip
     model_dir = Path(summary["model_dir"])
     ours = load_pretrained(model_dir, dtype=torch.float32, device=CPU).model.eval()

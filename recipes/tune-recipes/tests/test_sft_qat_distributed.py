@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tune.quant import is_quantized_weight
-from tune.recipes.common.qat_outputs import load_quantized_output
-from tune.recipes.testing.sft import TinyAssets
+from tune.recipes.common.generation_model import load_generation_model
+from tune_testing import TinyAssets
 
 # Each rank: load the base, prepare QAT (exclude output), shard with FSDP2 (or not, with one
 # process), then write the quantized directory (a collective when sharded).
@@ -59,8 +59,11 @@ def test_sharded_model_writes_the_same_quantized_directory(
             capture_output=True, text=True, env=env, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
-    one = load_quantized_output(tmp_path / "one" / "quantized")
-    two = load_quantized_output(tmp_path / "two" / "quantized")
+    one, two = (
+        load_generation_model(tmp_path / n / "quantized", dtype=torch.float32,
+                              device=torch.device("cpu")).checkpoint.model
+        for n in ("one", "two")
+    )  # fmt: skip
     assert is_quantized_weight(two.layers["1"].mlp.down_proj.weight)
     tokens = torch.randint(0, 400, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

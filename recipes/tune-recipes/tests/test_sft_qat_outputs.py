@@ -15,24 +15,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tune.data import Tokenizer, build_sample_builder, make_loader, split_source
 from tune.quant import (
     is_quantized_weight,
     prepare_qat,
     quantize_model,
     read_hf_quantization_config,
+    read_quantization_manifest,
 )
-from tune.recipes.common.data_loading import (
-    build_sample_builder,
-    load_tokenizer,
-    make_loader,
-    split_source,
-)
-from tune.recipes.common.finetune_method import lora_config_from, prepare_for_method
+from tune.recipes.common.config_sections import LoRAConfig
+from tune.recipes.common.finetune_method import prepare_for_method
+from tune.recipes.common.generation_model import load_quantized_checkpoint
+from tune.recipes.common.lora_settings import lora_config_from
 from tune.recipes.common.model_loading import load_pretrained
-from tune.recipes.common.qat_outputs import load_quantized_output, write_quantized_output
-from tune.recipes.testing.sft import TinyAssets, run_sft_in_process, sft_overrides
+from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.train.steps.token import evaluate_token_loss as evaluate
 from tune.train.steps.token import micro_batch_loss
+from tune_testing import TinyAssets, run_in_process, tiny_overrides
 
 SCHEME = "int8_dynamic_int4_weight"
 CPU = torch.device("cpu")
@@ -41,7 +40,7 @@ CPU = torch.device("cpu")
 def _val_loss(model: nn.Module, assets: TinyAssets) -> float:
     """Held-out CE on the 10% the sft configs hold out (validation_fraction 0.1, seed 0)."""
     builder = build_sample_builder(
-        load_tokenizer(assets.checkpoint_dir), "instruction", column_map={}, chat_template=None,
+        Tokenizer.from_dir(assets.checkpoint_dir), "instruction", column_map={}, chat_template=None,
         train_on_input=False,
     )  # fmt: skip
     _, val = split_source(str(assets.data_file), "train", None, 0.1, 0)
@@ -50,6 +49,11 @@ def _val_loss(model: nn.Module, assets: TinyAssets) -> float:
         seed=0, shuffle=False, rank=0, world_size=1, endless=False,
     )  # fmt: skip
     return evaluate(model, loader, fused=False)
+
+
+def load_quantized_output(directory: str | Path) -> nn.Module:
+    """The native model of a quantized directory, as generate and eval load it."""
+    return load_quantized_checkpoint(directory, dtype=torch.float32, device=CPU)[0].model
 
 
 def _with_outlier_channels(src: Path, dst: Path, factor: float) -> Path:
@@ -78,7 +82,7 @@ def _with_outlier_channels(src: Path, dst: Path, factor: float) -> Path:
 
 def _run_sft(assets: TinyAssets, out: Path, *extra: str) -> dict:
     """The real sft loop with ``qat.scheme`` set: it converts and writes ``quantized/`` at the end."""
-    return run_sft_in_process("sft/tiny_cpu_qat", sft_overrides(assets, out, *extra))
+    return run_in_process("sft", "sft/tiny_cpu_qat", tiny_overrides(assets, out, *extra))
 
 
 def test_qat_quantized_model_beats_ptq_of_the_same_model(
@@ -88,7 +92,7 @@ def test_qat_quantized_model_beats_ptq_of_the_same_model(
     fast = ("eval.every_n_steps=null", "checkpointing.save_every_n_steps=null",
             "training.lr_schedule.warmup_steps=0")  # fmt: skip
     # A float model trained on the task, then given outlier channels (same function).
-    pre = run_sft_in_process("sft/tiny_cpu_full", sft_overrides(
+    pre = run_in_process("sft", "sft/tiny_cpu_full", tiny_overrides(
         tiny_assets, tmp_path / "pre", "training.max_steps=100", "training.optimizer.lr=2.0e-3",
         *fast))  # fmt: skip
     base_dir = _with_outlier_channels(Path(pre["model_dir"]), tmp_path / "base", 64.0)
@@ -99,8 +103,10 @@ def test_qat_quantized_model_beats_ptq_of_the_same_model(
 
     # The same 30 steps from that base: without QAT then PTQ, and with QAT then convert.
     steps = ("training.max_steps=30", "training.optimizer.lr=1.0e-3", *fast)
-    no_qat = run_sft_in_process(
-        "sft/tiny_cpu_qat", sft_overrides(base, tmp_path / "float", "qat.scheme=null", *steps)
+    no_qat = run_in_process(
+        "sft",
+        "sft/tiny_cpu_qat",
+        tiny_overrides(base, tmp_path / "float", "qat.scheme=null", *steps),
     )
     ptq = load_pretrained(no_qat["model_dir"], dtype=torch.float32, device=CPU).model
     quantize_model(ptq, SCHEME, exclude=["output"])
@@ -132,14 +138,13 @@ def test_qat_quantized_model_beats_ptq_of_the_same_model(
     # The float outputs of the run are still written before conversion.
     assert (Path(qat["model_dir"]) / "model.safetensors").is_file()
 
-    # The loader of `quantize` directories (used by generate) reads it too.
-    loading = pytest.importorskip("tune.recipes.common.quantize_loading")
-    ckpt, manifest = loading.load_quantized_checkpoint(directory, dtype=torch.float32, device=CPU)
-    assert manifest.scheme == SCHEME
+    # The manifest of every quantized directory (`quantize` writes the same format).
+    manifest = read_quantization_manifest(directory)
+    assert (manifest.scheme, manifest.weights_file, manifest.hf_loadable) == (
+        SCHEME, "model.safetensors", True
+    )  # fmt: skip
     assert len(manifest.quantized_modules) == 2 * 7
     tokens = torch.randint(0, 400, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(ckpt.model(tokens), quantized(tokens), atol=0.0, rtol=0.0)
 
     # transformers loads the directory as it is and computes the same logits.
     from transformers import AutoModelForCausalLM
@@ -156,13 +161,12 @@ def test_lora_qat_merges_adapters_before_quantizing(
     torch.set_num_threads(1)
     ckpt = load_pretrained(tiny_assets.checkpoint_dir, dtype=torch.float32, device=CPU)
     model = ckpt.model
-    lora = lora_config_from("lora", r=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj"],
-                            exclude=[], use_rslora=False, init="default")  # fmt: skip
+    lora = lora_config_from("lora", LoRAConfig(r=4, alpha=8.0, targets=["q_proj", "v_proj"]))
     prepare_for_method(model, "lora", lora)
     prepared = prepare_qat(model, SCHEME, exclude=["output"])
     assert len(prepared) == 2 * 7
     builder = build_sample_builder(
-        load_tokenizer(tiny_assets.checkpoint_dir), "instruction", column_map={},
+        Tokenizer.from_dir(tiny_assets.checkpoint_dir), "instruction", column_map={},
         chat_template=None, train_on_input=False,
     )  # fmt: skip
     train, _ = split_source(str(tiny_assets.data_file), "train", None, 0.1, 0)
@@ -192,7 +196,7 @@ def test_a_model_without_fake_quantization_is_refused(
     tiny_assets: TinyAssets, tmp_path: Path
 ) -> None:
     ckpt = load_pretrained(tiny_assets.checkpoint_dir, dtype=torch.float32, device=CPU)
-    with pytest.raises(ValueError, match=r"qat.scheme='int4_weight_only': no layer .* fake quant"):
+    with pytest.raises(ValueError, match=r"\('int4_weight_only'\): no layer .* fake quant"):
         write_quantized_output(
             tmp_path, ckpt.model, ckpt, tiny_assets.checkpoint_dir, scheme="int4_weight_only"
         )

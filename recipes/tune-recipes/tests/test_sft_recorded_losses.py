@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tune.dist.testing import run_to_end
 from tune.recipes.cli import main
-from tune.recipes.testing.sft import (
-    TinyAssets,
-    read_metrics,
-    run_to_end,
-    sft_overrides,
-    tune_command,
-)
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import TinyAssets, tiny_overrides, tune_command
 
 STEPS = 6
 METHODS = ["full", "lora", "qlora", "dora"]
@@ -45,14 +41,14 @@ _ONE_PROCESS: dict[tuple[str, bool], dict[str, dict[int, float]]] = {}
 
 
 def _overrides(assets: TinyAssets, out: Path, *extra: str) -> list[str]:
-    return sft_overrides(
+    return tiny_overrides(
         assets, out, f"training.max_steps={STEPS}", "eval.every_n_steps=3",
         "checkpointing.save_every_n_steps=null", "checkpointing.save_merged=false", *extra,
     )  # fmt: skip
 
 
 def _metrics(out: Path) -> dict[str, dict[int, float]]:
-    return {key: read_metrics(out / "metrics.jsonl", key) for key in ("loss", "val_loss")}
+    return {key: read_jsonl_metrics(out / "metrics.jsonl", key) for key in ("loss", "val_loss")}
 
 
 def _one_process(method: str, packed: bool, assets: TinyAssets, out: Path) -> dict:
@@ -88,7 +84,7 @@ def test_two_ranks_match_one_process_and_recorded(
     overrides = _overrides(
         tiny_assets, out, "data.packing=false", "distributed.fsdp=true", "distributed.backend=gloo"
     )
-    run_to_end(tune_command(f"sft/tiny_cpu_{method}", overrides, nproc=2), TWO_RANK_TIMEOUT)
+    run_to_end(tune_command("sft", f"sft/tiny_cpu_{method}", overrides, nproc=2), TWO_RANK_TIMEOUT)
     two = _metrics(out)
     assert sorted(two["loss"]) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):

@@ -10,25 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tune.recipes.testing.sft import (
-    TinyAssets,
-    read_metrics,
-    run_and_kill_at,
-    run_to_end,
-    sft_overrides,
-    tune_command,
-)
+from tune.dist.testing import run_and_kill_at, run_to_end
+from tune.train.loggers import read_jsonl_metrics
+from tune_testing import TinyAssets, last_step_of, tiny_overrides, tune_command
 
 STEPS = 8
 TIMEOUT = 240
 
 
 def _command(assets: TinyAssets, out: Path) -> list[str]:
-    overrides = sft_overrides(
+    overrides = tiny_overrides(
         assets, out, f"training.max_steps={STEPS}", "checkpointing.save_every_n_steps=2",
         "eval.every_n_steps=null", "checkpointing.save_merged=false", "training.lora.dropout=0.1",
     )  # fmt: skip
-    return tune_command("sft/tiny_cpu_lora", overrides)
+    return tune_command("sft", "sft/tiny_cpu_lora", overrides)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def reference(
 ) -> dict[int, float]:
     out = tmp_path_factory.mktemp("uninterrupted")
     run_to_end(_command(tiny_assets, out), TIMEOUT)
-    losses = read_metrics(out / "metrics.jsonl")
+    losses = read_jsonl_metrics(out / "metrics.jsonl")
     assert sorted(losses) == list(range(1, STEPS + 1))
     return losses
 
@@ -48,10 +43,10 @@ def test_kill9_then_resume_auto_is_bit_identical(
 ) -> None:
     out = tmp_path / "run"
     command = _command(tiny_assets, out)
-    seen = run_and_kill_at(command, out / "metrics.jsonl", kill_step, TIMEOUT)
+    seen = run_and_kill_at(command, last_step_of(out / "metrics.jsonl"), kill_step, TIMEOUT)
     assert seen >= kill_step
     run_to_end(command, TIMEOUT)  # the same command: resume=auto picks the last committed step
-    losses = read_metrics(out / "metrics.jsonl")  # steps after the resume point overwrite
+    losses = read_jsonl_metrics(out / "metrics.jsonl")  # steps after the resume point overwrite
     assert sorted(losses) == list(range(1, STEPS + 1))
     # dropout is on: equality needs the RNG state restored too, not just weights and data.
     assert losses == reference
@@ -65,16 +60,16 @@ def test_sigterm_saves_exits_zero_and_resumes(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + TIMEOUT
-    while not read_metrics(out / "metrics.jsonl").get(3) and time.monotonic() < deadline:
+    while not read_jsonl_metrics(out / "metrics.jsonl").get(3) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err.decode()[-3000:]
-    stopped_at = max(read_metrics(out / "metrics.jsonl"))
+    stopped_at = max(read_jsonl_metrics(out / "metrics.jsonl"))
     assert stopped_at < STEPS
     assert (out / "checkpoints" / f"step_{stopped_at}" / "manifest.json").is_file()
     run_to_end(command, TIMEOUT)
-    assert read_metrics(out / "metrics.jsonl") == reference
+    assert read_jsonl_metrics(out / "metrics.jsonl") == reference
 
 
 def test_resume_path_without_checkpoint_is_an_error(
@@ -83,9 +78,9 @@ def test_resume_path_without_checkpoint_is_an_error(
     empty = tmp_path / "nothing_here"
     empty.mkdir()
     command = tune_command(
-        "sft/tiny_cpu_lora",
-        sft_overrides(tiny_assets, tmp_path / "out", "training.max_steps=6",
-                      f"checkpointing.resume={empty}"),
+        "sft", "sft/tiny_cpu_lora",
+        tiny_overrides(tiny_assets, tmp_path / "out", "training.max_steps=6",
+                       f"checkpointing.resume={empty}"),
     )  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0
@@ -136,5 +131,5 @@ def test_kill_inside_a_save_resumes_from_the_previous_step(
     assert "step_2" in steps
     assert "step_4" not in steps  # only the scratch directory of the interrupted save
     run_to_end(command, TIMEOUT)  # resumes from step 2, cleans the scratch directory
-    assert read_metrics(out / "metrics.jsonl") == reference
+    assert read_jsonl_metrics(out / "metrics.jsonl") == reference
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")) == []

@@ -7,13 +7,9 @@ from pathlib import Path
 import pytest
 
 import tune.recipes
+from tune.config import ConfigValidationError, ValidationContext, validate_config
 from tune.recipes.cli import main
-from tune.recipes.config import (
-    ConfigValidationError,
-    ValidationContext,
-    load_config,
-    validate_config,
-)
+from tune.recipes.config import load_config
 from tune.recipes.sft import SFTConfig
 
 CONFIG_DIR = Path(tune.recipes.__file__).parent / "configs" / "sft"

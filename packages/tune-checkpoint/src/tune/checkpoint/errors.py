@@ -33,6 +33,18 @@ class CheckpointWriteError(CheckpointError, OSError):
     """Writing an output failed (e.g. ENOSPC); errno is kept, the partial output was removed."""
 
 
+class ResumeMismatchError(CheckpointError, ValueError):
+    """A checkpoint belongs to a run with other settings or other input files."""
+
+
+class RunDirectoryError(CheckpointError, ValueError):
+    """A run directory cannot be claimed by this run."""
+
+
+class OutputOverlapsInputError(RunDirectoryError):
+    """The output directory is, contains, or lies inside one of the run's inputs."""
+
+
 def first_keys(keys: Iterable[str], limit: int = 5) -> str:
     """Format the first `limit` sorted keys for an error message, with a count of the rest."""
     ordered = sorted(keys)

@@ -4,9 +4,9 @@ from tune.data._version import __version__
 from tune.data.builders import (
     ChatBuilder,
     InstructionBuilder,
-    PreferenceBuilder,
     PromptAnswerBuilder,
     TextBuilder,
+    build_sample_builder,
     resolve_template,
     sharegpt_to_messages,
 )
@@ -18,7 +18,7 @@ from tune.data.bundled_templates import (
 )
 from tune.data.chat_template import ChatTemplate, RenderedChat
 from tune.data.collate import collate_packed, collate_padded, collate_preference, collate_prompts
-from tune.data.loader import StreamingLoader, merge_loader_states
+from tune.data.loader import StreamingLoader, make_loader, merge_loader_states, per_rank_batches
 from tune.data.masking import (
     IGNORE_INDEX,
     shift_labels,
@@ -34,7 +34,23 @@ from tune.data.packing import (
     pad_pack,
     select_for_pack,
 )
-from tune.data.padding_free import remove_padding
+from tune.data.padding_free import (
+    padding_free_batch,
+    padding_free_batches,
+    remove_padding,
+    resolve_padding_free,
+)
+from tune.data.preference import PreferenceBuilder, UnpairedBuilder
+from tune.data.prompt_files import (
+    PROMPT_FILE_SUFFIXES,
+    EncodedPrompt,
+    PromptInput,
+    PromptInputError,
+    collect_prompts,
+    encode_prompt,
+    parse_prompt,
+    read_prompt_file,
+)
 from tune.data.sampler import RankCursor, SampleOrder, cursor_from_state, merge_rank_states
 from tune.data.sources import (
     DataSourceError,
@@ -42,9 +58,10 @@ from tune.data.sources import (
     read_jsonl,
     require_columns,
     row_location,
+    split_source,
 )
 from tune.data.template_sandbox import TemplateLimitError
-from tune.data.tokenizer import Tokenizer, TokenizerFileError
+from tune.data.tokenizer import Tokenizer, TokenizerFileError, check_vocab_fits
 from tune.data.truncation import (
     TRUNCATION_POLICIES,
     DataStats,
@@ -56,17 +73,21 @@ __all__ = [
     "BUNDLED_TEMPLATES",
     "IGNORE_INDEX",
     "PACKING_STRATEGIES",
+    "PROMPT_FILE_SUFFIXES",
     "ROLES",
     "TRUNCATION_POLICIES",
     "ChatBuilder",
     "ChatTemplate",
     "DataSourceError",
     "DataStats",
+    "EncodedPrompt",
     "InstructionBuilder",
     "Message",
     "MessageError",
     "PreferenceBuilder",
     "PromptAnswerBuilder",
+    "PromptInput",
+    "PromptInputError",
     "RankCursor",
     "RenderedChat",
     "SampleOrder",
@@ -76,29 +97,42 @@ __all__ = [
     "TextBuilder",
     "Tokenizer",
     "TokenizerFileError",
+    "UnpairedBuilder",
     "__version__",
     "apply_truncation",
+    "build_sample_builder",
     "bundled_template",
+    "check_vocab_fits",
     "collate_packed",
     "collate_padded",
     "collate_preference",
     "collate_prompts",
+    "collect_prompts",
     "concat_documents",
     "cursor_from_state",
+    "encode_prompt",
     "load_source",
+    "make_loader",
     "merge_loader_states",
     "merge_rank_states",
     "pack_stream",
     "pad_pack",
+    "padding_free_batch",
+    "padding_free_batches",
+    "parse_prompt",
+    "per_rank_batches",
     "read_jsonl",
+    "read_prompt_file",
     "remove_padding",
     "require_columns",
+    "resolve_padding_free",
     "resolve_template",
     "row_location",
     "select_for_pack",
     "sharegpt_to_messages",
     "shift_labels",
     "spans_to_token_mask",
+    "split_source",
     "template_control_tokens",
     "template_end_of_turn",
     "to_messages",

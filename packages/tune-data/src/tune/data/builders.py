@@ -1,8 +1,10 @@
-"""Turn dataset rows into tokenized samples: instruction, chat, text, preference, prompt+answer."""
+"""Turn dataset rows into tokenized samples: instruction, chat, text, prompt+answer (preference
+pairs: `tune.data.preference`); `build_sample_builder` picks one by format name."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -16,7 +18,6 @@ from tune.data.row_checks import (
     iter_rows,
     plainly_valid,
     require_assistant_content,
-    require_distinct_replies,
     require_string,
     require_text,
     require_values,
@@ -38,11 +39,12 @@ SHAREGPT_ROLES = {
 
 
 def resolve_template(tokenizer: Tokenizer, template: str | ChatTemplate | None) -> ChatTemplate:
-    """A `ChatTemplate` from a bundled name, jinja source, an instance, or the tokenizer's own.
+    """A `ChatTemplate` from a bundled name, jinja source or file, an instance, or the tokenizer's own.
 
     Args:
         tokenizer: supplies the special tokens (and the default template when `template` is None).
-        template: a bundled name (`llama3`, ...), jinja source, a `ChatTemplate`, or None.
+        template: a bundled name (`llama3`, ...), jinja source, the path of a jinja file (`~`
+            expanded), a `ChatTemplate`, or None.
     """
     if isinstance(template, ChatTemplate):
         return template
@@ -57,8 +59,13 @@ def resolve_template(tokenizer: Tokenizer, template: str | ChatTemplate | None) 
         source, name = bundled_template(template), template
     elif "{%" in template or "{{" in template:
         source, name = template, "inline template"
+    elif Path(template).expanduser().is_file():
+        source, name = Path(template).expanduser().read_text(encoding="utf-8"), template
     else:
-        raise ValueError(f"unknown template {template!r}; bundled: {list(BUNDLED_TEMPLATES)}")
+        raise ValueError(
+            f"unknown template {template!r} (no such file either); bundled: "
+            f"{list(BUNDLED_TEMPLATES)}"
+        )
     return ChatTemplate(source, tokenizer.special_tokens, name=name)
 
 
@@ -296,67 +303,6 @@ class TextBuilder(_Builder):
         return tokenize_text(self.tokenizer, text, self.add_bos, self.add_eos)
 
 
-class PreferenceBuilder(_Builder):
-    """Preference pairs: `prompt` (string or messages) with `chosen` and `rejected` replies
-    (strings or assistant messages), or full `chosen`/`rejected` conversations without a prompt.
-
-    Args:
-        tokenizer: the tokenizer.
-        template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
-        columns: map of `prompt`/`chosen`/`rejected` to the dataset's column names.
-    """
-
-    kind = "preference"
-    required = ("chosen", "rejected")
-
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        template: str | ChatTemplate | None = None,
-        columns: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(columns)
-        self.tokenizer = tokenizer
-        self.template = resolve_template(tokenizer, template)
-
-    def _default_columns(self) -> dict[str, str]:
-        return {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
-
-    def check_row(self, row: Mapping[str, Any], index: int) -> None:
-        """Raise naming the example and column when the prompt or a reply is of the wrong type,
-        a reply is empty, or both replies are identical."""
-        super().check_row(row, index)
-        prompt = self.col(row, "prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            if not isinstance(prompt, Sequence) or isinstance(prompt, bytes):
-                expected = "a string or a list of messages"
-                require_string(prompt, self.columns["prompt"], index, expected=expected)
-            to_messages(prompt, f"example {index}: column {self.columns['prompt']!r}")
-        require_distinct_replies(row, self.columns, index)
-
-    def _conversation(self, prompt: Any, reply: Any) -> list[dict[str, Any]]:
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        prompt = list(prompt or [])
-        if isinstance(reply, str):
-            reply = [{"role": "assistant", "content": reply}]
-        return [*prompt, *reply]
-
-    def __call__(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
-        self.check_row(row, index)
-        where = f"example {index}"
-        prompt = self.col(row, "prompt")
-        out: dict[str, Any] = {}
-        for side in ("chosen", "rejected"):
-            messages = self._conversation(prompt, self.col(row, side))
-            sample = tokenize_messages(
-                self.tokenizer, self.template, messages, where=f"{where} ({side})"
-            )
-            out[f"{side}_tokens"] = sample["tokens"]
-            out[f"{side}_labels"] = sample["labels"]
-        return out
-
-
 class PromptAnswerBuilder(_Builder):
     """Prompts with reference answers (RL): the prompt rendered with the generation prompt.
 
@@ -413,3 +359,38 @@ class PromptAnswerBuilder(_Builder):
             "answer": str(self.col(row, "answer")),
             "index": index,
         }
+
+
+def build_sample_builder(
+    tokenizer: Tokenizer,
+    data_format: str,
+    *,
+    column_map: Mapping[str, str],
+    chat_template: str | None,
+    train_on_input: bool,
+    key: str = "data.format",
+) -> InstructionBuilder | ChatBuilder | TextBuilder:
+    """The row -> sample builder of an SFT format name, from plain (config) settings.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        data_format: `instruction`, `chat` or `text`.
+        column_map: dataset column -> the builder's column name (`{"question": "instruction"}`);
+            the inverse of the builders' `columns`.
+        chat_template: a bundled template name, a path to a Jinja file, Jinja source, or None
+            (the tokenizer's). Unused by `text`.
+        train_on_input: train on every token instead of the assistant's only.
+        key: the config key of `data_format`, named in errors.
+
+    Raises:
+        ValueError: an unknown `data_format`.
+    """
+    columns = {expected: column for column, expected in column_map.items()} or None
+    train_on = "all" if train_on_input else "assistant"
+    if data_format == "text":
+        return TextBuilder(tokenizer, columns=columns)
+    if data_format not in ("instruction", "chat"):
+        raise ValueError(f"{key} {data_format!r}: expected instruction, chat or text")
+    if data_format == "instruction":
+        return InstructionBuilder(tokenizer, chat_template, columns=columns, train_on=train_on)
+    return ChatBuilder(tokenizer, chat_template, columns=columns, train_on=train_on)

@@ -71,19 +71,30 @@ def collate_preference(
     """Pad preference pairs into one batch: rows 0..B-1 chosen, rows B..2B-1 rejected.
 
     Args:
-        samples: B pairs with `chosen_tokens/labels` and `rejected_tokens/labels`.
+        samples: B pairs with `chosen_tokens/labels` and `rejected_tokens/labels`, and for
+            unpaired (KTO) samples a `desirable` flag each (`UnpairedBuilder`).
         pad_id: token id for padding.
         pad_to_multiple_of: round the length up to this multiple.
 
     Returns:
-        `tokens`, `labels`, `positions`, `attention_mask`, each [2B, T] int64.
+        `tokens`, `labels`, `positions`, `attention_mask`, each [2B, T] int64; with `desirable`
+        [B] bool when the samples carry it.
     """
     rows = [
         {"tokens": s[f"{side}_tokens"], "labels": s[f"{side}_labels"]}
         for side in ("chosen", "rejected")
         for s in samples
     ]
-    return collate_padded(rows, pad_id, pad_to_multiple_of)
+    batch = collate_padded(rows, pad_id, pad_to_multiple_of)
+    flags = [s.get("desirable") for s in samples]
+    if any(flag is not None for flag in flags):
+        if None in flags:
+            raise ValueError(
+                f"collate_preference: sample {flags.index(None)} of the batch has no 'desirable' "
+                "flag while others have one; expected every sample unpaired or none"
+            )
+        batch["desirable"] = torch.tensor([bool(flag) for flag in flags], dtype=torch.bool)
+    return batch
 
 
 def collate_prompts(

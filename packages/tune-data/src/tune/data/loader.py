@@ -1,4 +1,8 @@
-"""A lazy, rank-sharded, resumable loader: rows are tokenized (and packed) as batches are drawn."""
+"""A lazy, rank-sharded, resumable loader: rows are tokenized (and packed) as batches are drawn.
+
+`make_loader` builds one from plain (config) settings; `per_rank_batches` splits a global batch
+count between data-parallel ranks.
+"""
 
 from __future__ import annotations
 
@@ -270,3 +274,68 @@ def merge_loader_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
         "seed": first["seed"],
         "stats": totals,
     }
+
+
+def make_loader(
+    dataset: str | Path | datasets.Dataset,
+    builder: Callable[[Mapping[str, Any], int], dict[str, Any]],
+    *,
+    batch_size: int,
+    max_seq_len: int,
+    packing: bool,
+    truncation: str,
+    seed: int,
+    shuffle: bool,
+    rank: int,
+    world_size: int,
+    endless: bool,
+) -> StreamingLoader:
+    """A `StreamingLoader` for a training (`endless`) or evaluation (one pass) stream.
+
+    Args:
+        dataset: a `datasets.Dataset` or source (see `load_source`).
+        builder: row -> sample callable.
+        batch_size: samples (or packed rows) per batch on this rank.
+        max_seq_len: longest sample, and the packed row length.
+        packing: pack samples into rows (`best_fit`) instead of padding each batch.
+        truncation: `truncate`, `drop` or `error` for samples longer than `max_seq_len`.
+        seed: shuffle seed.
+        shuffle: shuffle rows each epoch.
+        rank: this rank.
+        world_size: number of data-parallel ranks.
+        endless: cycle over epochs and drop a short last batch (training); else one pass that
+            keeps every row (evaluation).
+    """
+    return StreamingLoader(
+        dataset,
+        builder,
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        packing="best_fit" if packing else None,
+        truncation=truncation,
+        seed=seed,
+        shuffle=shuffle,
+        epochs=None if endless else 1,
+        rank=rank,
+        world_size=world_size,
+        drop_last=endless,
+    )
+
+
+def per_rank_batches(max_batches: int | None, data_parallel_size: int) -> int | None:
+    """Each rank's share of a global batch count (e.g. evaluation's `max_batches`), rounded up.
+
+    Each rank draws its own rows, so `max_batches` per rank would evaluate `data_parallel_size`
+    times more rows on several ranks than on one.
+
+    Args:
+        max_batches: global batches, or None (no limit: None is returned).
+        data_parallel_size: number of data-parallel ranks.
+    """
+    if max_batches is None:
+        return None
+    if data_parallel_size < 1:
+        raise ValueError(
+            f"per_rank_batches: data_parallel_size must be >= 1, got {data_parallel_size}"
+        )
+    return -(-max_batches // data_parallel_size)

@@ -6,13 +6,22 @@ third of the tokens or more. ``remove_padding`` keeps only the real tokens, in o
 a model with document-masked attention computes exactly what it computed on the padded batch for
 every real token, on R tokens instead of B * T. Labels are already aligned per example (the last
 real token of an example keeps its own label), so no label crosses from one example into the next.
+
+In a loop::
+
+    enabled = resolve_padding_free(None, device=device, packing=False, compile=False, tp_size=1)
+    for batch in loader:
+        batch = padding_free_batch({k: v.to(device) for k, v in batch.items()}, enabled)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def remove_padding(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -52,3 +61,62 @@ def remove_padding(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     rows = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1).expand_as(real)
     out["document_ids"] = rows[real].unsqueeze(0)  # (1, R)
     return out
+
+
+def resolve_padding_free(
+    setting: bool | None,
+    *,
+    device: torch.device,
+    packing: bool,
+    compile: bool,
+    tp_size: int,
+    key: str = "data.padding_free",
+) -> bool:
+    """Whether to lay each padded micro-batch end to end (`remove_padding`).
+
+    `None` (auto) turns it on for CPU training without `torch.compile` or tensor parallelism:
+    there the document-masked attention runs eagerly on any row length. On CUDA, documents go
+    through FlexAttention, compiled for each distinct length, so auto leaves it off there (and a
+    compiled model would recompile for each length too). Packed data has no padding to remove.
+
+    Args:
+        setting: True, False or None (auto).
+        device: the training device.
+        packing: the data is packed (then always False).
+        compile: the model is compiled with `torch.compile`.
+        tp_size: tensor-parallel degree (sequence parallelism splits the row).
+        key: the config key of `setting`, named in the log.
+    """
+    if packing:
+        return False
+    if setting is None:
+        setting = device.type == "cpu" and not compile and tp_size == 1
+        logger.info("%s (auto): %s", key, "on" if setting else "off")
+    elif setting and device.type == "cuda":
+        logger.warning(
+            "%s=true on CUDA: FlexAttention compiles once per distinct row length; expect "
+            "recompilations until the lengths repeat",
+            key,
+        )
+    return setting
+
+
+def padding_free_batch(batch: Mapping[str, torch.Tensor], enabled: bool) -> dict[str, torch.Tensor]:
+    """The batch itself, or its real tokens as one packed row [1, R] when `enabled`.
+
+    Args:
+        batch: a collated batch; one without `attention_mask` or already packed (`document_ids`)
+            is returned as it is.
+        enabled: `resolve_padding_free`'s answer.
+    """
+    if not enabled or "attention_mask" not in batch or "document_ids" in batch:
+        return dict(batch)
+    return remove_padding(batch)
+
+
+def padding_free_batches(
+    batches: Iterable[Mapping[str, torch.Tensor]], enabled: bool
+) -> Iterator[dict[str, torch.Tensor]]:
+    """`padding_free_batch` over an iterable (validation batches)."""
+    for batch in batches:
+        yield padding_free_batch(batch, enabled)

@@ -6,7 +6,7 @@ import bisect
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,14 @@ logger = logging.getLogger(__name__)
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
-__all__ = ["DataSourceError", "load_source", "read_jsonl", "require_columns", "row_location"]
+__all__ = [
+    "DataSourceError",
+    "load_source",
+    "read_jsonl",
+    "require_columns",
+    "row_location",
+    "split_source",
+]
 
 
 @dataclass(frozen=True)
@@ -255,3 +262,63 @@ def require_columns(dataset: datasets.Dataset, columns: Sequence[str], where: st
         )
     if len(dataset) == 0:
         raise DataSourceError(f"{where}: the dataset has 0 rows")
+
+
+def _require_rows(dataset: datasets.Dataset, where: str, skipped: int = 0) -> None:
+    if len(dataset) == 0:
+        raise DataSourceError(
+            f"{where} has 0 rows (skipped malformed: {skipped}); "
+            "expected a file or dataset with at least one row"
+        )
+
+
+def split_source(
+    source: str,
+    split: str,
+    validation_split: str | None,
+    validation_fraction: float,
+    seed: int,
+    *,
+    key: str = "data.source",
+    validate: Callable[[datasets.Dataset], None] | None = None,
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The (train, validation) datasets of a source; validation is None when there is none.
+
+    Args:
+        source: a local file or hub dataset name (see `load_source`).
+        split: the training split (hub datasets).
+        validation_split: a named validation split (hub datasets), or None.
+        validation_fraction: part of the training rows held out (shuffled, seeded) when there
+            is no named split; 0: no validation set.
+        seed: seed of the hold-out split.
+        key: the config key of `source`, named in errors; its section (`data` of `data.source`)
+            names the `validation_split` and `validation_fraction` keys too.
+        validate: row checks (a builder's `validate`), run on the whole source before a fraction
+            is held out, so a bad row is named by its place in the source; a `StreamingLoader`
+            checks the parts again, but their rows are shuffled by the split.
+
+    Raises:
+        ValueError: a named validation split of a local file (it has none).
+        DataSourceError: the source or its validation split has 0 rows.
+    """
+    section = key.rpartition(".")[0]
+    prefix = f"{section}." if section else ""
+    if validation_split is not None and Path(source).exists():
+        raise ValueError(
+            f"{prefix}validation_split={validation_split!r}: a local file ({source}) has no named "
+            f"splits; use {prefix}validation_fraction to hold out part of it"
+        )
+    train, skipped = load_source(source, split=split)
+    if skipped:
+        logger.warning("%s: skipped %d malformed rows", source, skipped)
+    _require_rows(train, f"{key}={source} (split {split!r})", skipped)
+    if validation_split is not None:
+        val, _ = load_source(source, split=validation_split)
+        _require_rows(val, f"{key}={source} (split {validation_split!r})")
+        return train, val
+    if validation_fraction > 0:
+        if validate is not None:
+            validate(train)
+        parts = train.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
+        return parts["train"], parts["test"]
+    return train, None

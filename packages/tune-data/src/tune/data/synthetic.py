@@ -1,4 +1,8 @@
-"""Deterministic synthetic datasets and a tiny tokenizer directory, for tests, demos and benchmarks."""
+"""Deterministic synthetic datasets and a tiny tokenizer directory, for tests, demos and benchmarks.
+
+Instruction rows, preference pairs (paired, and unpaired for KTO), and arithmetic word problems
+with verifiable answers (a toy RL task whose `messages` also serve an SFT warm-up).
+"""
 
 from __future__ import annotations
 
@@ -156,6 +160,40 @@ def synthetic_preference_rows(num_rows: int = 200, seed: int = 0) -> list[dict[s
     return rows
 
 
+def synthetic_unpaired_rows(num_rows: int = 200, seed: int = 0) -> list[dict[str, Any]]:
+    """Unpaired (KTO) rows: each pair of `synthetic_preference_rows` split into its desirable
+    (`label` True) and undesirable (`label` False) completion of the same prompt.
+
+    Args:
+        num_rows: number of rows (pairs of consecutive rows share a prompt).
+        seed: the generator seed.
+    """
+    rows: list[dict[str, Any]] = []
+    for pair in synthetic_preference_rows(num_rows // 2 + 1, seed):
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    return rows[:num_rows]
+
+
+def write_preference_data(
+    directory: str | Path, *, num_rows: int = 200, seed: int = 0
+) -> dict[str, Path]:
+    """Write `paired.jsonl` (`synthetic_preference_rows`) and `unpaired.jsonl`
+    (`synthetic_unpaired_rows`, the same answers as KTO rows) under `directory`.
+
+    Returns `{"paired": path, "unpaired": path}`.
+    """
+    directory = Path(directory)
+    return {
+        "paired": write_jsonl(
+            synthetic_preference_rows(num_rows, seed), directory / "paired.jsonl"
+        ),
+        "unpaired": write_jsonl(
+            synthetic_unpaired_rows(num_rows, seed), directory / "unpaired.jsonl"
+        ),
+    }
+
+
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Write rows as JSON lines.
 
@@ -169,6 +207,100 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+_NAMES = ["Ana", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kai", "Lea"]
+_ITEMS = ["apples", "books", "coins", "pens", "shells", "stickers", "marbles", "cards"]
+_ADD = [
+    "{name} has {a} {item}. {name} finds {b} more. How many {item} does {name} have now?",
+    "{name} had {a} {item} and got {b} more. How many {item} does {name} have?",
+]
+_SUB = [
+    "{name} has {a} {item}. {name} gives away {b}. How many {item} are left?",
+    "{name} had {a} {item} and lost {b}. How many {item} does {name} have?",
+]
+
+# The reference completion of an arithmetic problem (what a format reward can check for).
+ARITHMETIC_COMPLETION_FORMAT = "Answer: {answer}"
+
+
+def arithmetic_word_problem(
+    rng: random.Random, max_total: int = 9, max_change: int = 3, teacher_mistakes: float = 0.0
+) -> dict[str, Any]:
+    """One word problem: an amount plus or minus a change, every number in `[0, max_total]`.
+
+    Returns `prompt`, `answer` (the integer as text) and `messages` (the prompt and the
+    reference completion `"Answer: <n>"`, for an SFT warm-up on the same task as chat).
+
+    Args:
+        rng: the random source.
+        max_total: largest amount, before or after the change (9: single-digit answers).
+        max_change: largest change, at least 1.
+        teacher_mistakes: probability that a subtraction's demonstration (`messages`) adds
+            instead, as a weak teacher would; `answer` is always right.
+    """
+    if max_change < 1 or max_total < max_change:
+        raise ValueError(
+            f"arithmetic problems need 1 <= max_change <= max_total, got max_change={max_change}, "
+            f"max_total={max_total}"
+        )
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    b = rng.randint(1, max_change)
+    if rng.random() < 0.5:
+        a = rng.randint(0, max_total - b)
+        prompt, answer = rng.choice(_ADD).format(name=name, item=item, a=a, b=b), a + b
+        shown = answer
+    else:
+        a = rng.randint(b, max_total)
+        prompt, answer = rng.choice(_SUB).format(name=name, item=item, a=a, b=b), a - b
+        shown = a + b if rng.random() < teacher_mistakes else answer
+    completion = ARITHMETIC_COMPLETION_FORMAT.format(answer=shown)
+    return {
+        "prompt": prompt,
+        "answer": str(answer),
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion},
+        ],
+    }
+
+
+def arithmetic_rows(
+    num_rows: int,
+    *,
+    seed: int = 0,
+    max_total: int = 9,
+    max_change: int = 3,
+    teacher_mistakes: float = 0.0,
+) -> list[dict[str, Any]]:
+    """`num_rows` arithmetic word problems (`arithmetic_word_problem`), a toy RL task with
+    verifiable answers; the same seed always gives the same rows.
+
+    Args:
+        num_rows: number of rows.
+        seed: the generator seed (different seeds give different, possibly overlapping, problems).
+        max_total: largest amount, before or after the change.
+        max_change: largest amount added or taken away.
+        teacher_mistakes: share of subtraction demonstrations that add instead.
+    """
+    if num_rows <= 0:
+        raise ValueError(f"num_rows must be > 0, got {num_rows}")
+    rng = random.Random(seed)
+    return [
+        arithmetic_word_problem(rng, max_total, max_change, teacher_mistakes)
+        for _ in range(num_rows)
+    ]
+
+
+def write_arithmetic_task(path: str | Path, num_rows: int, **options: Any) -> Path:
+    """Write `arithmetic_rows(num_rows, **options)` as JSON lines to `path`; returns the path.
+
+    Args:
+        path: the file to write (parents are created).
+        num_rows: number of rows.
+        **options: `seed`, `max_total`, `max_change`, `teacher_mistakes` of `arithmetic_rows`.
+    """
+    return write_jsonl(arithmetic_rows(num_rows, **options), path)
 
 
 def _corpus(extra: Iterable[str]) -> list[str]:

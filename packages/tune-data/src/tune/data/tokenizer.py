@@ -279,3 +279,29 @@ class Tokenizer:
             skip_special_tokens: drop special tokens from the text.
         """
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def check_vocab_fits(
+    tokenizer_vocab_size: int,
+    model_vocab_size: int,
+    *,
+    tokenizer_dir: str | Path,
+    checkpoint_dir: str | Path,
+) -> None:
+    """Refuse a tokenizer with ids past a model's embedding (a smaller one is normal: padded tables).
+
+    Args:
+        tokenizer_vocab_size: the tokenizer's ids, added tokens included (``Tokenizer.vocab_size``).
+        model_vocab_size: rows of the model's embedding (``vocab_size`` of its ``config.json``).
+        tokenizer_dir, checkpoint_dir: where each came from, named in the error.
+
+    Raises:
+        ValueError: the tokenizer has more ids than the embedding has rows.
+    """
+    if tokenizer_vocab_size > model_vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_dir} has {tokenizer_vocab_size} ids (with added tokens) but "
+            f"the model of {checkpoint_dir} embeds only {model_vocab_size} (config.json "
+            "vocab_size): ids past the embedding would fail mid-training. Use the model's own "
+            "tokenizer, or resize the embedding first"
+        )

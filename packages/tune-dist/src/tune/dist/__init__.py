@@ -1,43 +1,129 @@
-"""tune.dist: FSDP2, tensor parallel, activation checkpointing and offloading from plain torchrun environments."""
+"""tune.dist: FSDP2, tensor parallel, activation checkpointing and offloading from plain torchrun environments.
+
+``parallelize(model, ParallelPlan(...))`` applies them in one documented order. Names are imported
+on first use (PEP 562), so a command line that imports ``tune.dist.launch`` does not import torch.
+"""
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from tune.dist._version import __version__
-from tune.dist.activation_checkpointing import apply_activation_checkpointing
-from tune.dist.activation_offloading import (
-    ActivationOffloader,
-    apply_activation_offloading,
-    offload_activations,
-)
-from tune.dist.environment import (
-    DistributedInfo,
-    default_backend,
-    destroy_distributed,
-    init_distributed,
-    read_environment,
-)
-from tune.dist.fsdp import apply_fsdp
-from tune.dist.mesh import (
-    build_mesh,
-    data_parallel_mesh,
-    data_parallel_rank_and_size,
-    resolve_mesh_shape,
-)
-from tune.dist.module_matching import ModuleMatch, find_modules
-from tune.dist.reductions import all_reduce, all_reduce_sum, any_rank, count_target_tokens
-from tune.dist.signals import StopSignalHandler
-from tune.dist.state_dict import (
-    gather_full_optimizer_state_dict,
-    gather_full_state_dict,
-    load_full_state_dict,
-)
-from tune.dist.tensor_parallel import STYLES, apply_tp, match_plan
+
+_EXPORTS = {
+    "activation_checkpointing": ("apply_activation_checkpointing",),
+    "activation_offloading": (
+        "ActivationOffloader",
+        "apply_activation_offloading",
+        "offload_activations",
+    ),
+    "data_parallel": ("DataParallel", "setup_data_parallel"),
+    "environment": (
+        "DistributedInfo",
+        "default_backend",
+        "destroy_distributed",
+        "init_distributed",
+        "read_environment",
+        "seed_everything",
+    ),
+    "fsdp": ("apply_fsdp", "set_gradient_sync"),
+    "mesh": (
+        "build_mesh",
+        "data_parallel_mesh",
+        "data_parallel_rank_and_size",
+        "resolve_mesh_shape",
+    ),
+    "module_matching": ("ModuleMatch", "find_modules"),
+    "parallelize": ("PARALLELIZE_ORDER", "ParallelPlan", "parallelize"),
+    "reductions": ("all_reduce", "all_reduce_sum", "any_rank", "count_target_tokens"),
+    "signals": ("StopSignalHandler",),
+    "state_dict": (
+        "gather_full_optimizer_state_dict",
+        "gather_full_state_dict",
+        "load_full_state_dict",
+    ),
+    "tensor_parallel": ("STYLES", "apply_tp", "match_plan"),
+    "launch": (
+        "add_torchrun_arguments",
+        "build_torchrun_argv",
+        "launch_world_size",
+        "run_torchrun",
+        "torchrun_args",
+    ),
+}
+
+if TYPE_CHECKING:
+    from tune.dist.activation_checkpointing import apply_activation_checkpointing
+    from tune.dist.activation_offloading import (
+        ActivationOffloader,
+        apply_activation_offloading,
+        offload_activations,
+    )
+    from tune.dist.data_parallel import DataParallel, setup_data_parallel
+    from tune.dist.environment import (
+        DistributedInfo,
+        default_backend,
+        destroy_distributed,
+        init_distributed,
+        read_environment,
+        seed_everything,
+    )
+    from tune.dist.fsdp import apply_fsdp, set_gradient_sync
+    from tune.dist.launch import (
+        add_torchrun_arguments,
+        build_torchrun_argv,
+        launch_world_size,
+        run_torchrun,
+        torchrun_args,
+    )
+    from tune.dist.mesh import (
+        build_mesh,
+        data_parallel_mesh,
+        data_parallel_rank_and_size,
+        resolve_mesh_shape,
+    )
+    from tune.dist.module_matching import ModuleMatch, find_modules
+    from tune.dist.parallelize import PARALLELIZE_ORDER, ParallelPlan, parallelize
+    from tune.dist.reductions import all_reduce, all_reduce_sum, any_rank, count_target_tokens
+    from tune.dist.signals import StopSignalHandler
+    from tune.dist.state_dict import (
+        gather_full_optimizer_state_dict,
+        gather_full_state_dict,
+        load_full_state_dict,
+    )
+    from tune.dist.tensor_parallel import STYLES, apply_tp, match_plan
+else:
+
+    class _Package(types.ModuleType):
+        # A submodule import binds its name on the package; ``parallelize`` stays the function.
+        def __setattr__(self, name: str, value: Any) -> None:
+            if not (isinstance(value, types.ModuleType) and name in _OWNER):
+                super().__setattr__(name, value)
+
+    def __getattr__(name: str) -> Any:
+        """Import an exported name's module on first use (PEP 562)."""
+        if name not in _OWNER:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{_OWNER[name]}"), name)
+        globals()[name] = value
+        return value
+
+    _OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
+    sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
+    "PARALLELIZE_ORDER",
     "STYLES",
     "ActivationOffloader",
+    "DataParallel",
     "DistributedInfo",
     "ModuleMatch",
+    "ParallelPlan",
     "StopSignalHandler",
     "__version__",
+    "add_torchrun_arguments",
     "all_reduce",
     "all_reduce_sum",
     "any_rank",
@@ -46,6 +132,7 @@ __all__ = [
     "apply_fsdp",
     "apply_tp",
     "build_mesh",
+    "build_torchrun_argv",
     "count_target_tokens",
     "data_parallel_mesh",
     "data_parallel_rank_and_size",
@@ -55,9 +142,16 @@ __all__ = [
     "gather_full_optimizer_state_dict",
     "gather_full_state_dict",
     "init_distributed",
+    "launch_world_size",
     "load_full_state_dict",
     "match_plan",
     "offload_activations",
+    "parallelize",
     "read_environment",
     "resolve_mesh_shape",
+    "run_torchrun",
+    "seed_everything",
+    "set_gradient_sync",
+    "setup_data_parallel",
+    "torchrun_args",
 ]

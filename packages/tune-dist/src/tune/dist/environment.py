@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -92,7 +93,9 @@ def read_environment(env: Mapping[str, str] | None = None) -> DistributedInfo:
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is outside [0, WORLD_SIZE={world_size})")
     if not 0 <= local_rank < local_world_size:
-        raise ValueError(f"LOCAL_RANK={local_rank} is outside [0, LOCAL_WORLD_SIZE={local_world_size})")
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} is outside [0, LOCAL_WORLD_SIZE={local_world_size})"
+        )
     if world_size > 1 and (master_addr is None or master_port is None):
         raise ValueError(
             f"WORLD_SIZE={world_size} but MASTER_ADDR={master_addr!r} / MASTER_PORT={master_port!r} "
@@ -123,6 +126,7 @@ def init_distributed(
     backend: str | None = None,
     timeout: timedelta = DEFAULT_TIMEOUT,
     env: Mapping[str, str] | None = None,
+    device: str = "auto",
 ) -> DistributedInfo:
     """Create the default process group from the launcher's environment variables.
 
@@ -133,11 +137,19 @@ def init_distributed(
         backend: "nccl", "gloo", ...; None picks nccl on CUDA and gloo on CPU.
         timeout: how long collectives wait before raising (a hung rank fails, it does not hang).
         env: the environment to read; defaults to ``os.environ``.
+        device: "auto" (CUDA when available), "cuda" (raises without CUDA) or "cpu" (the CPU
+            even on a GPU machine).
 
     Returns:
         The DistributedInfo of this process, with ``backend`` set when a group exists.
     """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device: expected 'auto', 'cuda' or 'cpu', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' was requested but torch.cuda.is_available() is False")
     info = read_environment(env)
+    if device == "cpu":
+        info = replace(info, device=torch.device("cpu"))
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
     if not info.is_distributed:
@@ -176,11 +188,32 @@ def init_distributed(
     return replace(info, backend=chosen)
 
 
-def destroy_distributed() -> None:
-    """Wait for every rank, then destroy the default process group; a no-op without one."""
+def destroy_distributed(wait: bool = True) -> None:
+    """Wait for every rank, then destroy the default process group; a no-op without one.
+
+    Args:
+        wait: barrier first (a clean end); False when unwinding from an error, where the other
+            ranks may be blocked in a collective this rank will never enter.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
-        dist.barrier()
+        if wait:
+            dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's (if installed) and torch's generators (CPU and every GPU).
+
+    Args:
+        seed: the seed; NumPy gets ``seed % 2**32``.
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is optional
+        return
+    np.random.seed(seed % 2**32)

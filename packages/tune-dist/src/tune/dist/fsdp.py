@@ -119,3 +119,14 @@ def apply_fsdp(
         logger.info("FSDP2 keeps %d frozen parameters whole on every rank", len(ignored))
     logger.debug("fully_shard applied to %d blocks and the root", len(blocks))
     return model
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """FSDP2: reduce-scatter gradients in the coming backward only when ``enabled``.
+
+    Gradient accumulation turns it off for every micro-batch but the last of a step, so
+    gradients are synchronised once per optimizer step. A no-op for a model without FSDP.
+    """
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is not None:
+        setter(enabled)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import Placement, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -50,6 +51,71 @@ STYLES: dict[str, Callable[[], ParallelStyle]] = {
 TPPlan = Mapping[str, "str | ParallelStyle"]
 
 
+def _distribute(
+    module: nn.Module, names: list[str], mesh: DeviceMesh, placement: Placement, src: int | None
+) -> None:
+    for name in names:
+        param = module._parameters[name]
+        assert param is not None
+        dtensor = distribute_tensor(param, mesh, [placement], src_data_rank=src)
+        module.register_parameter(name, nn.Parameter(dtensor, requires_grad=param.requires_grad))
+
+
+class _ColwiseWithAdapters(ColwiseParallel):
+    """Colwise for an ``nn.Linear`` carrying inner linears (LoRA ``lora_A`` / ``lora_B``).
+
+    The inner linear producing the layer's ``out_features`` (``lora_B``) is sharded like the
+    weight, so the adapter output is sharded like the base output; the others (``lora_A``) are
+    replicated. Parameters of the layer itself with a leading ``out_features`` dimension (weight,
+    bias, a DoRA magnitude) are sharded on dim 0.
+    """
+
+    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+        if not name:  # the adapted layer itself comes first
+            self._out = module.out_features
+            names = [k for k, p in module._parameters.items() if p is not None and p.shape[:1] == (self._out,)]
+        elif isinstance(module, nn.Linear) and module.out_features == self._out:
+            names = [k for k, p in module._parameters.items() if p is not None]
+        else:
+            return  # replicated by distribute_module
+        _distribute(module, names, device_mesh, Shard(0), self.src_data_rank)
+
+
+class _RowwiseWithAdapters(RowwiseParallel):
+    """Rowwise for an ``nn.Linear`` carrying inner linears (LoRA ``lora_A`` / ``lora_B``).
+
+    The inner linear reading the layer's ``in_features`` (``lora_A``) is sharded like the weight
+    (its output is then a partial sum, like the base output's, reduced together with it); the
+    others (``lora_B``) and the bias are replicated.
+    """
+
+    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+        if not name:
+            self._in = module.in_features
+        elif not (isinstance(module, nn.Linear) and module.in_features == self._in):
+            return  # replicated by distribute_module
+        _distribute(module, ["weight"], device_mesh, Shard(1), self.src_data_rank)
+
+
+def _with_inner_linears(name: str, module: nn.Module, style: ParallelStyle) -> ParallelStyle:
+    """The style to apply to ``module``: adapter-aware when an ``nn.Linear`` has inner layers."""
+    if not isinstance(module, nn.Linear) or not any(True for _ in module.children()):
+        return style
+    adapted: dict[type, type] = {
+        ColwiseParallel: _ColwiseWithAdapters,
+        RowwiseParallel: _RowwiseWithAdapters,
+    }
+    if type(style) not in adapted:
+        raise ValueError(
+            f"{name}: {type(module).__name__} holds inner layers "
+            f"({[n for n, _ in module.named_children()]}); only the plain colwise/rowwise styles "
+            f"shard such a layer, got {type(style).__name__}"
+        )
+    style = copy.copy(style)
+    style.__class__ = adapted[type(style)]
+    return style
+
+
 def resolve_style(style: str | ParallelStyle, pattern: str = "") -> ParallelStyle:
     """A ParallelStyle object from a style name (see ``STYLES``) or an object passed through."""
     if isinstance(style, ParallelStyle):
@@ -68,8 +134,8 @@ def _check_module(name: str, module: nn.Module, style: ParallelStyle, tp: int) -
     ):
         raise ValueError(
             f"{name}: {type(style).__name__} shards nn.Linear / nn.Embedding weights, got "
-            f"{type(module).__name__}; apply tensor parallel before swapping in adapters or "
-            f"quantized layers"
+            f"{type(module).__name__}; apply tensor parallel before swapping in layers that are "
+            f"not nn.Linear subclasses (quantized layers, other adapter classes)"
         )
     if isinstance(module, nn.Linear):
         if isinstance(style, ColwiseParallel) and module.out_features % tp:
@@ -141,6 +207,12 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, plan: TPPlan) -> nn.Module:
     (``q.view(B, T, -1, head_dim)``), so a colwise q/k/v shard runs ``n_heads / tp`` local heads
     with no change to the model; ``n_heads`` and ``n_kv_heads`` must be divisible by the TP degree.
 
+    An ``nn.Linear`` subclass holding inner ``nn.Linear`` layers (LoRA factors, e.g. tune-peft's
+    ``LoRALinear``) is sharded together with them, so adapters may be injected before TP:
+    colwise shards the inner layer producing ``out_features`` (``lora_B``) and replicates the
+    rest (``lora_A``); rowwise shards the inner layer reading ``in_features`` (``lora_A``) and
+    replicates the rest. The adapter output then has the base output's layout.
+
     Args:
         model: a plain model (apply TP before FSDP).
         tp_mesh: a 1-D mesh (e.g. ``mesh["tp"]``).
@@ -155,11 +227,19 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, plan: TPPlan) -> nn.Module:
     if tp_mesh.ndim != 1:
         raise ValueError(f"apply_tp needs a 1-D mesh, got {tp_mesh.ndim}-D {tp_mesh.mesh_dim_names}")
     tp = tp_mesh.size()
-    resolved = [(n, m, resolve_style(plan[p], p)) for n, m, p in match_plan(model, plan)]
+    resolved = [
+        (n, m, _with_inner_linears(n, m, resolve_style(plan[p], p)))
+        for n, m, p in match_plan(model, plan)
+    ]
     _check_tied(model, {n for n, _, _ in resolved})
     for name, module, style in resolved:
         _check_module(name, module, style, tp)
+    # SequenceParallel re-creates norm weights as trainable Parameters: keep frozen ones frozen.
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     for name, module, style in resolved:
         parallelize_module(module, tp_mesh, style)
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
     logger.debug("tensor parallel (degree %d) applied to %d modules", tp, len(resolved))
     return model

@@ -38,6 +38,13 @@ from tune.models.qwen3 import Qwen3Config
 from tune.models.registry import ModelFamily, register_family, supported_model_types
 from tune.models.rms_norm import RMSNorm
 from tune.models.rotary import RopeSpec, RotaryEmbedding, apply_rotary
+from tune.models.stopping import (
+    Completion,
+    StopRules,
+    build_stop_rules,
+    checkpoint_eos_ids,
+    finish_completion,
+)
 from tune.models.tp_plan import tp_plan
 from tune.models.transformer import Transformer, TransformerBlock
 
@@ -46,6 +53,7 @@ __all__ = [
     "LLAMA_KEY_MAP",
     "Attention",
     "CheckpointModel",
+    "Completion",
     "ConfigFields",
     "DecoderConfig",
     "GatedMLP",
@@ -62,6 +70,7 @@ __all__ = [
     "RMSNorm",
     "RopeSpec",
     "RotaryEmbedding",
+    "StopRules",
     "Transformer",
     "TransformerBlock",
     "UnsupportedConfigError",
@@ -72,11 +81,14 @@ __all__ = [
     "build_from_hf_config",
     "build_model",
     "build_named_size",
+    "build_stop_rules",
     "cache_length",
+    "checkpoint_eos_ids",
     "common_fields",
     "config_from_hf",
     "convert_hf_to_native",
     "convert_native_to_hf",
+    "finish_completion",
     "generate",
     "hf_to_native_key",
     "layer_windows",

@@ -47,7 +47,11 @@ class KVCache(nn.Module):
         self.length = 0
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``k``, ``v`` [B, H_kv, T, head_dim]; return the whole caches [B, H_kv, S, D]."""
+        """Append ``k``, ``v`` [B, H_kv, T, head_dim]; return the whole caches [B, H_kv, S, D].
+
+        The first update resizes the head dimension to ``k``'s: under tensor parallelism a rank
+        computes ``num_kv_heads / tp`` heads.
+        """
         start, steps = self.length, k.shape[2]
         if start + steps > self.max_seq_len:
             raise ValueError(
@@ -58,6 +62,11 @@ class KVCache(nn.Module):
             raise ValueError(
                 f"KV cache was set up for batch size {self.k_cache.shape[0]}, got {k.shape[0]}"
             )
+        if start == 0 and k.shape[1] != self.k_cache.shape[1]:
+            # Tensor parallel: this rank holds only its share of the key/value heads.
+            shape = (k.shape[0], k.shape[1], self.max_seq_len, k.shape[3])
+            self.k_cache = self.k_cache.new_zeros(shape)
+            self.v_cache = self.v_cache.new_zeros(shape)
         self.k_cache[:, :, start : start + steps] = k
         self.v_cache[:, :, start : start + steps] = v
         self.length = start + steps

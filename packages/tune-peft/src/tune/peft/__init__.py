@@ -22,6 +22,7 @@ from tune.peft.peft_config import (
     to_peft_config,
 )
 from tune.peft.peft_format import (
+    AdapterMismatchError,
     KeyMap,
     adapter_key_map,
     export_peft_adapter,
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_RANK",
     "MAX_SCALING",
     "AdapterConfigLike",
+    "AdapterMismatchError",
     "KeyMap",
     "LoRALinear",
     "LoRAWeights",

@@ -22,6 +22,7 @@ from tune.peft.inject import apply_lora, linear_module_names, lora_modules
 from tune.peft.module_patterns import REGEX_PREFIX, closest_names
 from tune.peft.peft_config import (
     AdapterConfigLike,
+    _config_and_source,
     from_peft_config,
     to_peft_config,
 )
@@ -31,6 +32,27 @@ KeyMap = Callable[[str], str]
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
+
+
+class AdapterMismatchError(ValueError):
+    """A PEFT adapter that does not fit the model: a tensor for no linear layer or of wrong shape."""
+
+
+def _check_factor_shape(key: str, value: torch.Tensor, suffix: str, layer: nn.Linear,
+                        hf_module: str, trained_on: str) -> None:  # fmt: skip
+    out_f, in_f, shape = layer.out_features, layer.in_features, tuple(value.shape)
+    if suffix == "lora_A.weight":
+        expected, fits = f"[r, in_features={in_f}]", len(shape) == 2 and shape[1] == in_f
+    elif suffix == "lora_B.weight":
+        expected, fits = f"[out_features={out_f}, r]", len(shape) == 2 and shape[0] == out_f
+    else:
+        expected, fits = f"[out_features={out_f}]", shape == (out_f,)
+    if not fits:
+        raise AdapterMismatchError(
+            f"PEFT adapter key {key!r} has shape {shape}, but the model's {hf_module}.weight has "
+            f"shape ({out_f}, {in_f}), so it must be {expected}: the adapter was trained on "
+            f"another base{trained_on}"
+        )
 
 
 def _identity(key: str) -> str:
@@ -197,17 +219,25 @@ def load_peft_adapter(
 
     Returns:
         Native names of the adapted layers.
+
+    Raises:
+        AdapterMismatchError: a tensor names no linear layer of the model, or its shape does not
+            fit the layer (an adapter trained on another base); the model is left unchanged.
     """
     key_map = key_map or _identity
-    config = from_peft_config(adapter_config, source=source)
+    raw_config, where = _config_and_source(adapter_config, source)
+    config = from_peft_config(raw_config, source=where)
+    base = raw_config.get("base_model_name_or_path")
+    trained_on = f" ({where} says base_model_name_or_path={base!r})" if base else ""
     if any(adapter_name in m.adapter_names for m in lora_modules(model).values()):
         raise ValueError(
             f"the model already has an adapter named {adapter_name!r}; pass another adapter_name "
             "or delete_adapter() it first"
         )
     hf_to_module, hf_to_bias = _native_names(model, key_map)
+    modules = dict(model.named_modules())
     native: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
+    for key, value in sorted(state_dict.items()):
         if not key.startswith(PEFT_PREFIX):
             raise ValueError(f"PEFT adapter key {key!r} does not start with {PEFT_PREFIX!r}")
         hf_key = key[len(PEFT_PREFIX) :]
@@ -220,10 +250,14 @@ def load_peft_adapter(
             hf_module = hf_key[: -len(suffix) - 1]
             if hf_module not in hf_to_module:
                 close = closest_names(hf_module, hf_to_module)
-                raise ValueError(
-                    f"PEFT adapter key {key!r}: module {hf_module!r} is no nn.Linear of the model "
-                    f"(after key_map); closest: {close}"
+                raise AdapterMismatchError(
+                    f"PEFT adapter key {key!r} targets {hf_module!r}, which is no linear layer "
+                    f"(nn.Linear) of the model after key_map{trained_on}; closest: {close}"
                 )
+            if suffix != "base_layer.bias":
+                layer = modules[hf_to_module[hf_module]]
+                assert isinstance(layer, nn.Linear)  # linear_module_names lists nothing else
+                _check_factor_shape(key, value, suffix, layer, hf_module, trained_on)
             native_suffix = "bias" if suffix == "base_layer.bias" else suffix
             native[f"{hf_to_module[hf_module]}.{native_suffix}"] = value
         elif hf_key in hf_to_bias:

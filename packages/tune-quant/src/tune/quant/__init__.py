@@ -9,9 +9,26 @@ from tune.quant.hf_config import (
 )
 from tune.quant.memory import model_storage_bytes, tensor_storage_bytes
 from tune.quant.module_filter import ADAPTER_PATTERNS, ModuleFilter, select_linear_modules
-from tune.quant.nf4 import NF4Stats, nf4_shardable, nf4_storage_bytes, to_nf4_linear_weights
+from tune.quant.nf4 import (
+    NF4Stats,
+    nf4_shardable,
+    nf4_storage_bytes,
+    to_nf4_linear_weights,
+    unshardable_nf4_params,
+)
 from tune.quant.ptq import is_quantized_weight, quantize_model, validate_modules_for_scheme
 from tune.quant.qat import convert_qat, prepare_qat, qat_prepared_modules
+from tune.quant.quantized_dir import (
+    MANIFEST_VERSION,
+    QUANTIZATION_MANIFEST,
+    QuantizationManifest,
+    QuantizedDirError,
+    check_quantized_dir,
+    is_quantized_dir,
+    load_quantized_dir,
+    read_quantization_manifest,
+    save_quantized_dir,
+)
 from tune.quant.schemes import (
     SCHEMES,
     DeviceSupport,
@@ -30,21 +47,28 @@ from tune.quant.serialization import (
 __all__ = [
     "ADAPTER_PATTERNS",
     "FLOAT8_RECIPES",
+    "MANIFEST_VERSION",
+    "QUANTIZATION_MANIFEST",
     "SCHEMES",
     "DeviceSupport",
     "ModuleFilter",
     "NF4Stats",
     "QuantScheme",
+    "QuantizationManifest",
+    "QuantizedDirError",
     "UnsupportedSchemeError",
     "__version__",
     "apply_float8_training",
     "check_float8_supported",
+    "check_quantized_dir",
     "check_scheme_supported",
     "convert_qat",
     "get_scheme",
     "hf_quantization_config",
+    "is_quantized_dir",
     "is_quantized_weight",
     "load_quantized",
+    "load_quantized_dir",
     "load_quantized_state_dict",
     "model_storage_bytes",
     "nf4_shardable",
@@ -53,11 +77,14 @@ __all__ = [
     "qat_prepared_modules",
     "quantize_model",
     "read_hf_quantization_config",
+    "read_quantization_manifest",
     "save_quantized",
+    "save_quantized_dir",
     "select_linear_modules",
     "tensor_storage_bytes",
     "to_nf4_linear_weights",
     "to_safetensors_format",
+    "unshardable_nf4_params",
     "validate_modules_for_scheme",
     "write_hf_quantization_config",
 ]

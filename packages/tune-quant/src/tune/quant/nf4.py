@@ -72,6 +72,26 @@ def nf4_shardable(weight: torch.Tensor, num_shards: int) -> bool:
     return all(getattr(weight, name).numel() % num_shards == 0 for name in _SHARDED_INNER_TENSORS)
 
 
+def unshardable_nf4_params(model: nn.Module, num_shards: int) -> list[nn.Parameter]:
+    """Frozen NF4 weights of ``model`` that FSDP2 cannot split over ``num_shards`` ranks.
+
+    Pass them as ``fully_shard(..., ignored_params=...)``: they stay whole on every rank. Only
+    weights of fewer than ``num_shards * block_size * scaler_block_size`` elements (16,384 per
+    shard with the defaults) qualify, so keeping them whole costs little memory.
+    """
+    kept = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if not p.requires_grad and not nf4_shardable(p.data, num_shards)
+    ]
+    if kept:
+        logger.info(
+            "%d NF4 weights too small to split over %d ranks stay whole on each (%s...)",
+            len(kept), num_shards, ", ".join(n for n, _ in kept[:3]),
+        )  # fmt: skip
+    return [p for _, p in kept]
+
+
 def to_nf4_linear_weights(
     model: nn.Module,
     *,

@@ -23,13 +23,22 @@ def is_quantized_weight(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, (TorchAOBaseTensor, NF4Tensor))
 
 
-def validate_modules_for_scheme(model: nn.Module, fqns: Sequence[str], scheme: str) -> None:
+def validate_modules_for_scheme(
+    model: nn.Module,
+    fqns: Sequence[str],
+    scheme: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Check every chosen module can hold ``scheme``'s weights (shape, device, dtype, not yet quantized).
 
     Args:
-        model: the model holding the modules.
+        model: the model holding the modules (a ``meta`` skeleton works with ``device``).
         fqns: names of the Linear modules about to be converted.
         scheme: scheme name.
+        device: check as if the weights were on this device (None: where they are).
+        dtype: check as if the weights had this dtype (None: theirs).
 
     Raises:
         UnsupportedSchemeError: naming the first offending module and what was expected.
@@ -42,11 +51,12 @@ def validate_modules_for_scheme(model: nn.Module, fqns: Sequence[str], scheme: s
             raise UnsupportedSchemeError(
                 f"module {fqn!r} already holds a quantized weight ({type(weight).__name__})"
             )
-        check_scheme_supported(scheme, weight.device, weight.dtype)
+        check_scheme_supported(scheme, device or weight.device, dtype or weight.dtype)
         if spec.group_size is not None and weight.shape[-1] % spec.group_size != 0:
             raise UnsupportedSchemeError(
-                f"module {fqn!r} has weight of shape {tuple(weight.shape)}: scheme {scheme!r} "
-                f"needs in_features to be a multiple of {spec.group_size}; exclude it"
+                f"module {fqn!r} has weight of shape {tuple(weight.shape)} (in_features="
+                f"{weight.shape[-1]}): scheme {scheme!r} needs in_features to be a multiple of "
+                f"{spec.group_size}; exclude it"
             )
 
 

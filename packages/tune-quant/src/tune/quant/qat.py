@@ -154,7 +154,10 @@ def _unprepare(model: nn.Module, fqn: str) -> nn.Module:
 
 
 def convert_qat(
-    model: nn.Module, *, merge_adapters: Callable[[nn.Module], None] | None = None
+    model: nn.Module,
+    *,
+    merge_adapters: Callable[[nn.Module], None] | None = None,
+    scheme: str | None = None,
 ) -> list[str]:
     """Replace fake quantization by the scheme's real quantized weights (in place).
 
@@ -166,16 +169,28 @@ def convert_qat(
         model: a model prepared by ``prepare_qat`` and trained.
         merge_adapters: optional ``model -> None`` called after the fake quantization is removed
             and before quantizing (e.g. a LoRA merge).
+        scheme: the scheme the caller prepared with; checked before anything changes (None:
+            not checked).
 
     Returns:
         The FQNs of the converted modules.
 
     Raises:
-        ValueError: nothing in ``model`` was prepared.
+        ValueError: nothing in ``model`` carries fake quantization, or it was prepared with
+            another scheme than ``scheme``; the model is left unchanged.
     """
     prepared = qat_prepared_modules(model)
     if not prepared:
-        raise ValueError("convert_qat: no module of this model was prepared by prepare_qat")
+        raise ValueError(
+            f"convert_qat{'' if scheme is None else f' ({scheme!r})'}: no layer of the model "
+            "carries fake quantization; prepare_qat must run after adapters are injected "
+            "(injecting adapters replaces the prepared Linear layers)"
+        )
+    if scheme is not None and set(prepared.values()) != {scheme}:
+        raise ValueError(
+            f"convert_qat: the model was prepared with {sorted(set(prepared.values()))}, "
+            f"not {scheme!r}"
+        )
     groups: dict[tuple[str, str], set[str]] = {}
     for fqn, scheme in prepared.items():
         weight = _unprepare(model, fqn).get_parameter("weight")

@@ -47,6 +47,8 @@ class DeviceSupport:
         qat_convert_config: builds the config applied at QAT convert; its numerics equal the
             fake quantization (it may differ from ``ptq_config`` in layout).
         notes: what the device uses, for error messages and docs.
+        safetensors: torchao can write ``ptq_config``'s quantized tensors to safetensors
+            (``to_safetensors_format``); else only ``torch.save`` files hold them.
     """
 
     ptq_config: Callable[[], AOBaseConfig]
@@ -55,6 +57,7 @@ class DeviceSupport:
     qat_convert_config: Callable[[], AOBaseConfig]
     qat_activation: Callable[[], FakeQuantizeConfigBase] | None = None
     notes: str = ""
+    safetensors: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ SCHEMES: dict[str, QuantScheme] = {
                     "PrototypeInt4WeightOnlyConfig (CPU tinygemm packing); QAT converts to "
                     "IntxWeightOnlyConfig(int4, PerGroup(32)), whose numerics match its fake quantization"
                 ),
+                safetensors=False,  # torchao 0.18 cannot flatten its Int4OpaqueTensor
             ),
             "cuda": DeviceSupport(
                 ptq_config=_cuda_int4_weight_only,

@@ -94,7 +94,7 @@ def save_quantized(
             from safetensors.torch import save_file
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError(
-                "saving to .safetensors needs the safetensors package: pip install 'tune-quant[safetensors]'"
+                "saving to .safetensors needs the safetensors package (a tune-quant dependency): pip install safetensors"
             ) from err
         tensors, metadata = to_safetensors_format(state_dict)
         save_file(tensors, str(tmp), metadata=metadata)

@@ -1,81 +1,174 @@
-"""tune.train: losses (chunked and fused CE, preference, KD, GRPO), the training step of each
-objective (``tune.train.steps``), token-normalised accumulation, schedules, clipping, non-finite
-guards, metric loggers and meters."""
+"""tune.train: the run driver (``TrainingDriver``), losses (chunked and fused CE, preference,
+KD, GRPO), the training step of each objective (``tune.train.steps``), token-normalised
+accumulation, schedules, clipping, non-finite guards, metric loggers and meters.
 
+Names are imported on first use (PEP 562), so ``import tune.train.loggers.redaction`` does not
+import torch.
+"""
+
+from typing import TYPE_CHECKING
+
+from tune.train._lazy import lazy_exports
 from tune.train._version import __version__
-from tune.train.accumulation import (
-    GradientAccumulator,
-    count_trained_tokens,
-    distributed_sum,
-    loss_scale_for_step,
-)
-from tune.train.clipping import clip_grad_norm
-from tune.train.guards import NonFiniteError, NonFiniteGuard, NothingTrainedError
-from tune.train.loggers import (
-    JsonlLogger,
-    MetricLogger,
-    MLflowLogger,
-    MultiLogger,
-    StdoutLogger,
-    TensorBoardLogger,
-    WandbLogger,
-    is_secret_key,
-    redact_secrets,
-    redact_text,
-)
-from tune.train.losses import (
-    IGNORE_INDEX,
-    PolicyLoss,
-    PreferenceLoss,
-    TokenLoss,
-    chunked_cross_entropy,
-    cross_entropy,
-    dpo_loss,
-    fused_linear_cross_entropy,
-    group_advantages,
-    ipo_loss,
-    k3_kl,
-    kl_distillation_loss,
-    kto_loss,
-    kto_reference_point,
-    orpo_loss,
-    policy_gradient_loss,
-    reference_free_dpo_loss,
-    sequence_logprobs,
-    sequence_logprobs_from_hidden,
-    simpo_loss,
-    token_logprobs,
-)
-from tune.train.meters import (
-    ThroughputMeter,
-    count_nonpadding_tokens,
-    model_flops_utilization,
-    peak_memory_bytes,
-    reset_peak_memory,
-    transformer_flops_per_token,
-)
-from tune.train.schedules import (
-    constant_schedule_with_warmup,
-    cosine_schedule_with_warmup,
-    linear_schedule_with_warmup,
-    warmup_decay_factor,
-    warmup_stable_decay_factor,
-    warmup_stable_decay_schedule,
-)
-from tune.train.steps import (
-    DistillLossSettings,
-    PolicyLossSettings,
-    PreferenceObjective,
-    RewardInputs,
-    distill_micro_batch_loss,
-    evaluate_token_loss,
-    micro_batch_loss,
-    micro_batch_policy_loss,
-    micro_batch_preference,
-)
+
+_EXPORTS = {
+    "accumulation": (
+        "GradientAccumulator",
+        "count_trained_tokens",
+        "distributed_sum",
+        "loss_scale_for_step",
+    ),
+    "clipping": ("clip_grad_norm",),
+    "driver": ("Cadence", "RunResult", "StepResult", "TrainingDriver"),
+    "guards": ("NonFiniteError", "NonFiniteGuard", "NothingTrainedError"),
+    "loggers": (
+        "JsonlLogger",
+        "MetricLogger",
+        "MLflowLogger",
+        "MultiLogger",
+        "StdoutLogger",
+        "TensorBoardLogger",
+        "WandbLogger",
+        "is_secret_key",
+        "loggers_for_run",
+        "redact_message",
+        "redact_secrets",
+        "redact_text",
+    ),
+    "losses": (
+        "IGNORE_INDEX",
+        "PolicyLoss",
+        "PreferenceLoss",
+        "TokenLoss",
+        "chunked_cross_entropy",
+        "cross_entropy",
+        "dpo_loss",
+        "fused_linear_cross_entropy",
+        "group_advantages",
+        "ipo_loss",
+        "k3_kl",
+        "kl_distillation_loss",
+        "kto_loss",
+        "kto_reference_point",
+        "orpo_loss",
+        "policy_gradient_loss",
+        "reference_free_dpo_loss",
+        "sequence_logprobs",
+        "sequence_logprobs_from_hidden",
+        "simpo_loss",
+        "token_logprobs",
+    ),
+    "meters": (
+        "ThroughputMeter",
+        "count_nonpadding_tokens",
+        "model_flops_utilization",
+        "peak_memory_bytes",
+        "reset_peak_memory",
+        "transformer_flops_per_token",
+    ),
+    "optimizers": ("build_optimizer", "build_schedule", "implementation_options"),
+    "rl": ("RewardInputs",),
+    "schedules": (
+        "constant_schedule_with_warmup",
+        "cosine_schedule_with_warmup",
+        "linear_schedule_with_warmup",
+        "warmup_decay_factor",
+        "warmup_stable_decay_factor",
+        "warmup_stable_decay_schedule",
+    ),
+    "steps": (
+        "DistillLossSettings",
+        "PolicyLossSettings",
+        "PreferenceObjective",
+        "distill_micro_batch_loss",
+        "evaluate_token_loss",
+        "micro_batch_loss",
+        "micro_batch_policy_loss",
+        "micro_batch_preference",
+    ),
+}
+
+if TYPE_CHECKING:
+    from tune.train.accumulation import (
+        GradientAccumulator,
+        count_trained_tokens,
+        distributed_sum,
+        loss_scale_for_step,
+    )
+    from tune.train.clipping import clip_grad_norm
+    from tune.train.driver import Cadence, RunResult, StepResult, TrainingDriver
+    from tune.train.guards import NonFiniteError, NonFiniteGuard, NothingTrainedError
+    from tune.train.loggers import (
+        JsonlLogger,
+        MetricLogger,
+        MLflowLogger,
+        MultiLogger,
+        StdoutLogger,
+        TensorBoardLogger,
+        WandbLogger,
+        is_secret_key,
+        loggers_for_run,
+        redact_message,
+        redact_secrets,
+        redact_text,
+    )
+    from tune.train.losses import (
+        IGNORE_INDEX,
+        PolicyLoss,
+        PreferenceLoss,
+        TokenLoss,
+        chunked_cross_entropy,
+        cross_entropy,
+        dpo_loss,
+        fused_linear_cross_entropy,
+        group_advantages,
+        ipo_loss,
+        k3_kl,
+        kl_distillation_loss,
+        kto_loss,
+        kto_reference_point,
+        orpo_loss,
+        policy_gradient_loss,
+        reference_free_dpo_loss,
+        sequence_logprobs,
+        sequence_logprobs_from_hidden,
+        simpo_loss,
+        token_logprobs,
+    )
+    from tune.train.meters import (
+        ThroughputMeter,
+        count_nonpadding_tokens,
+        model_flops_utilization,
+        peak_memory_bytes,
+        reset_peak_memory,
+        transformer_flops_per_token,
+    )
+    from tune.train.optimizers import build_optimizer, build_schedule, implementation_options
+    from tune.train.rl.rewards import RewardInputs
+    from tune.train.schedules import (
+        constant_schedule_with_warmup,
+        cosine_schedule_with_warmup,
+        linear_schedule_with_warmup,
+        warmup_decay_factor,
+        warmup_stable_decay_factor,
+        warmup_stable_decay_schedule,
+    )
+    from tune.train.steps import (
+        DistillLossSettings,
+        PolicyLossSettings,
+        PreferenceObjective,
+        distill_micro_batch_loss,
+        evaluate_token_loss,
+        micro_batch_loss,
+        micro_batch_policy_loss,
+        micro_batch_preference,
+    )
+else:
+    __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 __all__ = [
     "IGNORE_INDEX",
+    "Cadence",
     "DistillLossSettings",
     "GradientAccumulator",
     "JsonlLogger",
@@ -90,12 +183,17 @@ __all__ = [
     "PreferenceLoss",
     "PreferenceObjective",
     "RewardInputs",
+    "RunResult",
     "StdoutLogger",
+    "StepResult",
     "TensorBoardLogger",
     "ThroughputMeter",
     "TokenLoss",
+    "TrainingDriver",
     "WandbLogger",
     "__version__",
+    "build_optimizer",
+    "build_schedule",
     "chunked_cross_entropy",
     "clip_grad_norm",
     "constant_schedule_with_warmup",
@@ -109,6 +207,7 @@ __all__ = [
     "evaluate_token_loss",
     "fused_linear_cross_entropy",
     "group_advantages",
+    "implementation_options",
     "ipo_loss",
     "is_secret_key",
     "k3_kl",
@@ -116,6 +215,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "linear_schedule_with_warmup",
+    "loggers_for_run",
     "loss_scale_for_step",
     "micro_batch_loss",
     "micro_batch_policy_loss",
@@ -124,6 +224,7 @@ __all__ = [
     "orpo_loss",
     "peak_memory_bytes",
     "policy_gradient_loss",
+    "redact_message",
     "redact_secrets",
     "redact_text",
     "reference_free_dpo_loss",

@@ -34,11 +34,32 @@ def clip_grad_norm(
         raise ValueError(f"max_norm must be positive or None, got {max_norm}")
     if not grads:
         return torch.zeros(())
+    if len({getattr(g, "device_mesh", None) for g in grads}) > 1:
+        return _clip_across_meshes(grads, max_norm, norm_type)
     if max_norm is None or max_norm == float("inf"):
         total = torch.nn.utils.get_total_norm(grads, norm_type=norm_type)
     else:
         total = torch.nn.utils.clip_grad_norm_(
             [p for p in params if p.grad is not None], max_norm, norm_type=norm_type
         )
-    full_tensor = getattr(total, "full_tensor", None)
-    return full_tensor() if callable(full_tensor) else total
+    return _full(total)
+
+
+def _full(norm: Tensor) -> Tensor:
+    full_tensor = getattr(norm, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else norm
+
+
+def _clip_across_meshes(grads: list[Tensor], max_norm: float | None, norm_type: float) -> Tensor:
+    """DTensor gradients on several meshes (FSDP + TP with modules left out of the TP plan):
+    one norm per mesh, made full, combined; clipping then scales every gradient locally."""
+    by_mesh: dict[object, list[Tensor]] = {}
+    for grad in grads:
+        by_mesh.setdefault(getattr(grad, "device_mesh", None), []).append(grad)
+    norms = [_full(torch.nn.utils.get_total_norm(g, norm_type=norm_type)) for g in by_mesh.values()]
+    total = torch.nn.utils.get_total_norm(norms, norm_type=norm_type)
+    if max_norm is not None and max_norm != float("inf"):
+        coef = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        for grad in grads:
+            grad.mul_(coef)
+    return total

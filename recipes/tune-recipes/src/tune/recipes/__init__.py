@@ -1,15 +1,7 @@
 """tune.recipes: the `tune` CLI, configs with overrides, and recipes assembled from the tune libraries."""
 
 from tune.recipes._version import __version__
-from tune.recipes.config import (
-    ConfigError,
-    ConfigValidationError,
-    Issue,
-    ValidationContext,
-    load_config,
-    save_resolved_config,
-    validate_config,
-)
+from tune.recipes.config import load_config, save_resolved_config
 from tune.recipes.discovery import (
     BundledConfig,
     RecipeEntry,
@@ -22,12 +14,8 @@ from tune.recipes.recipe import Recipe
 
 __all__ = [
     "BundledConfig",
-    "ConfigError",
-    "ConfigValidationError",
-    "Issue",
     "Recipe",
     "RecipeEntry",
-    "ValidationContext",
     "__version__",
     "bundled_configs",
     "find_config",
@@ -35,5 +23,4 @@ __all__ = [
     "load_config",
     "load_recipe",
     "save_resolved_config",
-    "validate_config",
 ]

@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tune.config import ConfigError, ConfigValidationError
 from tune.recipes._version import __version__
 from tune.recipes.commands import cat, cp, download, ls, run, validate
-from tune.recipes.config import ConfigError, ConfigValidationError
-from tune.recipes.config.redaction import redact_text
+from tune.train.loggers.redaction import redact_message
 
 COMMANDS = (ls, cp, cat, validate, run, download)
 # Mistakes a user fixes from the message alone: one clean error on stderr, exit status 2, no
@@ -107,7 +107,7 @@ def error_message(exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
     if isinstance(exc, ModuleNotFoundError):
         text = f"{type(exc).__name__}: {text}"
-    return redact_text(text)
+    return redact_message(text)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tune.recipes.config.imports import load_target
+from tune.config import load_target
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -35,6 +35,13 @@ class Recipe:
     run: Callable[[Any], object] | str
     description: str = ""
     config_dir: Path | Traversable | None = None
+
+    @classmethod
+    def bundled(cls, config_class: type, description: str) -> Recipe:
+        """A recipe of this package: ``config_class`` lives in ``tune.recipes.<name>.config`` and
+        ``run`` in ``tune.recipes.<name>.loop`` (imported only when the recipe runs)."""
+        package = config_class.__module__.rpartition(".")[0]
+        return cls(package.rpartition(".")[2], config_class, f"{package}.loop:run", description)
 
     def load_run(self) -> Callable[[Any], object]:
         """The ``run`` callable, importing it if it was given as a path."""

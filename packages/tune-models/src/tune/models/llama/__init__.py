@@ -4,7 +4,7 @@ from tune.models.hf_config import ConfigFields
 from tune.models.key_map import LLAMA_KEY_MAP
 from tune.models.llama.builder import build_llama, default_rotary, llama_block
 from tune.models.llama.config import LlamaConfig
-from tune.models.llama.sizes import LLAMA_SIZES
+from tune.models.llama.sizes import LLAMA_SIZES, tiny_llama_config
 from tune.models.registry import ModelFamily, register_family
 
 
@@ -23,4 +23,12 @@ LLAMA = register_family(
     )
 )
 
-__all__ = ["LLAMA", "LLAMA_SIZES", "LlamaConfig", "build_llama", "default_rotary", "llama_block"]
+__all__ = [
+    "LLAMA",
+    "LLAMA_SIZES",
+    "LlamaConfig",
+    "build_llama",
+    "default_rotary",
+    "llama_block",
+    "tiny_llama_config",
+]

@@ -92,6 +92,31 @@ def drop_steps_from(path: str | Path, resume_from_step: int) -> int:
     return dropped
 
 
+def read_jsonl_metrics(path: str | Path, key: str = "loss") -> dict[int, float]:
+    """``step -> value`` of one metric from a file `JsonlLogger` wrote.
+
+    A step logged twice (re-run after a resume) keeps its later line. Config records, lines
+    without ``key`` and unreadable lines (one cut short by a crash, or still being written) are
+    skipped; a missing file reads as ``{}``. Non-finite values come back as floats (``nan``).
+
+    Args:
+        path: the `.jsonl` file.
+        key: the metric to read (``"loss"``, ``"val_loss"``, ``"grad_norm"``, ...).
+    """
+    path = Path(path)
+    values: dict[int, float] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and key in record and isinstance(record.get("step"), int):
+            values[record["step"]] = float(record[key])
+    return values
+
+
 class JsonlLogger:
     """Appends `{"step": 3, "time": 1.7e9, "loss": 2.1, ...}` lines to a file.
 

@@ -3,9 +3,9 @@
 Three rules, applied together:
 
 - by name: an entry whose key names a credential (`hf_token`, `wandb.api_key`, `dbPassword`,
-  `aws_secret_access_key`, ...) has its value replaced. Tokenizer settings (`eos_token`,
-  `pad_token`, ...) are not credentials. Bools are kept (a flag carries no secret), and so are
-  numbers under names that end in a plain `token` (`flops_per_token`, a metric).
+  `aws_secret_access_key`, ...) has its value replaced, whatever its type. Tokenizer settings
+  (`eos_token`, `pad_token`, ...) are not credentials. Bools are kept (a flag carries no secret),
+  and so are numbers under names ending in `per_token` (`flops_per_token`, a metric).
 - by value: substrings that look like known credentials are replaced wherever they appear: Hugging
   Face tokens (`hf_` + 30 or more letters/digits), OpenAI/Anthropic-style keys (`sk-...`), GitHub
   tokens (`ghp_...`, `github_pat_...`), Slack (`xoxb-...`) and AWS (`AKIA...`) keys, bearer
@@ -14,7 +14,10 @@ Three rules, applied together:
 - by environment: the values of secret environment variables (`HF_TOKEN`, `WANDB_API_KEY`,
   `*_SECRET`, ...) are replaced wherever they appear.
 
-`redact_secrets` applies them to a nested config or metrics object; `redact_text` to a log line.
+`redact_secrets` applies them to a nested config or metrics object, `redact_text` to a log line
+and `redact_message` to an error message. This is tune's one rule: loggers, saved configs, step
+directories and CLI errors all use it. The module imports only the standard library (not torch),
+so a command line can use it on its error path.
 """
 
 from __future__ import annotations
@@ -49,14 +52,13 @@ KNOWN_SECRET_ENV_VARS = (
     "GITHUB_TOKEN",
 )
 _MIN_SECRET_LENGTH = 6
-# The name rule of tune-recipes' config redaction (a value of any type under these names).
+# Names of credentials: a value of any type under these names is a secret.
 _CREDENTIAL_NAME = re.compile(
-    r"(^|[_-])(token|auth_token|access_token|api_?key|secret|secret_key|password|passwd|"
+    r"(^|_)(token|auth_token|access_token|api_?key|secret|secret_key|password|passwd|"
     r"credentials?|private_key)$",
     re.IGNORECASE,
 )
-_PLAIN_TOKEN = re.compile(r"(^|[_-])token$", re.IGNORECASE)
-_COMPOUND = re.compile(r"(^|[_-])(auth_token|access_token)$", re.IGNORECASE)
+_PER_TOKEN = re.compile(r"(^|_)per_token$", re.IGNORECASE)  # a rate: flops_per_token
 _SPECIAL_TOKEN_NAME = re.compile(r"^(pad|bos|eos|unk|sep|cls|mask)_token$", re.IGNORECASE)
 # Credentials recognisable by their shape, wherever they appear in a string.
 _TOKEN_PATTERNS = (
@@ -70,14 +72,23 @@ _TOKEN_PATTERNS = (
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _HEX40 = re.compile(r"(?<![0-9A-Fa-f])[0-9a-f]{40}(?![0-9A-Fa-f])")
 _WANDB_KEY_IN_TEXT = re.compile(r"(?i)(wandb[^\n]{0,40}?)(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])")
-# `name=value`, `name: value`, `"name": "value"` and `--name value` in a log line.
-_ASSIGNMENTS = (
-    re.compile(
-        r"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>[\"']?\s*[:=]\s*)(?P<quote>[\"']?)"
+
+
+def _assignment(sep: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>{sep})(?P<quote>[\"']?)"
         r"(?P<value>[^\s\"',;&}]+)"
-    ),
-    re.compile(r"(?P<name>--?[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>\s+)(?P<quote>)(?P<value>[^\s-]\S*)"),
+    )
+
+
+_FLAG = re.compile(
+    r"(?P<name>--?[A-Za-z][A-Za-z0-9_.-]*)(?P<sep>\s+)(?P<quote>)(?P<value>[^\s-]\S*)"
 )
+# A log line: `name=value`, `name: value`, `"name": "value"` and `--name value`.
+_LINE_ASSIGNMENTS = (_assignment(r"[\"']?\s*[:=]\s*"), _FLAG)
+# An error message names its key before a colon (`data.hf_token: unknown key`), so there only
+# `name=value`, a quoted `"name": value` (a dict or JSON) and `--name value` are assignments.
+_MESSAGE_ASSIGNMENTS = (_assignment(r"[\"']?\s*=\s*|[\"']\s*:\s*"), _FLAG)
 
 
 def _words(name: str) -> list[str]:
@@ -104,8 +115,9 @@ def is_secret_key(name: str, value: Any = "") -> bool:
 
     Args:
         name: the key, e.g. `hf_token`, `wandb.api_key`, `dbPassword`.
-        value: its value: None, `""` and bools are never secret; numbers under names that only
-            end in token/key (`flops_per_token`) are not either.
+        value: its value: None, `""` and bools are never secret; a number is under a
+            credential's name (`api_key: 12345`, `hf_token: 12345`), not under a rate
+            (`flops_per_token`) or another name ending in `key` (`sort_key: 3`).
     """
     if value is None or isinstance(value, bool) or value == "":
         return False
@@ -115,8 +127,8 @@ def is_secret_key(name: str, value: Any = "") -> bool:
     last = name.rsplit(".", 1)[-1].replace("-", "_")
     credential = bool(_CREDENTIAL_NAME.search(last)) and not _SPECIAL_TOKEN_NAME.match(last)
     if isinstance(value, (int, float)):
-        # `flops_per_token: 3.1e9` is a metric; a number under `api_key` or `password` is not.
-        return credential and not (_PLAIN_TOKEN.search(last) and not _COMPOUND.search(last))
+        # `flops_per_token: 3.1e9` is a metric; a number under `api_key` or `hf_token` is not.
+        return credential and not _PER_TOKEN.search(last)
     return credential or kind == "str"
 
 
@@ -176,18 +188,9 @@ def redact_secrets(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
     return _redact(obj, secret_env_values(environ))
 
 
-def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """A log line with secrets replaced by `"***"`.
-
-    Replaces the values of secret-named assignments (`hf_token=...`, `"api_key": "..."`,
-    `--hf-token ...`), credential-shaped substrings (see the module docstring) and the values of
-    secret environment variables.
-
-    Args:
-        text: the line (or lines).
-        environ: the environment whose secret values to scrub (default `os.environ`).
-    """
-
+def _redact_assignments(
+    text: str, environ: Mapping[str, str] | None, patterns: tuple[re.Pattern[str], ...]
+) -> str:
     def assignment(match: re.Match[str]) -> str:
         name, value = match["name"].lstrip("-"), match["value"]
         if value == REDACTED or not is_secret_key(name, value):
@@ -195,6 +198,31 @@ def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
         return f"{match['name']}{match['sep']}{match['quote']}{REDACTED}"
 
     text = _redact_string(text, secret_env_values(environ))
-    for pattern in _ASSIGNMENTS:
+    for pattern in patterns:
         text = pattern.sub(assignment, text)
     return text
+
+
+def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """A log line with secrets replaced by `"***"`.
+
+    Replaces the values of secret-named assignments (`hf_token=...`, `api_key: ...`,
+    `"api_key": "..."`, `--hf-token ...`), credential-shaped substrings (see the module
+    docstring) and the values of secret environment variables.
+
+    Args:
+        text: the line (or lines).
+        environ: the environment whose secret values to scrub (default `os.environ`).
+    """
+    return _redact_assignments(text, environ, _LINE_ASSIGNMENTS)
+
+
+def redact_message(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """An error message with secrets replaced by `"***"`: `redact_text`, except that an unquoted
+    `key: message` is not an assignment, so `data.hf_token: unknown key` keeps its words.
+
+    Args:
+        text: the message.
+        environ: the environment whose secret values to scrub (default `os.environ`).
+    """
+    return _redact_assignments(text, environ, _MESSAGE_ASSIGNMENTS)

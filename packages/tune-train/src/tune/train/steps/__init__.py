@@ -8,8 +8,8 @@ PyTorch loop can ``backward()``; nothing here owns a loop, a device mesh or a ch
 - ``preference``: DPO, IPO, SimPO, ORPO, KTO and reference-free DPO on chosen+rejected rows in
   one forward, with the reference log-probs from a callable.
 - ``distillation``: cross-entropy mixed with a forward, reverse or symmetric KL to a teacher.
-- ``grpo``: rollouts as a padded batch, group advantages and the clipped policy-gradient update.
-- ``rewards``: verifiable rewards (``exact_answer``, ``answer_format``, ``length_penalty``).
+- ``grpo``: rollouts as a padded batch, group advantages and the clipped policy-gradient update
+  (with sampling, rewards and rollout metrics, also in ``tune.train.rl``).
 """
 
 from tune.train.steps.distillation import (
@@ -38,7 +38,6 @@ from tune.train.steps.preference import (
     micro_batch_preference,
     preference_stats,
 )
-from tune.train.steps.rewards import RewardInputs, answer_format, exact_answer, length_penalty
 from tune.train.steps.token import evaluate_token_loss, micro_batch_loss
 
 __all__ = [
@@ -48,16 +47,12 @@ __all__ = [
     "PolicyLossSettings",
     "PreferenceObjective",
     "ReferenceLogprobs",
-    "RewardInputs",
     "RolloutBatch",
-    "answer_format",
     "batch_logprobs",
     "distill_micro_batch_loss",
     "evaluate_distillation",
     "evaluate_preference",
     "evaluate_token_loss",
-    "exact_answer",
-    "length_penalty",
     "micro_batch_loss",
     "micro_batch_policy_loss",
     "micro_batch_preference",

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+from tune.checkpoint.hub import HubDownloadError, download_snapshot, is_repo_id
 
 
 def repo_id(value: str) -> str:
     """argparse type: ``name`` or ``owner/name``."""
-    if not _REPO_ID.match(value) or ".." in value:
+    if not is_repo_id(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id (expected owner/name)")
     return value
 
@@ -28,45 +27,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def _one_line(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "***")
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def main(args: argparse.Namespace) -> int:
-    """Download with ``snapshot_download``; failures are one line on stderr, exit status 2."""
-    try:
-        import huggingface_hub
-    except ImportError:
-        print(
-            "tune download: error: huggingface_hub is not installed; "
-            "pip install 'tune-recipes[download]'",
-            file=sys.stderr,
-        )
-        return 2
+    """Download the snapshot; failures are one line on stderr, exit status 2."""
     out = Path(args.output_dir or Path("checkpoints") / args.repo_id.split("/")[-1])
     try:
-        path = huggingface_hub.snapshot_download(
-            args.repo_id,
-            revision=args.revision,
-            local_dir=out,
-            token=args.hf_token,
-            ignore_patterns=args.ignore_patterns or None,
-        )
-    except Exception as exc:  # one line, never a traceback; the token is scrubbed
-        name = type(exc).__name__
-        hint = ""
-        if name in {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError"}:
-            hint = " (no connection to the Hub, or HF_HUB_OFFLINE=1 is set)"
-        elif name in {"GatedRepoError", "RepositoryNotFoundError"}:
-            hint = " (check the repo id; gated models need --hf-token with access)"
-        message = _one_line(str(exc), args.hf_token)
-        print(
-            f"tune download: error: cannot download {args.repo_id}{hint}: {name}: {message}",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"Downloaded {args.repo_id} to {path}")
-    return 0
+        path = download_snapshot(
+            args.repo_id, out, revision=args.revision, token=args.hf_token,
+            ignore_patterns=args.ignore_patterns,
+        )  # fmt: skip
+    except ImportError:
+        error = "huggingface_hub is not installed; pip install 'tune-recipes[download]'"
+    except HubDownloadError as exc:
+        error = str(exc).replace("need a token", "need --hf-token")
+    else:
+        print(f"Downloaded {args.repo_id} to {path}")
+        return 0
+    print(f"tune download: error: {error}", file=sys.stderr)
+    return 2

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
+from collections.abc import Sequence
 
-from tune.recipes.config import REDACTED, is_secret_key, load_config
-from tune.recipes.discovery import find_config, load_recipe
-from tune.recipes.launch import (
+from tune.dist.launch import (
     add_torchrun_arguments,
     build_torchrun_argv,
     launch_world_size,
     torchrun_args,
 )
+from tune.recipes.config import load_config
+from tune.recipes.discovery import find_config, load_recipe
+from tune.train.loggers.redaction import REDACTED, is_secret_key
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +47,7 @@ def main(args: argparse.Namespace) -> int:
         # Fail on a bad config here, once, before starting any rank.
         world_size = launch_world_size(flags)
         load_config(path, recipe.config_class, args.overrides, world_size=world_size, **common)
-        argv = build_torchrun_argv(
-            flags, args.recipe, str(path.resolve()), args.overrides, args.allow_import
-        )
+        argv = rank_argv(flags, args.recipe, str(path.resolve()), args.overrides, args.allow_import)
         logger.info("launching: %s", " ".join(_redacted(argv)))
         return subprocess.call(argv)
     config = load_config(path, recipe.config_class, args.overrides, **common)
@@ -57,12 +57,25 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def rank_argv(
+    flags: Sequence[str],
+    recipe: str,
+    config: str,
+    overrides: Sequence[str] = (),
+    allow_imports: Sequence[str] = (),
+) -> list[str]:
+    """torchrun running ``tune run <recipe>`` in-process on every rank, each given the allow list."""
+    allow = [a for pattern in allow_imports for a in ("--allow-import", pattern)]
+    cmd = ["run", recipe, "--config", config, *allow, *overrides]
+    return build_torchrun_argv(flags, "tune.recipes", cmd, prog="tune run")
+
+
 def _redacted(argv: list[str]) -> list[str]:
     """``argv`` with the values of secret-named ``key=value`` overrides replaced."""
     out = []
     for arg in argv:
-        key, sep, _ = arg.partition("=")
-        if sep and not key.startswith("-") and is_secret_key(key.rpartition(".")[2]):
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-") and is_secret_key(key.rpartition(".")[2], value):
             arg = f"{key}={REDACTED}"
         out.append(arg)
     return out

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Literal
 
-from tune.recipes.config import ValidationContext, load_config, to_container, validate_config
-from tune.recipes.config.loading import declared_recipe
-from tune.recipes.config.validation import world_size_from_env
+from tune.config import (
+    ValidationContext,
+    declared_recipe,
+    to_container,
+    validate_config,
+    world_size_from_env,
+)
+from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config, load_recipe
 
 
@@ -53,10 +58,11 @@ def main(args: argparse.Namespace) -> int:
     for warning in validate_config(config, context, str(path)):
         print(warning)
     # imported here: it brings torch, which `tune --help` and `tune ls` do without
-    from tune.recipes.common.run_directory import check_output_apart, model_inputs, output_dir_of
+    from tune.checkpoint import check_output_apart
+    from tune.recipes.common.run_directory import model_inputs, output_dir_of
 
     tree = to_container(config)
     if (out := output_dir_of(tree)) is not None:
-        check_output_apart(out, dict(model_inputs(tree)))
+        check_output_apart(out[1], dict(model_inputs(tree)), output_name=out[0])
     print(f"OK: {path} is a valid {recipe_name!r} config (world size {world_size})")
     return 0

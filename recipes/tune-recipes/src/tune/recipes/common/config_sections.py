@@ -1,16 +1,18 @@
-"""Config sections the training recipes share: model, tokenizer, data, adapters, optimizer,
-schedule, training, distribution, checkpointing, evaluation and logging.
+"""The bases of every recipe's config, and the sections several recipes share.
 
-A recipe's schema is a dataclass of these sections plus its own (``sft`` adds QAT, ``distill`` a
-teacher, ``preference`` its loss); no recipe imports another for them.
+A recipe's schema subclasses ``RecipeConfig`` (``TrainingRecipeConfig`` for the training recipes)
+and adds or narrows its own sections (``sft`` adds QAT, ``distill`` a teacher, ``preference`` its
+loss); no recipe imports another. Each key is documented once, on the class that declares it.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tune.recipes.config.registries import component
+from tune.config import Checks, Issue, ValidationContext, component
+from tune.recipes.config.registries import LOGGERS, LR_SCHEDULES, OPTIMIZERS
 
 Method = Literal["full", "lora", "qlora", "dora"]
 # tune-quant's schemes, by the names configs use (quantize, generate, eval, sft's QAT).
@@ -25,7 +27,7 @@ ADAPTER_METHODS = ("lora", "qlora", "dora")
 
 @dataclass
 class ModelConfig:
-    """The model to fine-tune.
+    """A checkpoint to load.
 
     Args:
         checkpoint_dir: an HF directory with ``config.json`` and ``*.safetensors``.
@@ -37,12 +39,39 @@ class ModelConfig:
 
 
 @dataclass
+class AdapterModelConfig(ModelConfig):
+    """A checkpoint and, optionally, a PEFT adapter for it.
+
+    Args:
+        adapter_dir: a PEFT adapter directory applied on top of ``checkpoint_dir`` (null: none).
+    """
+
+    adapter_dir: str | None = None
+
+
+@dataclass
+class InferenceModelConfig(AdapterModelConfig):
+    """The model ``generate`` and ``eval`` run: ``checkpoint_dir`` may also be a directory the
+    ``quantize`` recipe wrote.
+
+    Args:
+        merge_adapter: fold the adapter into the base weights first (faster, same outputs up to
+            float rounding).
+        quantize: quantize the linear layers (not ``output``) after loading with this tune-quant
+            scheme (null: keep them in ``dtype``).
+    """
+
+    merge_adapter: bool = False
+    quantize: QuantScheme | None = None
+
+
+@dataclass
 class TokenizerConfig:
     """The tokenizer.
 
     Args:
-        path: directory with ``tokenizer.json`` (None: ``model.checkpoint_dir``).
-        chat_template: a Jinja template file or string (None: the tokenizer's own template).
+        path: directory with ``tokenizer.json`` (null: ``model.checkpoint_dir``).
+        chat_template: a bundled template name, a Jinja file or source (null: the tokenizer's).
     """
 
     path: str | None = None
@@ -50,44 +79,53 @@ class TokenizerConfig:
 
 
 @dataclass
-class DataConfig:
-    """Training and validation data.
+class DatasetConfig:
+    """A training dataset, and what is held out of it.
 
     Args:
         source: a local file or directory (json/jsonl/parquet/csv/txt), or a Hub dataset name
             (a gated one reads ``HF_TOKEN`` from the environment).
-        format: ``instruction`` (instruction/input/output), ``chat`` (messages) or ``text``.
         column_map: dataset column -> expected name (e.g. ``{"prompt": "instruction"}``).
         split: the training split.
-        validation_split: a split for validation loss (exclusive with validation_fraction).
+        validation_split: a split for validation (exclusive with validation_fraction).
         validation_fraction: hold out this fraction of the training split (0: none).
-        max_seq_len: tokens per sequence (or per pack).
+        max_seq_len: tokens per sequence (or per pack; preference: prompt + response).
+        truncation: ``truncate`` cuts long examples (keeping at least one trained token),
+            ``drop`` skips them (counted), ``error`` stops with the example named.
+        shuffle: shuffle the examples each epoch.
+        seed: shuffling and hold-out seed.
+    """
+
+    source: str
+    column_map: dict[str, str] = field(default_factory=dict)
+    split: str = "train"
+    validation_split: str | None = None
+    validation_fraction: float = 0.0
+    max_seq_len: int = 2048
+    truncation: Literal["truncate", "drop", "error"] = "truncate"
+    shuffle: bool = True
+    seed: int = 0
+
+
+@dataclass
+class DataConfig(DatasetConfig):
+    """Training and validation data of ``sft`` and ``distill``.
+
+    Args:
+        format: ``instruction`` (instruction/input/output), ``chat`` (messages) or ``text``.
         packing: pack several examples into each sequence (document-masked).
         padding_free: train unpacked batches on their real tokens only: each micro-batch's
             examples are laid end to end as documents of one row, so no compute goes to padding
             (same loss up to float round-off). null (auto): on for CPU training without
             ``training.compile`` or tensor parallelism. On CUDA the document mask goes through
             FlexAttention, compiled once per distinct length, so auto leaves it off there.
-        truncation: ``truncate`` cuts long examples (keeping at least one trained token),
-            ``drop`` skips them (counted), ``error`` stops with the example named.
         train_on_input: also compute the loss on prompt tokens.
-        shuffle: shuffle the examples each epoch.
-        seed: shuffling and hold-out seed.
     """
 
-    source: str
     format: Literal["instruction", "chat", "text"] = "instruction"
-    column_map: dict[str, str] = field(default_factory=dict)
-    split: str = "train"
-    validation_split: str | None = None
-    validation_fraction: float = 0.0
-    max_seq_len: int = 2048
     packing: bool = False
     padding_free: bool | None = None
-    truncation: Literal["truncate", "drop", "error"] = "truncate"
     train_on_input: bool = False
-    shuffle: bool = True
-    seed: int = 0
 
 
 @dataclass
@@ -130,7 +168,7 @@ class OptimizerConfig:
             foreach), ``fused``, ``foreach`` or ``for_loop`` (torch's per-parameter loop).
     """
 
-    name: str = field(default="adamw", metadata=component("tune.optimizers"))
+    name: str = field(default="adamw", metadata=component(OPTIMIZERS))
     lr: float = 2e-5
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -149,52 +187,70 @@ class LRScheduleConfig:
         min_lr_ratio: final lr as a fraction of the peak (linear and cosine decay).
     """
 
-    name: str = field(default="cosine", metadata=component("tune.lr_schedules"))
+    name: str = field(default="cosine", metadata=component(LR_SCHEDULES))
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
 
 
 @dataclass
-class TrainingConfig:
-    """The optimisation.
+class OptimizationConfig:
+    """What every training recipe's ``training`` section has.
 
     Args:
         method: ``full``, ``lora``, ``qlora`` (NF4 base + LoRA) or ``dora``.
         lora: adapter settings (ignored for ``full``).
-        epochs: passes over the data (when max_steps is null).
-        max_steps: optimizer steps; overrides epochs.
-        global_batch_size: sequences per optimizer step over all data-parallel ranks.
-        micro_batch_size: sequences per forward/backward on one rank.
         optimizer: the optimizer.
-        lr_schedule: the schedule.
+        lr_schedule: the schedule (its steps are optimizer steps).
         max_grad_norm: clip the global gradient norm (null: no clipping).
         nonfinite: on a NaN/inf loss or gradient, ``raise`` or ``skip`` the step.
-        seed: model-init, dropout and data-order seed.
-        compile: ``torch.compile`` each block.
-        activation_checkpointing: recompute activations in backward.
-        activation_offloading: keep saved activations on the CPU (CUDA only).
-        fused_ce: cross-entropy fused with the output projection, in chunks.
+        seed: model-init, dropout and data-order seed (and grpo's sampling seed).
     """
 
     method: Method = "lora"
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    epochs: int = 1
-    max_steps: int | None = None
-    global_batch_size: int = 8
-    micro_batch_size: int = 1
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     max_grad_norm: float | None = 1.0
     nonfinite: Literal["raise", "skip"] = "raise"
     seed: int = 0
+
+
+@dataclass
+class EpochTrainingConfig(OptimizationConfig):
+    """Training in passes over a dataset (``sft``, ``distill``, ``preference``).
+
+    Args:
+        epochs: passes over the data (when max_steps is null).
+        max_steps: optimizer steps; overrides epochs.
+        global_batch_size: sequences per optimizer step over all data-parallel ranks.
+        micro_batch_size: sequences per forward/backward on one rank.
+        compile: ``torch.compile`` each block.
+        activation_checkpointing: recompute activations in backward.
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    global_batch_size: int = 8
+    micro_batch_size: int = 1
     compile: bool = False
     activation_checkpointing: bool = False
-    activation_offloading: bool = False
-    fused_ce: bool = True
 
     def gradient_accumulation_steps(self, data_parallel_size: int) -> int:
         """Micro-batches per optimizer step on each rank."""
         return self.global_batch_size // (data_parallel_size * self.micro_batch_size)
+
+
+@dataclass
+class TrainingConfig(EpochTrainingConfig):
+    """The optimisation of ``sft`` and ``distill``.
+
+    Args:
+        activation_offloading: keep saved activations on the CPU (CUDA only).
+        fused_ce: cross-entropy fused with the output projection, in chunks.
+    """
+
+    activation_offloading: bool = False
+    fused_ce: bool = True
 
 
 @dataclass
@@ -269,10 +325,66 @@ class LoggingConfig:
         options: per-logger keyword arguments, keyed by logger name.
     """
 
-    loggers: list[str] = field(
-        default_factory=lambda: ["stdout"], metadata=component("tune.loggers")
-    )
+    loggers: list[str] = field(default_factory=lambda: ["stdout"], metadata=component(LOGGERS))
     log_every_n_steps: int = 1
     jsonl_path: str | None = None
     progress_bar: bool = True
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RecipeConfig:
+    """What every recipe's config has. ``validate`` runs, in order, the ``CHECKS`` (functions
+    of the config and a ``Checks``) of the ``checks`` module beside the recipe's config module,
+    imported only then (quantize's bring torch).
+
+    Args:
+        recipe: the recipe this config is for (each schema defaults it to its own name).
+        model: the checkpoint (a recipe may narrow the section).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        allow_imports: glob patterns of dotted paths the config may import.
+    """
+
+    recipe: str
+    model: ModelConfig
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_imports: list[str] = field(default_factory=list)
+
+    def validate(self, context: ValidationContext) -> list[Issue]:
+        """Range and relation checks, each issue named by its dotted key."""
+        package = type(self).__module__.rpartition(".")[0]
+        checks = Checks(context)
+        for step in importlib.import_module(f"{package}.checks").CHECKS:
+            step(self, checks)
+        return checks.issues
+
+
+@dataclass(kw_only=True)
+class TokenizedRecipeConfig(RecipeConfig):
+    """A recipe config with a tokenizer.
+
+    Args:
+        tokenizer: the tokenizer and chat template.
+    """
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """``tokenizer.path``, defaulting to the checkpoint directory."""
+        return self.tokenizer.path or self.model.checkpoint_dir
+
+
+@dataclass(kw_only=True)
+class TrainingRecipeConfig(TokenizedRecipeConfig):
+    """A training recipe's config: its processes, outputs and metrics.
+
+    Args:
+        distributed: multi-process settings.
+        checkpointing: outputs and resume.
+        logging: metrics.
+    """
+
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

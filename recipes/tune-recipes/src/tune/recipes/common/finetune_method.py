@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +11,12 @@ from torch import nn
 
 from tune.models import CheckpointModel
 from tune.peft import LoraConfig, apply_lora, count_parameters
-from tune.quant import nf4_shardable, to_nf4_linear_weights
+from tune.quant import to_nf4_linear_weights
+from tune.recipes.common.config_sections import ADAPTER_METHODS
+from tune.recipes.common.lora_settings import HEAD_NAMES, lora_config_from
 from tune.recipes.common.model_loading import load_pretrained
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_METHODS = ("lora", "qlora", "dora")
-# The LM head is never adapted nor quantized: its weight may be tied to the embeddings.
-HEAD_NAMES = ("output",)
-
-
-def lora_config_from(
-    method: str,
-    *,
-    r: int,
-    alpha: float,
-    dropout: float,
-    targets: Sequence[str],
-    exclude: Sequence[str],
-    use_rslora: bool,
-    init: str,
-) -> LoraConfig:
-    """The tune-peft settings of an adapter method (DoRA sets ``use_dora``)."""
-    return LoraConfig(
-        r=r,
-        alpha=alpha,
-        dropout=dropout,
-        targets=list(targets),
-        exclude=[*exclude, *HEAD_NAMES],
-        use_rslora=use_rslora,
-        use_dora=method == "dora",
-        init=init,  # type: ignore[arg-type]
-    )
 
 
 def prepare_for_method(model: nn.Module, method: str, lora: LoraConfig | None) -> list[str]:
@@ -55,48 +28,35 @@ def prepare_for_method(model: nn.Module, method: str, lora: LoraConfig | None) -
         lora: adapter settings (required for the adapter methods).
     """
     if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
+        model.requires_grad_(True)
         adapted: list[str] = []
     else:
         if lora is None:
             raise ValueError(f"training.method {method!r} needs training.lora settings")
         if method == "qlora":
-            for p in model.parameters():  # NF4 weights are frozen by construction
-                p.requires_grad_(False)
-            stats = to_nf4_linear_weights(model, exclude=list(HEAD_NAMES))
-            logger.info("QLoRA: %s", stats)
+            model.requires_grad_(False)  # NF4 weights are frozen by construction
+            logger.info("QLoRA: %s", to_nf4_linear_weights(model, exclude=list(HEAD_NAMES)))
         adapted = apply_lora(model, lora)
     counts = count_parameters(model)
     logger.info(
-        "%s: %s trainable of %s parameters (%.2f%%)",
-        method,
-        f"{counts.trainable:,}",
-        f"{counts.total:,}",
-        100.0 * counts.trainable / max(counts.total, 1),
-    )
+        "%s: %s trainable of %s parameters (%.2f%%)", method, f"{counts.trainable:,}",
+        f"{counts.total:,}", 100.0 * counts.trainable / max(counts.total, 1),
+    )  # fmt: skip
     return adapted
 
 
-def unshardable_frozen_params(model: nn.Module, num_shards: int) -> list[nn.Parameter]:
-    """Frozen NF4 weights FSDP2 cannot split evenly over ``num_shards`` ranks (kept whole).
-
-    Only weights with fewer than ``num_shards`` second-level NF4 scale blocks qualify (under
-    ``num_shards * 16,384`` elements), so keeping them whole costs little memory.
-    """
-    kept = [
-        (name, p)
-        for name, p in model.named_parameters()
-        if not p.requires_grad and not nf4_shardable(p.data, num_shards)
-    ]
-    if kept:
-        logger.info(
-            "QLoRA: %d NF4 weights too small to split over %d ranks stay whole on each (%s...)",
-            len(kept),
-            num_shards,
-            ", ".join(n for n, _ in kept[:3]),
-        )
-    return [p for _, p in kept]
+def load_prepared(
+    checkpoint_dir: str | Path,
+    method: str,
+    lora: LoraConfig | None,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> CheckpointModel:
+    """Load ``checkpoint_dir`` and ``prepare_for_method`` its model (same arguments)."""
+    ckpt = load_pretrained(checkpoint_dir, dtype=dtype, device=device)
+    prepare_for_method(ckpt.model, method, lora)
+    return ckpt
 
 
 def load_for_method(
@@ -112,22 +72,12 @@ def load_for_method(
     Args:
         checkpoint_dir: an HF checkpoint directory.
         method: ``full``, ``lora``, ``qlora`` or ``dora``.
-        lora_settings: the config's ``training.lora`` section (r, alpha, dropout, targets,
-            exclude, use_rslora, init); unused for ``full``.
+        lora_settings: the config's ``training.lora`` section; unused for ``full``.
         dtype: parameter dtype.
         device: where the weights go.
 
     Returns:
-        The loaded checkpoint (its ``model`` prepared in place) and the adapter settings
-        (None for full fine-tuning).
+        The checkpoint (its ``model`` prepared) and the adapter settings (None for ``full``).
     """
-    ckpt = load_pretrained(checkpoint_dir, dtype=dtype, device=device)
-    lora = None
-    if method in ADAPTER_METHODS:
-        lc = lora_settings
-        lora = lora_config_from(
-            method, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, targets=lc.targets,
-            exclude=lc.exclude, use_rslora=lc.use_rslora, init=lc.init,
-        )  # fmt: skip
-    prepare_for_method(ckpt.model, method, lora)
-    return ckpt, lora
+    lora = lora_config_from(method, lora_settings) if method in ADAPTER_METHODS else None
+    return load_prepared(checkpoint_dir, method, lora, dtype=dtype, device=device), lora

@@ -1,4 +1,4 @@
-"""Adapter settings checked by tune-peft's own rules at validation time, named by config key."""
+"""A config's ``training.lora`` section as tune-peft settings, checked by tune-peft's own rules."""
 
 from __future__ import annotations
 
@@ -6,24 +6,33 @@ from typing import Any
 
 from tune.peft import LoraConfig
 
+# The LM head is never adapted nor quantized: its weight may be tied to the embeddings.
+HEAD_NAMES = ("output",)
+
+
+def lora_config_from(method: str, lora: Any) -> LoraConfig:
+    """The tune-peft settings of an adapter method (DoRA sets ``use_dora``; the head is excluded).
+
+    Args:
+        method: ``lora``, ``qlora`` or ``dora``.
+        lora: the ``training.lora`` section (``r``, ``alpha``, ``dropout``, ``targets``,
+            ``exclude``, ``use_rslora``, ``init``).
+    """
+    return LoraConfig(
+        r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=list(lora.targets),
+        exclude=[*lora.exclude, *HEAD_NAMES], use_rslora=lora.use_rslora,
+        use_dora=method == "dora", init=lora.init,
+    )  # fmt: skip
+
 
 def lora_settings_problem(method: str, lora: Any) -> tuple[str, str] | None:
     """``(key under training.lora, message)`` when tune-peft refuses the adapter settings.
 
     Run by ``tune validate`` and before a run starts, so a scaling that would blow up
     activations (``alpha: 1e30``) is reported with its config key before any model loads.
-
-    Args:
-        method: ``lora``, ``qlora`` or ``dora``.
-        lora: the recipe's ``training.lora`` section (``r``, ``alpha``, ``dropout``, ``targets``,
-            ``exclude``, ``use_rslora``, ``init``).
     """
     try:
-        LoraConfig(
-            r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=list(lora.targets),
-            exclude=list(lora.exclude), use_rslora=lora.use_rslora, use_dora=method == "dora",
-            init=lora.init,
-        )  # fmt: skip
+        lora_config_from(method, lora)
     except (ValueError, TypeError) as err:
         field, _, message = str(err).partition(": ")
         if field.startswith("LoraConfig."):

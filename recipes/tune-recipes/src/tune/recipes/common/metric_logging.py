@@ -1,4 +1,4 @@
-"""Metric loggers from registry names (rank 0 only)."""
+"""Metric loggers from registry names (rank 0 only; the building is ``tune.train.loggers_for_run``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.recipes.config.registries import LOGGERS
-from tune.train import MetricLogger, MultiLogger
+from tune.train.loggers import MetricLogger, loggers_for_run
 
 
 def build_loggers(
@@ -27,18 +27,12 @@ def build_loggers(
         jsonl_path: the jsonl logger's file (None: ``output_dir/metrics.jsonl``).
         options: per-logger keyword arguments.
         allow_imports: patterns from the command line for dotted logger names.
-        start_step: the step the run starts from (0 fresh, N when resuming from step N). The
-            jsonl file keeps only the lines of earlier steps, so no step is ever repeated: a
-            resumed run drops what was logged after its checkpoint, a fresh run an old run's lines.
+        start_step: the step the run starts from (0 fresh, N when resuming from step N).
     """
-    loggers: list[MetricLogger] = []
+    parts = []
     for name in names:
-        cls = LOGGERS.load(name, allow_imports)
         kwargs = dict(options.get(name, {}))
-        if name == "jsonl":
-            kwargs.setdefault("path", jsonl_path or output_dir / "metrics.jsonl")
-            kwargs.setdefault("resume_from_step", start_step + 1 if start_step else 0)
-        elif name == "tensorboard":
-            kwargs.setdefault("log_dir", output_dir / "tensorboard")
-        loggers.append(cls(**kwargs))
-    return MultiLogger(loggers)
+        if name == "jsonl" and jsonl_path:
+            kwargs.setdefault("path", jsonl_path)
+        parts.append((LOGGERS.load(name, allow_imports), kwargs))
+    return loggers_for_run(parts, output_dir=output_dir, start_step=start_step)

@@ -1,4 +1,4 @@
-"""Write the results of a run: an HF model directory and a PEFT adapter directory.
+"""Write the results of a run: an HF model directory, a PEFT adapter directory, a report.
 
 Works for one process and for FSDP/TP runs: sharded weights are gathered to rank 0 first, and
 rank 0 alone writes.
@@ -6,8 +6,9 @@ rank 0 alone writes.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,8 @@ from torch import nn
 from tune.checkpoint import save_hf_checkpoint, save_peft_adapter
 from tune.dist import gather_full_state_dict
 from tune.models import CheckpointModel
-from tune.peft import (
-    LoraConfig,
-    export_peft_adapter,
-    load_adapter_state_dict,
-    merge_and_unload,
-)
-from tune.recipes.common.finetune_method import prepare_for_method
-from tune.recipes.common.model_loading import load_pretrained
+from tune.peft import LoraConfig, export_peft_adapter, load_adapter_state_dict, merge_and_unload
+from tune.recipes.common.finetune_method import load_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -59,35 +54,25 @@ def write_final_outputs(
         distributed: the model is sharded (collectives: every rank must call).
     """
     written: dict[str, str] = {}
-    adapters = lora is not None
-    if not distributed:
-        if adapters and save_adapter:
-            written["adapter_dir"] = str(_save_adapter(out_dir / "adapter", model, ckpt, base_dir))
-        if not adapters or save_merged:
-            if adapters:
-                merge_and_unload(model, dequantize=True)
+    adapters, state = lora is not None, None
+    if distributed:  # gather on rank 0 (collective); adapters go into a plain model there
+        state = gather_full_state_dict(model, trainable_only=adapters)
+        if not is_main:
+            return written
+        if adapters:
+            model = load_prepared(
+                base_dir, method, lora, dtype=dtype, device=torch.device("cpu")
+            ).model
+            load_adapter_state_dict(model, state)
+            state = None
+    if adapters and save_adapter:
+        written["adapter_dir"] = str(_save_adapter(out_dir / "adapter", model, ckpt, base_dir))
+    if not adapters or save_merged:
+        if adapters:
+            merge_and_unload(model, dequantize=True)
+        if state is None:
             state = {k: v.detach() for k, v in model.state_dict().items()}
-            written["model_dir"] = str(_save_model(out_dir / "model", state, ckpt, base_dir, dtype))
-        return written
-
-    # Sharded: gather on rank 0 (collective), then rebuild a plain model there to export.
-    state = gather_full_state_dict(model, trainable_only=adapters)
-    if not is_main:
-        return written
-    if not adapters:
         written["model_dir"] = str(_save_model(out_dir / "model", state, ckpt, base_dir, dtype))
-        return written
-    plain = load_pretrained(base_dir, dtype=dtype, device=torch.device("cpu"))
-    prepare_for_method(plain.model, method, lora)
-    load_adapter_state_dict(plain.model, state)
-    if save_adapter:
-        written["adapter_dir"] = str(
-            _save_adapter(out_dir / "adapter", plain.model, ckpt, base_dir)
-        )
-    if save_merged:
-        merge_and_unload(plain.model, dequantize=True)
-        merged = {k: v.detach() for k, v in plain.model.state_dict().items()}
-        written["model_dir"] = str(_save_model(out_dir / "model", merged, ckpt, base_dir, dtype))
     return written
 
 
@@ -95,21 +80,35 @@ def _save_adapter(directory: Path, model: nn.Module, ckpt: CheckpointModel, base
     tensors, adapter_config = export_peft_adapter(
         model, key_map=ckpt.native_to_hf_key, base_model_name_or_path=str(base_dir)
     )
-    # export_peft_adapter already produced PEFT's full key names.
-    path = save_peft_adapter(directory, tensors, adapter_config, prefix="")
+    path = save_peft_adapter(directory, tensors, adapter_config, prefix="")  # keys are PEFT's
     logger.info("wrote PEFT adapter (%d tensors) to %s", len(tensors), path)
     return path
 
 
 def _save_model(
-    directory: Path,
-    state_dict: dict[str, Any],
-    ckpt: CheckpointModel,
-    base_dir: Path,
+    directory: Path, state_dict: dict[str, Any], ckpt: CheckpointModel, base_dir: Path,
     dtype: torch.dtype,
-) -> Path:
+) -> Path:  # fmt: skip
     hf_state = ckpt.native_to_hf(state_dict)
-    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-    save_hf_checkpoint(directory, hf_state, dtype=dtype, config=config, source_dir=base_dir)
+    save_hf_checkpoint(directory, hf_state, dtype=dtype, source_dir=base_dir)  # its config.json
     logger.info("wrote HF model (%d tensors) to %s", len(hf_state), directory)
     return directory
+
+
+def write_report(output: Any, text: str, lines: list[str]) -> Path | None:
+    """Write ``text`` to ``output.file`` if set (never half-written; returns the path), then
+    print ``lines`` (``output.print``) or log them."""
+    path = None
+    if output.file is not None:
+        path = Path(output.file).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        lines = [*lines, f"wrote {path}"]
+    for line in lines:
+        if output.print:
+            sys.stdout.write(line + "\n")
+        else:
+            logger.info(line)
+    return path

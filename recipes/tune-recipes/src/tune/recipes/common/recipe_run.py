@@ -1,15 +1,18 @@
-"""The frame every training recipe runs in: runtime up, run directory claimed, runtime down."""
+"""The frames recipes run in: a training run (process group, run directory) or one process."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tune.recipes.common.run_directory import claimed_run_directory
-from tune.recipes.common.runtime import Runtime, start_runtime, stop_runtime
-from tune.recipes.config.schema import to_container
+from tune.checkpoint import claim_run_directory
+from tune.config import ValidationContext, to_container, validate_config
+from tune.dist import destroy_distributed, read_environment
+from tune.recipes.common.run_directory import model_inputs
+from tune.recipes.common.runtime import Runtime, start_runtime
 
 ConfigT = TypeVar("ConfigT")
 
@@ -27,22 +30,36 @@ def run_training(
         config: a recipe config with ``device``, ``model.dtype``, ``distributed.backend`` and
             ``checkpointing.output_dir``.
         train: the recipe's body.
-
-    Returns:
-        ``train``'s summary.
     """
     cfg: Any = config
     rt = start_runtime(cfg.device, cfg.model.dtype, cfg.distributed.backend)
     try:
-        out_dir = cfg.checkpointing.output_dir
+        out_dir, inputs = cfg.checkpointing.output_dir, dict(model_inputs(to_container(cfg)))
+        claim = claim_run_directory(
+            out_dir, inputs, command=sys.argv, output_name="checkpointing.output_dir"
+        )
         # Log records go through tqdm.write, so INFO lines never break the progress bar.
-        with (
-            claimed_run_directory(out_dir, to_container(cfg), is_main=rt.is_main),
-            logging_redirect_tqdm(),
-        ):
+        with claim, logging_redirect_tqdm():
             summary = train(config, rt)
     except BaseException:
-        stop_runtime(wait_for_ranks=False)
+        destroy_distributed(wait=False)
         raise
-    stop_runtime()
+    destroy_distributed()
     return summary
+
+
+def run_in_one_process(
+    recipe: str, config: ConfigT, body: Callable[[ConfigT, Runtime], dict[str, Any]]
+) -> dict[str, Any]:
+    """Validate ``config``, then run ``body(config, runtime)`` in one process (refused under torchrun).
+
+    Args:
+        recipe: the recipe's name, for the message.
+        config: a recipe config with ``device`` and ``model.dtype``.
+        body: the recipe's body.
+    """
+    validate_config(config, ValidationContext(world_size=1))
+    if read_environment().is_distributed:
+        raise RuntimeError(f"the {recipe} recipe runs in one process; launch it without torchrun")
+    cfg: Any = config
+    return body(config, start_runtime(cfg.device, cfg.model.dtype))

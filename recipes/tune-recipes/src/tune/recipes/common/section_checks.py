@@ -1,7 +1,7 @@
-"""Checks of the config sections the training recipes share (``common.config_sections``).
+"""Checks of the config sections several recipes share (``common.config_sections``).
 
 Each takes the recipe's whole config (any schema with the sections it reads) and records its
-findings in a ``Checks``.
+findings in a ``Checks``; a recipe's ``checks`` module lists them, with its own, in ``CHECKS``.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tune.config import Checks
 from tune.recipes.common.lora_settings import lora_settings_problem
-from tune.recipes.config.validation import Checks
 
 _LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
 
@@ -24,29 +24,101 @@ def looks_local(source: str) -> bool:
     )
 
 
-def check_model_section(cfg: Any, c: Checks) -> None:
-    ckpt = cfg.model.checkpoint_dir
-    if not c.require(bool(ckpt), "model.checkpoint_dir", "must name a checkpoint directory"):
-        return
-    if c.path_exists("model.checkpoint_dir", ckpt, "dir"):
-        root = Path(ckpt).expanduser()
-        c.require(
-            (root / "config.json").is_file(),
-            "model.checkpoint_dir",
-            f"{ckpt} has no config.json (expected an HF checkpoint directory)",
-        )
-        c.require(
-            any(root.glob("*.safetensors")),
-            "model.checkpoint_dir",
-            f"{ckpt} has no *.safetensors weights",
-        )
-    if cfg.tokenizer.path is not None:
-        c.path_exists("tokenizer.path", cfg.tokenizer.path, "dir")
-    if cfg.model.dtype == "bfloat16" and cfg.device == "cpu":
-        c.warn("model.dtype", "bfloat16 on a CPU without bf16 units is several times slower")
+def check_checkpoint_dir(
+    c: Checks, key: str, ckpt: str, *, quantized_ok: bool = False, weights_note: str = ""
+) -> bool:
+    """``ckpt``, the value of ``key``, is an HF checkpoint directory: ``config.json`` and
+    ``*.safetensors`` weights, or (``quantized_ok``) a directory ``tune.quant`` quantized.
+
+    Returns:
+        Whether ``ckpt`` is such a quantized directory.
+    """
+    if not c.require(bool(ckpt), key, "must name a checkpoint directory"):
+        return False
+    if not c.path_exists(key, ckpt, "dir"):
+        return False
+    root = Path(ckpt).expanduser()
+    c.require(
+        (root / "config.json").is_file(),
+        key,
+        f"{ckpt} has no config.json (expected an HF checkpoint directory)",
+    )
+    quantized = False
+    if quantized_ok:
+        from tune.quant import is_quantized_dir  # torchao: imported only for an existing path
+
+        quantized = is_quantized_dir(root)  # written by tune.quant.save_quantized_dir
+    c.require(
+        quantized or any(root.glob("*.safetensors")),
+        key,
+        f"{ckpt} has no *.safetensors weights{weights_note}",
+    )
+    return quantized
 
 
-def check_data_section(cfg: Any, c: Checks) -> None:
+def check_adapter_dir(c: Checks, adapter: str | None) -> None:
+    """``model.adapter_dir``, when set, is a PEFT adapter directory."""
+    if adapter is not None and c.path_exists("model.adapter_dir", adapter, "dir"):
+        c.require(
+            (Path(adapter).expanduser() / "adapter_config.json").is_file(),
+            "model.adapter_dir",
+            f"{adapter} has no adapter_config.json (expected a PEFT adapter directory)",
+        )
+
+
+def check_dtype(c: Checks, key: str, dtype: str, device: str) -> None:
+    """A warning for bfloat16 on the CPU."""
+    if dtype == "bfloat16" and device == "cpu":
+        c.warn(key, "bfloat16 on a CPU without bf16 units is several times slower")
+
+
+def check_model(cfg: Any, c: Checks) -> None:
+    """``model`` and ``tokenizer`` of a training recipe, and its ``teacher`` where it has one."""
+    check_checkpoint_dir(c, "model.checkpoint_dir", cfg.model.checkpoint_dir)
+    c.path_exists("tokenizer.path", cfg.tokenizer.path, "dir")
+    check_dtype(c, "model.dtype", cfg.model.dtype, cfg.device)
+    if (teacher := getattr(cfg, "teacher", None)) is not None:
+        check_checkpoint_dir(c, "teacher.checkpoint_dir", teacher.checkpoint_dir)
+        check_dtype(c, "teacher.dtype", teacher.dtype, cfg.device)
+
+
+def check_inference_model(cfg: Any, c: Checks) -> None:
+    """``model`` and ``tokenizer`` of ``generate`` and ``eval``: a float or quantized checkpoint,
+    and an optional adapter with how it is applied."""
+    m, ckpt = cfg.model, cfg.model.checkpoint_dir
+    if check_checkpoint_dir(c, "model.checkpoint_dir", ckpt, quantized_ok=True) and (
+        m.adapter_dir is not None or m.quantize is not None
+    ):
+        c.error(
+            "model.checkpoint_dir",
+            f"{ckpt} is already quantized: set model.adapter_dir and model.quantize to null",
+        )
+    root = Path(ckpt).expanduser()
+    if (
+        ckpt
+        and (root / "adapter_config.json").is_file()
+        and not any(root.glob("model*.safetensors"))
+    ):
+        c.error(
+            "model.checkpoint_dir",
+            f"{ckpt} is a PEFT adapter directory: set model.adapter_dir to it and "
+            "model.checkpoint_dir to its base",
+        )
+    check_adapter_dir(c, m.adapter_dir)
+    if m.adapter_dir is not None and m.quantize is not None and not m.merge_adapter:
+        c.error(
+            "model.quantize",
+            "with model.adapter_dir, quantization needs model.merge_adapter=true (the adapter is "
+            "folded into the float weights first)",
+        )
+    if m.adapter_dir is None and m.merge_adapter:
+        c.warn("model.merge_adapter", "has no effect without model.adapter_dir")
+    c.path_exists("tokenizer.path", cfg.tokenizer.path, "dir")
+    check_dtype(c, "model.dtype", m.dtype, cfg.device)
+
+
+def check_data(cfg: Any, c: Checks) -> None:
+    """``data`` of a ``DatasetConfig``: the source, its held-out part and (sft's) packing."""
     d = cfg.data
     has_source = c.require(bool(d.source), "data.source", "must not be empty")
     if has_source and looks_local(d.source):
@@ -63,28 +135,35 @@ def check_data_section(cfg: Any, c: Checks) -> None:
             "data.validation_split",
             f"{d.source} is a local file without named splits; use data.validation_fraction",
         )
-    if d.padding_free is not None and d.packing:
+    if getattr(d, "padding_free", None) is not None and d.packing:
         c.warn("data.padding_free", "has no effect with data.packing=true (packs have no padding)")
 
 
-def check_training_section(cfg: Any, c: Checks) -> None:
+def check_lora(cfg: Any, c: Checks) -> None:
+    """``training.lora``, for the adapter methods."""
     t = cfg.training
-    if t.method != "full":
-        lora = t.lora
-        c.positive("training.lora.r", lora.r)
-        c.positive("training.lora.alpha", lora.alpha)
-        c.in_range("training.lora.dropout", lora.dropout, 0.0, 1.0)
-        if not c.errors and (problem := lora_settings_problem(t.method, lora)):
-            c.error(f"training.lora.{problem[0]}", problem[1])
-        c.require(
-            bool(lora.targets) and all(lora.targets),
-            "training.lora.targets",
-            f"must list at least one module-name pattern for method {t.method!r}",
-        )
-    if t.max_steps is not None:
-        c.positive("training.max_steps", t.max_steps)
-    else:
-        c.positive("training.epochs", t.epochs)
+    if t.method == "full":
+        return
+    c.positive("training.lora.r", t.lora.r)
+    c.positive("training.lora.alpha", t.lora.alpha)
+    c.in_range("training.lora.dropout", t.lora.dropout, 0.0, 1.0)
+    if not c.errors and (problem := lora_settings_problem(t.method, t.lora)):
+        c.error(f"training.lora.{problem[0]}", problem[1])
+    c.require(
+        bool(t.lora.targets) and all(t.lora.targets),
+        "training.lora.targets",
+        f"must list at least one module-name pattern for method {t.method!r}",
+    )
+
+
+def check_optimizer(cfg: Any, c: Checks, total: int | None, total_is: str = "") -> None:
+    """``training``'s optimizer, schedule and clipping.
+
+    Args:
+        total: the run's optimizer steps (None: not known yet).
+        total_is: how ``total`` was counted, for the warm-up message.
+    """
+    t = cfg.training
     c.positive("training.optimizer.lr", t.optimizer.lr)
     c.non_negative("training.optimizer.weight_decay", t.optimizer.weight_decay)
     c.positive("training.optimizer.eps", t.optimizer.eps)
@@ -93,14 +172,25 @@ def check_training_section(cfg: Any, c: Checks) -> None:
             c.in_range(f"training.optimizer.betas.{i}", beta, 0.0, 1.0)
     c.in_range("training.lr_schedule.min_lr_ratio", t.lr_schedule.min_lr_ratio, 0.0, 1.0 + 1e-12)
     warmup = t.lr_schedule.warmup_steps
-    total = c.context.total_steps if c.context.total_steps is not None else t.max_steps
     if c.non_negative("training.lr_schedule.warmup_steps", warmup) and total is not None:
         c.require(
             warmup < total,
             "training.lr_schedule.warmup_steps",
-            f"must be < the total optimizer steps ({total}), got {warmup}",
+            f"must be < the total optimizer steps ({total}{total_is}), got {warmup}",
         )
     c.positive("training.max_grad_norm", t.max_grad_norm)
+
+
+def check_training(cfg: Any, c: Checks) -> None:
+    """``training`` of an ``EpochTrainingConfig``, and its batch against the world size."""
+    t = cfg.training
+    check_lora(cfg, c)
+    if t.max_steps is not None:
+        c.positive("training.max_steps", t.max_steps)
+    else:
+        c.positive("training.epochs", t.epochs)
+    total = c.context.total_steps if c.context.total_steps is not None else t.max_steps
+    check_optimizer(cfg, c, total)
     ok = c.positive("training.global_batch_size", t.global_batch_size)
     ok = c.positive("training.micro_batch_size", t.micro_batch_size) and ok
     tp = cfg.distributed.tp_size
@@ -116,14 +206,56 @@ def check_training_section(cfg: Any, c: Checks) -> None:
         )
 
 
-def check_outputs_section(cfg: Any, c: Checks) -> None:
+def check_distributed(cfg: Any, c: Checks) -> None:
+    """``distributed``: the tensor-parallel degree and FSDP options, the same in every recipe."""
+    dist, world = cfg.distributed, c.context.world_size
+    if c.positive("distributed.tp_size", dist.tp_size):
+        c.require(
+            world % dist.tp_size == 0,
+            "distributed.tp_size",
+            f"{dist.tp_size} does not divide the world size {world}",
+        )
+    if dist.cpu_offload and not dist.fsdp:
+        c.error("distributed.cpu_offload", "needs distributed.fsdp=true")
+    if dist.tp_size <= 1:
+        return
+    if getattr(cfg.data, "padding_free", None):
+        c.error(
+            "data.padding_free",
+            "cannot be combined with distributed.tp_size > 1: sequence-parallel layers split "
+            "the sequence, and a padding-free row has any length",
+        )
+    if cfg.training.method == "qlora":
+        c.error(
+            "training.method",
+            "qlora cannot be combined with distributed.tp_size > 1: tensor parallel cannot "
+            "split NF4 weights; use lora, or tp_size=1 (FSDP shards NF4 weights)",
+        )
+
+
+def check_checkpointing(cfg: Any, c: Checks) -> None:
+    """``checkpointing``: the run directory, the step-directory cadence and resume."""
     ck = cfg.checkpointing
     c.require(bool(ck.output_dir), "checkpointing.output_dir", "must not be empty")
     c.positive("checkpointing.save_every_n_steps", ck.save_every_n_steps)
     c.positive("checkpointing.keep_last_n", ck.keep_last_n)
     if ck.resume not in ("auto", "never"):
         c.path_exists("checkpointing.resume", ck.resume, "dir")
-    if cfg.training.method == "full" and ck.save_merged:
+
+
+def check_logging(cfg: Any, c: Checks) -> None:
+    """``logging``: the interval, and options only for loggers in use."""
+    c.positive("logging.log_every_n_steps", cfg.logging.log_every_n_steps)
+    unknown_options = sorted(set(cfg.logging.options) - set(cfg.logging.loggers))
+    if unknown_options:
+        c.warn("logging.options", f"options for loggers not in logging.loggers: {unknown_options}")
+
+
+def check_run(cfg: Any, c: Checks) -> None:
+    """How a recipe with an ``EpochTrainingConfig`` runs: ``checkpointing``, ``eval``
+    (validation loss), ``logging`` and ``distributed``."""
+    check_checkpointing(cfg, c)
+    if cfg.training.method == "full" and cfg.checkpointing.save_merged:
         c.warn("checkpointing.save_merged", "has no effect with training.method=full")
     c.positive("eval.every_n_steps", cfg.eval.every_n_steps)
     c.positive("eval.max_batches", cfg.eval.max_batches)
@@ -134,7 +266,16 @@ def check_outputs_section(cfg: Any, c: Checks) -> None:
             "eval.every_n_steps" if cfg.eval.every_n_steps is not None else "eval.before_training",
             "needs validation data: set data.validation_split or data.validation_fraction",
         )
-    c.positive("logging.log_every_n_steps", cfg.logging.log_every_n_steps)
-    unknown_options = sorted(set(cfg.logging.options) - set(cfg.logging.loggers))
-    if unknown_options:
-        c.warn("logging.options", f"options for loggers not in logging.loggers: {unknown_options}")
+    check_logging(cfg, c)
+    check_distributed(cfg, c)
+
+
+def check_output_file(cfg: Any, c: Checks, suffix: str, holds: str) -> None:
+    """``output.file``, when set, ends in ``suffix`` (a file that ``holds`` what is written)."""
+    out = cfg.output.file
+    if out is not None:
+        c.require(
+            Path(out).suffix.lower() == suffix,
+            "output.file",
+            f"must end in {suffix} ({holds}), got {out}",
+        )

@@ -1,54 +1,27 @@
-"""Configs: YAML + ``key=value`` overrides into closed dataclass schemas, validated before a run."""
+"""The recipes' config data: registries, removed keys, and loading/saving with tune's redaction.
 
-from tune.recipes.config.errors import ConfigError, ConfigValidationError, Issue
-from tune.recipes.config.imports import import_allowed, import_object
-from tune.recipes.config.loading import declared_recipe, load_config, parse_override
-from tune.recipes.config.redaction import (
-    REDACTED,
-    config_to_yaml,
-    is_secret_key,
-    redact,
-    save_resolved_config,
-)
+The config system itself is tune-config (``tune.config``).
+"""
+
+from tune.recipes.config.loading import REMOVED_KEYS, load_config, redact_override
+from tune.recipes.config.redaction import config_to_yaml, save_resolved_config
 from tune.recipes.config.registries import (
+    GENERATION_BACKENDS,
     LOGGERS,
     LR_SCHEDULES,
     OPTIMIZERS,
-    Registry,
-    component,
-    registry,
-)
-from tune.recipes.config.schema import to_container
-from tune.recipes.config.validation import (
-    Checks,
-    ValidationContext,
-    validate_config,
-    world_size_from_env,
+    REWARDS,
 )
 
 __all__ = [
+    "GENERATION_BACKENDS",
     "LOGGERS",
     "LR_SCHEDULES",
     "OPTIMIZERS",
-    "REDACTED",
-    "Checks",
-    "ConfigError",
-    "ConfigValidationError",
-    "Issue",
-    "Registry",
-    "ValidationContext",
-    "component",
+    "REMOVED_KEYS",
+    "REWARDS",
     "config_to_yaml",
-    "declared_recipe",
-    "import_allowed",
-    "import_object",
-    "is_secret_key",
     "load_config",
-    "parse_override",
-    "redact",
-    "registry",
+    "redact_override",
     "save_resolved_config",
-    "to_container",
-    "validate_config",
-    "world_size_from_env",
 ]

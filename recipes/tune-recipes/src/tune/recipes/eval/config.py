@@ -5,43 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tune.recipes.common.config_sections import QuantScheme
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
-
-
-@dataclass
-class EvalModelConfig:
-    """The model to evaluate.
-
-    Args:
-        checkpoint_dir: an HF directory (a base or a merged fine-tune), or a directory written
-            by the ``quantize`` recipe.
-        adapter_dir: a PEFT adapter directory applied on top of ``checkpoint_dir`` (null: none).
-        merge_adapter: fold the adapter into the base weights first.
-        dtype: parameter and compute dtype.
-        quantize: quantize the linear layers (not ``output``) after loading with this tune-quant
-            scheme (null: keep them in ``dtype``).
-    """
-
-    checkpoint_dir: str
-    adapter_dir: str | None = None
-    merge_adapter: bool = False
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    quantize: QuantScheme | None = None
-
-
-@dataclass
-class EvalTokenizerConfig:
-    """The tokenizer.
-
-    Args:
-        path: directory with ``tokenizer.json`` (null: ``model.checkpoint_dir``).
-        chat_template: a bundled template name, a Jinja file or source (null: the tokenizer's).
-    """
-
-    path: str | None = None
-    chat_template: str | None = None
+from tune.recipes.common.config_sections import InferenceModelConfig, TokenizedRecipeConfig
 
 
 @dataclass
@@ -116,39 +80,21 @@ class EvalOutputConfig:
     print: bool = True
 
 
-@dataclass
-class EvalConfig:
-    """Evaluation of a checkpoint: perplexity and lm-evaluation-harness tasks.
+@dataclass(kw_only=True)
+class EvalConfig(TokenizedRecipeConfig):
+    """Evaluation of a checkpoint (and optional adapter): perplexity and lm-evaluation-harness
+    tasks.
 
     Args:
-        model: the checkpoint and optional adapter.
         perplexity: perplexity on a dataset split.
         lm_eval: lm-evaluation-harness tasks.
-        tokenizer: the tokenizer.
         output: printing and the JSON report.
         seed: seed of lm_eval's sampling and few-shot selection.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        recipe: the recipe this config is for.
-        allow_imports: glob patterns of dotted paths the config may import.
     """
 
-    model: EvalModelConfig
+    recipe: str = "eval"
+    model: InferenceModelConfig
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)
-    tokenizer: EvalTokenizerConfig = field(default_factory=EvalTokenizerConfig)
     output: EvalOutputConfig = field(default_factory=EvalOutputConfig)
     seed: int = 1234
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    recipe: str = "eval"
-    allow_imports: list[str] = field(default_factory=list)
-
-    @property
-    def tokenizer_dir(self) -> str:
-        """``tokenizer.path``, defaulting to the checkpoint directory."""
-        return self.tokenizer.path or self.model.checkpoint_dir
-
-    def validate(self, context: ValidationContext) -> list[Issue]:
-        """Range and input checks, each issue named by its dotted key."""
-        from tune.recipes.eval.checks import check_eval_config
-
-        return check_eval_config(self, context)

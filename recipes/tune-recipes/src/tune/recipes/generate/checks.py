@@ -5,65 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tune.recipes.common.quantize_loading import QUANTIZATION_MANIFEST
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import Checks, ValidationContext
-from tune.recipes.generate.prompts import PROMPT_FILE_SUFFIXES, PromptInputError, parse_prompt
+from tune.config import Checks
+from tune.recipes.common.section_checks import check_inference_model, check_output_file
 
 if TYPE_CHECKING:
     from tune.recipes.generate.config import GenerateConfig
 
 
-def _check_model(cfg: GenerateConfig, c: Checks) -> None:
-    ckpt = cfg.model.checkpoint_dir
-    if not c.require(bool(ckpt), "model.checkpoint_dir", "must name a checkpoint directory"):
-        return
-    if c.path_exists("model.checkpoint_dir", ckpt, "dir"):
-        root = Path(ckpt).expanduser()
-        c.require(
-            (root / "config.json").is_file(),
-            "model.checkpoint_dir",
-            f"{ckpt} has no config.json (expected an HF checkpoint directory)",
-        )
-        quantized = (root / QUANTIZATION_MANIFEST).is_file()  # written by `tune run quantize`
-        c.require(
-            quantized or any(root.glob("*.safetensors")),
-            "model.checkpoint_dir",
-            f"{ckpt} has no *.safetensors weights",
-        )
-        if quantized and (cfg.model.adapter_dir is not None or cfg.model.quantize is not None):
-            c.error(
-                "model.checkpoint_dir",
-                f"{ckpt} is already quantized: set model.adapter_dir and model.quantize to null",
-            )
-        if (root / "adapter_config.json").is_file() and not any(root.glob("model*.safetensors")):
-            c.error(
-                "model.checkpoint_dir",
-                f"{ckpt} is a PEFT adapter directory: set model.adapter_dir to it and "
-                "model.checkpoint_dir to its base",
-            )
-    adapter = cfg.model.adapter_dir
-    if adapter is not None and c.path_exists("model.adapter_dir", adapter, "dir"):
-        c.require(
-            (Path(adapter).expanduser() / "adapter_config.json").is_file(),
-            "model.adapter_dir",
-            f"{adapter} has no adapter_config.json (expected a PEFT adapter directory)",
-        )
-    if adapter is not None and cfg.model.quantize is not None and not cfg.model.merge_adapter:
-        c.error(
-            "model.quantize",
-            "with model.adapter_dir, quantization needs model.merge_adapter=true (the adapter is "
-            "folded into the float weights first)",
-        )
-    if adapter is None and cfg.model.merge_adapter:
-        c.warn("model.merge_adapter", "has no effect without model.adapter_dir")
-    if cfg.tokenizer.path is not None:
-        c.path_exists("tokenizer.path", cfg.tokenizer.path, "dir")
-    if cfg.model.dtype == "bfloat16" and cfg.device == "cpu":
-        c.warn("model.dtype", "bfloat16 on a CPU without bf16 units is several times slower")
-
-
 def _check_prompts(cfg: GenerateConfig, c: Checks) -> None:
+    from tune.data import PROMPT_FILE_SUFFIXES, PromptInputError, parse_prompt
+
     p = cfg.prompts
     for i, item in enumerate(p.items):
         key = f"prompts.items.{i}"
@@ -106,20 +57,9 @@ def _check_sampling(cfg: GenerateConfig, c: Checks) -> None:
 
 
 def _check_output(cfg: GenerateConfig, c: Checks) -> None:
-    out = cfg.output.file
-    if out is not None:
-        c.require(
-            Path(out).suffix.lower() == ".jsonl",
-            "output.file",
-            f"must end in .jsonl (one JSON record per prompt), got {out}",
-        )
-    if out is None and not cfg.output.print:
+    check_output_file(cfg, c, ".jsonl", "one JSON record per prompt")
+    if cfg.output.file is None and not cfg.output.print:
         c.warn("output.print", "false with no output.file: the completions go nowhere")
 
 
-def check_generate_config(cfg: GenerateConfig, context: ValidationContext) -> list[Issue]:
-    """Every issue of a generate config (errors and warnings)."""
-    checks = Checks(context)
-    for step in (_check_model, _check_prompts, _check_sampling, _check_output):
-        step(cfg, checks)
-    return checks.issues
+CHECKS = (check_inference_model, _check_prompts, _check_sampling, _check_output)

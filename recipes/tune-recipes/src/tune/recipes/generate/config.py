@@ -3,46 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from tune.recipes.common.config_sections import QuantScheme
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
-
-
-@dataclass
-class GenerateModelConfig:
-    """The model to generate with.
-
-    Args:
-        checkpoint_dir: an HF directory with ``config.json`` and ``*.safetensors`` (a base or a
-            merged fine-tune).
-        adapter_dir: a PEFT adapter directory applied on top of ``checkpoint_dir`` (null: none).
-        merge_adapter: fold the adapter into the base weights before generating (faster, same
-            outputs up to float rounding).
-        dtype: parameter and compute dtype.
-        quantize: quantize the linear layers (not ``output``) after loading with this tune-quant
-            scheme (null: keep them in ``dtype``).
-    """
-
-    checkpoint_dir: str
-    adapter_dir: str | None = None
-    merge_adapter: bool = False
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    quantize: QuantScheme | None = None
-
-
-@dataclass
-class GenerateTokenizerConfig:
-    """The tokenizer.
-
-    Args:
-        path: directory with ``tokenizer.json`` (null: ``model.checkpoint_dir``).
-        chat_template: a bundled template name, a Jinja file or source (null: the tokenizer's).
-    """
-
-    path: str | None = None
-    chat_template: str | None = None
+from tune.recipes.common.config_sections import InferenceModelConfig, TokenizedRecipeConfig
 
 
 @dataclass
@@ -107,39 +70,20 @@ class GenerateOutputConfig:
     skip_special_tokens: bool = True
 
 
-@dataclass
-class GenerateConfig:
+@dataclass(kw_only=True)
+class GenerateConfig(TokenizedRecipeConfig):
     """Generation from a checkpoint directory (base, merged, or base + adapter).
 
     Args:
-        model: the checkpoint and optional adapter.
         prompts: the inputs.
         sampling: decoding options.
-        output: printing and the jsonl file.
-        tokenizer: the tokenizer.
         batch_size: prompts decoded together (left-padded).
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        recipe: the recipe this config is for.
-        allow_imports: glob patterns of dotted paths the config may import.
+        output: printing and the jsonl file.
     """
 
-    model: GenerateModelConfig
+    model: InferenceModelConfig
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    output: GenerateOutputConfig = field(default_factory=GenerateOutputConfig)
-    tokenizer: GenerateTokenizerConfig = field(default_factory=GenerateTokenizerConfig)
     batch_size: int = 4
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output: GenerateOutputConfig = field(default_factory=GenerateOutputConfig)
     recipe: str = "generate"
-    allow_imports: list[str] = field(default_factory=list)
-
-    @property
-    def tokenizer_dir(self) -> str:
-        """``tokenizer.path``, defaulting to the checkpoint directory."""
-        return self.tokenizer.path or self.model.checkpoint_dir
-
-    def validate(self, context: ValidationContext) -> list[Issue]:
-        """Range and input checks, each issue named by its dotted key."""
-        from tune.recipes.generate.checks import check_generate_config
-
-        return check_generate_config(self, context)

@@ -1,52 +1,33 @@
-"""The ``generate`` recipe: load a checkpoint (+ adapter), render prompts, decode, report.
-
-Reads top to bottom: prompts (tune.data renders chat templates), the model (tune.models, with a
-PEFT adapter through tune.checkpoint + tune.peft, optional tune.quant), batched KV-cache
-decoding (``tune.models.generate``), then printing and a jsonl file.
-"""
+"""The ``generate`` recipe: prompts (tune.data), the model (+ adapter, quantization), batched
+KV-cache decoding with stop rules (tune.models), then printing and a jsonl file."""
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, TextIO
+from functools import partial
+from typing import Any
 
 import torch
 
-from tune.data import ChatTemplate, resolve_template
-from tune.models import generate
-from tune.recipes.common.data_loading import load_tokenizer
-from tune.recipes.common.generation_model import load_generation_model
-from tune.recipes.common.model_loading import check_vocab_fits
-from tune.recipes.common.runtime import seed_everything, start_runtime, stop_runtime
-from tune.recipes.config import ValidationContext, validate_config
+from tune.data import PromptInputError, Tokenizer, collect_prompts, encode_prompt, resolve_template
+from tune.dist import seed_everything
+from tune.models import build_stop_rules, checkpoint_eos_ids, finish_completion, generate
+from tune.recipes.common.generation_model import load_configured_model
+from tune.recipes.common.outputs import write_report
+from tune.recipes.common.recipe_run import run_in_one_process
 from tune.recipes.generate.config import GenerateConfig
-from tune.recipes.generate.prompts import (
-    EncodedPrompt,
-    PromptInputError,
-    collect_prompts,
-    encode_prompt,
-)
-from tune.recipes.generate.stopping import build_stop_rules, finish_completion
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
 class GenerationRecord:
-    """One prompt's result (a line of the output file, plus the raw ids).
+    """One prompt's result: a line of the output file (see the recipe's docs), plus the raw ids.
 
     Args:
         where: the prompt's origin (``prompts.items.0``, ``file.jsonl:3``).
-        prompt: the prompt as given (text or messages).
-        prompt_text: the text the model saw (chat template applied).
-        completion: the completion text.
-        prompt_tokens: tokens of the rendered prompt.
+        prompt: the prompt as given; ``prompt_text``: what the model saw (template applied).
         completion_tokens: generated tokens the completion used (stop token included).
         stop_reason: ``eos``, ``stop_token``, ``stop_string`` or ``length``.
         completion_ids: every token the decoder produced for this prompt.
@@ -69,110 +50,60 @@ class GenerationRecord:
 
 
 def run(config: GenerateConfig) -> dict[str, Any]:
-    """Generate a completion for every prompt of ``config``.
-
-    Args:
-        config: a validated generate config.
+    """Generate a completion for every prompt of ``config`` (a validated generate config).
 
     Returns:
         ``records`` (a ``GenerationRecord`` per prompt, in input order), ``generated_tokens``,
         ``seconds`` (decoding time), ``tokens_per_s``, ``output_file``, and the native names of
         the ``adapted_modules`` and ``quantized_modules``.
     """
-    rt = start_runtime(config.device, config.model.dtype)
-    try:
-        if rt.dist.is_distributed:
-            raise RuntimeError(
-                "the generate recipe runs in one process; launch it without torchrun flags"
-            )
-        return _generate(config, rt)
-    finally:
-        stop_runtime()
-
-
-def _chat_template(cfg: GenerateConfig, tokenizer: Any) -> ChatTemplate | None:
-    if not cfg.prompts.chat:
-        return None
-    source = cfg.tokenizer.chat_template
-    if source is not None and Path(source).expanduser().is_file():
-        source = Path(source).expanduser().read_text(encoding="utf-8")
-    try:
-        return resolve_template(tokenizer, source)
-    except ValueError as err:
-        raise ValueError(
-            f"tokenizer.chat_template: {err}; or set prompts.chat=false for raw text prompts"
-        ) from err
-
-
-def _check_lengths(encoded: list[EncodedPrompt], max_new_tokens: int, context: int) -> None:
-    for e in encoded:
-        if len(e.tokens) + max_new_tokens > context:
-            raise PromptInputError(
-                f"{e.source.where}: {len(e.tokens)} prompt tokens + sampling.max_new_tokens "
-                f"{max_new_tokens} exceed the model's max_position_embeddings {context}"
-            )
-
-
-def _write_jsonl(records: list[GenerationRecord], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _show(record: GenerationRecord, index: int, total: int, display: str, stream: TextIO) -> None:
-    """Write one prompt and its completion to ``stream`` (the recipe's product on the terminal)."""
-    stream.write(
-        f"[{index}/{total}] {record.where}\n  prompt: {display}\n  → {record.completion}\n"
-        f"  ({record.prompt_tokens} prompt tokens, {record.completion_tokens} generated, "
-        f"stop: {record.stop_reason})\n"
-    )
-    stream.flush()
+    return run_in_one_process("generate", config, _generate)
 
 
 def _generate(cfg: GenerateConfig, rt: Any) -> dict[str, Any]:
-    validate_config(cfg, ValidationContext(world_size=1))
     sampling = cfg.sampling
     seed_everything(sampling.seed)
 
     # ---- prompts: read, render, tokenize (before the model loads: bad input fails fast) --
-    prompts = collect_prompts(cfg.prompts.items, cfg.prompts.file)
-    tokenizer = load_tokenizer(cfg.tokenizer_dir)
-    template = _chat_template(cfg, tokenizer)
+    prompts = collect_prompts(cfg.prompts.items, cfg.prompts.file, key="prompts")
+    tokenizer = Tokenizer.from_dir(cfg.tokenizer_dir)
+    template = None
+    if cfg.prompts.chat:
+        try:
+            template = resolve_template(tokenizer, cfg.tokenizer.chat_template)
+        except ValueError as err:
+            raise ValueError(
+                f"tokenizer.chat_template: {err}; or set prompts.chat=false for raw text prompts"
+            ) from err
+    for p in prompts if template is None else []:
+        if p.messages is not None:
+            raise PromptInputError(
+                f"{p.where}: chat messages need the chat template; set prompts.chat=true"
+            )
+    system, add_bos = cfg.prompts.system, cfg.prompts.add_bos
     encoded = [
-        encode_prompt(
-            p, tokenizer, template, system=cfg.prompts.system, add_bos=cfg.prompts.add_bos
-        )
-        for p in prompts
+        encode_prompt(p, tokenizer, template, system=system, add_bos=add_bos) for p in prompts
     ]
 
-    # ---- model: checkpoint, adapter, quantization ----------------------------------------
-    loaded = load_generation_model(
-        cfg.model.checkpoint_dir,
-        dtype=rt.dtype,
-        device=rt.device,
-        adapter_dir=cfg.model.adapter_dir,
-        merge_adapter=cfg.model.merge_adapter,
-        quantize=cfg.model.quantize,
-    )
-    check_vocab_fits(
-        tokenizer.vocab_size, loaded.checkpoint.config.vocab_size,
-        tokenizer_dir=cfg.tokenizer_dir, checkpoint_dir=cfg.model.checkpoint_dir,
-    )  # fmt: skip
-    model = loaded.checkpoint.model
-    _check_lengths(
-        encoded, sampling.max_new_tokens, loaded.checkpoint.config.max_position_embeddings
-    )
+    # ---- model: checkpoint, adapter, quantization; stop rules --------------------------------
+    loaded = load_configured_model(cfg, rt, tokenizer)
+    context = loaded.checkpoint.config.max_position_embeddings
+    for e in encoded:
+        if len(e.tokens) + sampling.max_new_tokens > context:
+            raise PromptInputError(
+                f"{e.source.where}: {len(e.tokens)} prompt tokens + sampling.max_new_tokens "
+                f"{sampling.max_new_tokens} exceed the model's max_position_embeddings {context}"
+            )
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     rules = build_stop_rules(
-        tokenizer,
-        cfg.model.checkpoint_dir,
-        stop_at_eos=sampling.stop_at_eos,
+        eos_ids=[*eos, *checkpoint_eos_ids(cfg.model.checkpoint_dir)]
+        if sampling.stop_at_eos
+        else [],
         stop_token_ids=sampling.stop_token_ids,
         stop_strings=sampling.stop_strings,
+        token_to_id=tokenizer.token_to_id,
     )
+    decode = partial(tokenizer.decode, skip_special_tokens=cfg.output.skip_special_tokens)
     generator = torch.Generator(device=rt.device).manual_seed(sampling.seed)
 
     # ---- decode, batch by batch, in input order --------------------------------------------
@@ -181,56 +112,39 @@ def _generate(cfg: GenerateConfig, rt: Any) -> dict[str, Any]:
     for start in range(0, len(encoded), cfg.batch_size):
         batch = encoded[start : start + cfg.batch_size]
         began = time.perf_counter()
+        # Python lists come back: the device work is done when it returns.
         rows = generate(
-            model,
-            [e.tokens for e in batch],
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            stop_tokens=rules.token_ids,
+            loaded.checkpoint.model, [e.tokens for e in batch], generator=generator,
+            max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+            top_k=sampling.top_k, top_p=sampling.top_p, stop_tokens=rules.token_ids,
             pad_id=tokenizer.pad_id,
-            generator=generator,
-        )  # returns Python lists: the device work is done when it returns
+        )  # fmt: skip
         seconds += time.perf_counter() - began
         for e, row in zip(batch, rows, strict=True):
             generated_tokens += len(row)
-            done = finish_completion(row, tokenizer, rules, cfg.output.skip_special_tokens)
-            record = GenerationRecord(
-                where=e.source.where,
-                prompt=e.source.as_record(),
-                prompt_text=e.text,
-                completion=done.text,
-                prompt_tokens=len(e.tokens),
-                completion_tokens=done.num_tokens,
-                stop_reason=done.stop_reason,
-                completion_ids=row,
-            )
-            records.append(record)
-            if cfg.output.print:
-                _show(record, len(records), len(encoded), e.source.display(), sys.stdout)
+            done = finish_completion(row, decode, rules)
+            r = GenerationRecord(
+                e.source.where, e.source.as_record(), e.text, done.text, len(e.tokens),
+                done.num_tokens, done.stop_reason, row,
+            )  # fmt: skip
+            records.append(r)
+            if cfg.output.print:  # the recipe's product on the terminal
+                sys.stdout.write(
+                    f"[{len(records)}/{len(encoded)}] {r.where}\n  prompt: {e.source.display()}\n"
+                    f"  → {r.completion}\n  ({r.prompt_tokens} prompt tokens, "
+                    f"{r.completion_tokens} generated, stop: {r.stop_reason})\n"
+                )
+                sys.stdout.flush()
 
     # ---- report -----------------------------------------------------------------------------
     tokens_per_s = generated_tokens / seconds if seconds > 0 else float("nan")
-    output_file = None
-    if cfg.output.file is not None:
-        output_file = _write_jsonl(records, Path(cfg.output.file).expanduser())
-    summary_line = (
+    text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+    output_file = write_report(cfg.output, text, [
         f"generated {generated_tokens} tokens for {len(records)} prompts in {seconds:.2f} s: "
         f"{tokens_per_s:.1f} tokens/s (batch size {cfg.batch_size})"
-    )
-    if output_file is not None:
-        summary_line += f"; wrote {output_file}"
-    if cfg.output.print:
-        sys.stdout.write(summary_line + "\n")
-    else:
-        logger.info(summary_line)
+    ])  # fmt: skip
     return {
-        "records": records,
-        "generated_tokens": generated_tokens,
-        "seconds": seconds,
-        "tokens_per_s": tokens_per_s,
-        "output_file": output_file,
-        "adapted_modules": loaded.adapted_modules,
-        "quantized_modules": loaded.quantized_modules,
-    }
+        "records": records, "generated_tokens": generated_tokens, "seconds": seconds,
+        "tokens_per_s": tokens_per_s, "output_file": output_file,
+        "adapted_modules": loaded.adapted_modules, "quantized_modules": loaded.quantized_modules,
+    }  # fmt: skip

@@ -7,16 +7,11 @@ from typing import Any, Literal
 
 from tune.recipes.common.config_sections import (
     CheckpointConfig,
-    DistributedConfig,
-    LoggingConfig,
-    LoRAConfig,
     LRScheduleConfig,
-    ModelConfig,
+    OptimizationConfig,
     OptimizerConfig,
-    TokenizerConfig,
+    TrainingRecipeConfig,
 )
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
 
 
 @dataclass
@@ -94,18 +89,14 @@ def _default_rewards() -> list[RewardConfig]:
 
 
 @dataclass
-class GRPOTrainingConfig:
+class GRPOTrainingConfig(OptimizationConfig):
     """The optimisation.
 
     Args:
-        method: ``full``, ``lora``, ``qlora`` or ``dora``.
-        lora: adapter settings (ignored for ``full``).
         max_steps: rollout batches to sample and learn from.
         updates_per_rollout: optimizer steps on each rollout batch (old log-probs are computed
             once per batch when > 1).
         micro_batch_size: sequences per forward/backward on one rank.
-        optimizer: the optimizer.
-        lr_schedule: the schedule (its steps are optimizer steps).
         clip_eps: lower clip range of the probability ratio.
         clip_eps_high: upper clip range (null: ``clip_eps``).
         kl_coef: weight of the KL penalty to the reference (0: no reference; under adapters the
@@ -113,26 +104,18 @@ class GRPOTrainingConfig:
         loss_aggregation: ``token`` (mean over every completion token of the step) or
             ``sequence`` (mean of per-sequence means).
         scale_rewards: divide group-centred rewards by the group's std.
-        max_grad_norm: clip the global gradient norm (null: no clipping).
-        nonfinite: on a NaN/inf loss or gradient, ``raise`` or ``skip`` the step.
-        seed: model-init, dropout, data-order and sampling seed.
     """
 
-    method: Literal["full", "lora", "qlora", "dora"] = "lora"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5))
+    lr_schedule: LRScheduleConfig = field(default_factory=lambda: LRScheduleConfig(name="constant"))
     max_steps: int = 100
     updates_per_rollout: int = 1
     micro_batch_size: int = 8
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-5))
-    lr_schedule: LRScheduleConfig = field(default_factory=lambda: LRScheduleConfig(name="constant"))
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
     kl_coef: float = 0.0
     loss_aggregation: Literal["token", "sequence"] = "token"
     scale_rewards: bool = True
-    max_grad_norm: float | None = 1.0
-    nonfinite: Literal["raise", "skip"] = "raise"
-    seed: int = 0
 
 
 @dataclass
@@ -155,59 +138,24 @@ class HeldOutEvalConfig:
     temperature: float = 0.0
 
 
-@dataclass
-class GRPOConfig:
-    """GRPO with verifiable rewards: everything one run needs.
+@dataclass(kw_only=True)
+class GRPOConfig(TrainingRecipeConfig):
+    """GRPO with verifiable rewards (tensor parallel is not supported): everything one run needs.
 
     Args:
-        model: the policy's checkpoint.
         data: prompts with reference answers.
-        tokenizer: the tokenizer and chat template.
         rollout: sampling.
         rewards: the reward functions, summed with their weights.
         training: the optimisation.
-        distributed: multi-process settings (FSDP; tensor parallel is not supported).
-        checkpointing: outputs and resume.
         eval: held-out accuracy.
-        logging: metrics.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        recipe: the recipe this config is for.
-        allow_imports: glob patterns of dotted paths the config may import.
     """
 
-    model: ModelConfig
     data: PromptDataConfig
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: list[RewardConfig] = field(default_factory=_default_rewards)
     training: GRPOTrainingConfig = field(default_factory=GRPOTrainingConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    recipe: str = "grpo"
     checkpointing: CheckpointConfig = field(
         default_factory=lambda: CheckpointConfig(output_dir="outputs/grpo")
     )
     eval: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    recipe: str = "grpo"
-    allow_imports: list[str] = field(default_factory=list)
-
-    @property
-    def tokenizer_dir(self) -> str:
-        """``tokenizer.path``, defaulting to the checkpoint directory."""
-        return self.tokenizer.path or self.model.checkpoint_dir
-
-    def validate(self, context: ValidationContext) -> list[Issue]:
-        """Range and relation checks, each issue named by its dotted key."""
-        from tune.recipes.grpo.checks import check_grpo_config
-
-        return check_grpo_config(self, context)
-
-
-__all__ = [
-    "GRPOConfig",
-    "GRPOTrainingConfig",
-    "HeldOutEvalConfig",
-    "PromptDataConfig",
-    "RewardConfig",
-    "RolloutConfig",
-]

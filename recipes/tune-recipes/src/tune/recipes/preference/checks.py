@@ -1,6 +1,6 @@
 """``PreferenceConfig.validate``: ranges and relations, before any model or data loads.
 
-The model, training and output checks are the sft recipe's (the same keys mean the same
+The model, training and output checks are the shared ones (the same keys mean the same
 things); the preference-specific ones follow.
 """
 
@@ -8,45 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tune.recipes.common.section_checks import (
-    check_model_section,
-    check_outputs_section,
-    check_training_section,
-    looks_local,
-)
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import Checks, ValidationContext
+from tune.config import Checks
+from tune.recipes.common.section_checks import check_data, check_model, check_run, check_training
 
 if TYPE_CHECKING:
     from tune.recipes.preference.config import PreferenceConfig
-
-
-def check_data_section(cfg: PreferenceConfig, c: Checks) -> None:
-    d = cfg.data
-    if c.require(bool(d.source), "data.source", "must not be empty") and looks_local(d.source):
-        c.path_exists("data.source", d.source, "any")
-    c.positive("data.max_seq_len", d.max_seq_len)
-    c.in_range("data.validation_fraction", d.validation_fraction, 0.0, 1.0)
-    if d.validation_split is not None and d.validation_fraction > 0:
-        c.error(
-            "data.validation_fraction",
-            "set either data.validation_split or data.validation_fraction, not both",
-        )
-    loss = cfg.training.loss.name
-    if loss == "kto":
-        c.require(
-            d.format == "unpaired",
-            "data.format",
-            "training.loss.name=kto trains on unpaired rows (prompt, completion, label): "
-            f"set data.format=unpaired, got {d.format!r}",
-        )
-    else:
-        c.require(
-            d.format == "paired",
-            "data.format",
-            f"training.loss.name={loss} needs paired rows (prompt, chosen, rejected), "
-            f"got data.format={d.format!r} (unpaired data is for kto)",
-        )
 
 
 def _check_loss(cfg: PreferenceConfig, c: Checks) -> None:
@@ -85,21 +51,22 @@ def _check_loss(cfg: PreferenceConfig, c: Checks) -> None:
         )
 
 
-def _check_parallel(cfg: PreferenceConfig, c: Checks) -> None:
-    dist = cfg.distributed
-    c.require(
-        dist.tp_size == 1,
-        "distributed.tp_size",
-        f"the preference recipe shards with FSDP only; set 1, got {dist.tp_size}",
-    )
-    if dist.cpu_offload and not dist.fsdp:
-        c.error("distributed.cpu_offload", "needs distributed.fsdp=true")
+def _check_format(cfg: PreferenceConfig, c: Checks) -> None:
+    loss, form = cfg.training.loss.name, cfg.data.format
+    if loss == "kto":
+        c.require(
+            form == "unpaired",
+            "data.format",
+            "training.loss.name=kto trains on unpaired rows (prompt, completion, label): "
+            f"set data.format=unpaired, got {form!r}",
+        )
+    else:
+        c.require(
+            form == "paired",
+            "data.format",
+            f"training.loss.name={loss} needs paired rows (prompt, chosen, rejected), "
+            f"got data.format={form!r} (unpaired data is for kto)",
+        )
 
 
-def check_preference_config(cfg: PreferenceConfig, context: ValidationContext) -> list[Issue]:
-    """Every issue of a preference config (errors and warnings)."""
-    checks = Checks(context)
-    for step in (check_model_section, check_data_section, check_training_section, _check_loss, check_outputs_section,
-                 _check_parallel):  # fmt: skip
-        step(cfg, checks)  # type: ignore[arg-type]
-    return checks.issues
+CHECKS = (check_model, check_data, _check_format, check_training, _check_loss, check_run)

@@ -7,14 +7,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import Checks, ValidationContext
+from tune.config import Checks
+from tune.recipes.common.section_checks import check_adapter_dir, check_checkpoint_dir
 
 if TYPE_CHECKING:
     from tune.recipes.quantize.config import QuantizeConfig
-
-# torchao 0.18 has no safetensors form for the CPU int4 packing (see tune-quant's docs).
-NO_SAFETENSORS = {("int4_weight_only", "cpu")}
 
 
 def quantize_device_type(device: str) -> str:
@@ -26,26 +23,9 @@ def quantize_device_type(device: str) -> str:
 
 def _check_paths(cfg: QuantizeConfig, c: Checks) -> None:
     ckpt = cfg.model.checkpoint_dir
-    if c.path_exists("model.checkpoint_dir", ckpt, "dir"):
-        root = Path(ckpt).expanduser()
-        c.require(
-            (root / "config.json").is_file(),
-            "model.checkpoint_dir",
-            f"{ckpt} has no config.json (expected an HF checkpoint directory)",
-        )
-        c.require(
-            any(root.glob("*.safetensors")),
-            "model.checkpoint_dir",
-            f"{ckpt} has no *.safetensors weights (an already quantized directory cannot be "
-            "quantized again)",
-        )
-    adapter = cfg.model.adapter_dir
-    if adapter is not None and c.path_exists("model.adapter_dir", adapter, "dir"):
-        c.require(
-            (Path(adapter).expanduser() / "adapter_config.json").is_file(),
-            "model.adapter_dir",
-            f"{adapter} has no adapter_config.json (expected a PEFT adapter directory)",
-        )
+    note = " (an already quantized directory cannot be quantized again)"
+    check_checkpoint_dir(c, "model.checkpoint_dir", ckpt, weights_note=note)
+    check_adapter_dir(c, cfg.model.adapter_dir)
     out = Path(cfg.output_dir).expanduser()
     if not c.require(bool(cfg.output_dir), "output_dir", "must name a directory"):
         return
@@ -61,7 +41,7 @@ def _check_paths(cfg: QuantizeConfig, c: Checks) -> None:
 
 
 def _check_scheme(cfg: QuantizeConfig, c: Checks) -> None:
-    from tune.quant import UnsupportedSchemeError, check_scheme_supported
+    from tune.quant import SCHEMES, UnsupportedSchemeError, check_scheme_supported
 
     scheme = cfg.quantization.scheme
     device_type = quantize_device_type(cfg.device)
@@ -74,7 +54,8 @@ def _check_scheme(cfg: QuantizeConfig, c: Checks) -> None:
             c.warn("device", f"{err}; the run needs a CUDA machine")
         else:
             c.error("quantization.scheme", str(err))
-    if cfg.weights_format == "safetensors" and (scheme, device_type) in NO_SAFETENSORS:
+    support = SCHEMES[scheme].devices.get(device_type) if scheme in SCHEMES else None
+    if cfg.weights_format == "safetensors" and support is not None and not support.safetensors:
         c.error(
             "weights_format",
             f"torchao cannot write scheme {scheme!r} on {device_type} to safetensors; use "
@@ -84,9 +65,4 @@ def _check_scheme(cfg: QuantizeConfig, c: Checks) -> None:
         c.require(bool(pattern), f"quantization.include.{i}", "must not be empty")
 
 
-def check_quantize_config(cfg: QuantizeConfig, context: ValidationContext) -> list[Issue]:
-    """Every issue of a quantize config (errors and warnings)."""
-    checks = Checks(context)
-    for step in (_check_paths, _check_scheme):
-        step(cfg, checks)
-    return checks.issues
+CHECKS = (_check_paths, _check_scheme)

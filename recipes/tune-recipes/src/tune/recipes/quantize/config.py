@@ -5,25 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tune.recipes.common.config_sections import QuantScheme
-from tune.recipes.config.errors import Issue
-from tune.recipes.config.validation import ValidationContext
-
-
-@dataclass
-class QuantizeModelConfig:
-    """The checkpoint to quantize.
-
-    Args:
-        checkpoint_dir: an HF directory with ``config.json`` and ``*.safetensors``.
-        adapter_dir: a PEFT adapter directory merged into the weights before quantizing (null:
-            none).
-        dtype: float dtype of the weights before quantization (and of the activations later).
-    """
-
-    checkpoint_dir: str
-    adapter_dir: str | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
+from tune.recipes.common.config_sections import AdapterModelConfig, QuantScheme, RecipeConfig
 
 
 @dataclass
@@ -41,31 +23,21 @@ class QuantizationConfig:
     exclude: list[str] = field(default_factory=lambda: ["output"])
 
 
-@dataclass
-class QuantizeConfig:
+@dataclass(kw_only=True)
+class QuantizeConfig(RecipeConfig):
     """Post-training quantization of a checkpoint directory into a directory ``generate`` loads.
+    ``model.adapter_dir`` is merged into the weights (of ``model.dtype``) before quantizing;
+    ``device`` is where to quantize, and so where the result runs.
 
     Args:
-        model: the checkpoint (and optional adapter).
         quantization: the scheme and the layers.
         output_dir: the quantized directory (created; must be empty or absent).
         weights_format: ``auto`` (safetensors where torchao can write the scheme, else ``pt``),
             ``safetensors`` or ``pt``.
-        device: where to quantize, and so where the result runs (``auto``: CUDA when available).
-        recipe: the recipe this config is for.
-        allow_imports: glob patterns of dotted paths the config may import.
     """
 
-    model: QuantizeModelConfig
+    recipe: str = "quantize"
+    model: AdapterModelConfig
     output_dir: str
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     weights_format: Literal["auto", "safetensors", "pt"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    recipe: str = "quantize"
-    allow_imports: list[str] = field(default_factory=list)
-
-    def validate(self, context: ValidationContext) -> list[Issue]:
-        """Paths, the scheme on the device, before any model loads."""
-        from tune.recipes.quantize.checks import check_quantize_config
-
-        return check_quantize_config(self, context)

@@ -147,3 +147,16 @@ def test_redact_message_keeps_the_words_after_a_key(message: str, expected: str)
 def test_redact_message_scrubs_secret_environment_values() -> None:
     env = {"HF_TOKEN": "custom-secret-value"}
     assert redact_message("HF_TOKEN value custom-secret-value", env) == "HF_TOKEN value ***"
+
+
+def test_the_working_directory_is_not_a_secret() -> None:
+    # `PWD` reads as a password name; redacting it turned every path under the cwd into ***.
+    from tune.train.loggers.redaction import secret_env_values
+
+    env = {"PWD": "/home/user/project", "OLDPWD": "/home/user", "DB_PWD": "hunter2-hunter2"}
+    assert secret_env_values(env) == ["hunter2-hunter2"]
+    config = {"output_dir": "/home/user/project/out", "password": "x"}
+    assert redact_secrets(config, env) == {
+        "output_dir": "/home/user/project/out",
+        "password": "***",
+    }

@@ -52,6 +52,8 @@ KNOWN_SECRET_ENV_VARS = (
     "GITHUB_TOKEN",
 )
 _MIN_SECRET_LENGTH = 6
+# Shell variables whose names only look secret: `PWD` is the working directory, not a password.
+_NOT_SECRET_ENV_VARS = frozenset({"PWD", "OLDPWD"})
 # Names of credentials: a value of any type under these names is a secret.
 _CREDENTIAL_NAME = re.compile(
     r"(^|_)(token|auth_token|access_token|api_?key|secret|secret_key|password|passwd|"
@@ -143,6 +145,7 @@ def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
         value
         for name, value in env.items()
         if (name in KNOWN_SECRET_ENV_VARS or _name_kind(name) is not None)
+        and name not in _NOT_SECRET_ENV_VARS
         and len(value) >= _MIN_SECRET_LENGTH
     }
     # Longest first, so a secret containing another is replaced whole.

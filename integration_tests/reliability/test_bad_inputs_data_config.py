@@ -152,16 +152,23 @@ def test_zero_trainable_tokens_is_an_error(in_process: Any, tmp_path: Path) -> N
     assert "dropped_no_labels=16" in str(err), err
 
 
-def test_template_without_generation_markers_with_assistant_only_loss(
+def test_template_whose_replies_cannot_be_found_is_refused_before_loading(
     in_process: Any, tmp_path: Path
 ) -> None:
+    """A template without `{% generation %}` markers trains on the replies it renders (found by
+    rendering prefixes); one that renders the last reply differently cannot, and is refused."""
     data = _write_rows(tmp_path / "chat.jsonl", _chat_rows())
-    template = tmp_path / "plain.jinja"
-    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    template = tmp_path / "last_turn_differs.jinja"
+    template.write_text(
+        "{% for m in messages %}{{ m['role'] }}: "
+        "{% if loop.last and m['role'] == 'assistant' %}[final] {% endif %}"
+        "{{ m['content'] }}\n{% endfor %}"
+    )
     err = in_process.fails(
         f"data.source={data}", "data.format=chat", f"tokenizer.chat_template={template}"
     )
-    assert "generation" in str(err), err
+    assert "tokenizer.chat_template" in str(err), err
+    assert "last_turn_differs.jinja" in str(err), err
 
 
 def test_pad_equal_to_eos_still_trains_on_eos(runs: Any, tmp_path: Path) -> None:

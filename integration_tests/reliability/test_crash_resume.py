@@ -64,6 +64,9 @@ def _every_logged_loss_matches(out: Path, expected: dict[int, float]) -> float:
     return delta
 
 
+# Slow (~100 s): one kill and resume per recipe (test_every_recipe.py) and sft's kill -9 at two
+# steps (tune-recipes' test_sft_resume.py) run in the default suite; this five-kill soak does not.
+@pytest.mark.slow
 def test_five_kills_at_distinct_steps_each_resumed_bit_identically(
     runs: Any, reference: dict[str, Any], report: Any, tmp_path: Path
 ) -> None:

@@ -1,6 +1,7 @@
 """tune.data: tokenizers, chat templates, dataset builders, streaming on-the-fly packing and exact-resume iteration."""
 
 from tune.data._version import __version__
+from tune.data.assistant_spans import assistant_spans
 from tune.data.builders import (
     ChatBuilder,
     InstructionBuilder,
@@ -21,6 +22,7 @@ from tune.data.collate import collate_packed, collate_padded, collate_preference
 from tune.data.loader import StreamingLoader, make_loader, merge_loader_states, per_rank_batches
 from tune.data.masking import (
     IGNORE_INDEX,
+    check_assistant_masking,
     shift_labels,
     spans_to_token_mask,
     tokenize_messages,
@@ -100,8 +102,10 @@ __all__ = [
     "UnpairedBuilder",
     "__version__",
     "apply_truncation",
+    "assistant_spans",
     "build_sample_builder",
     "bundled_template",
+    "check_assistant_masking",
     "check_vocab_fits",
     "collate_packed",
     "collate_padded",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,8 @@ from tune.data.template_sandbox import (
 # Private-use code points that bracket `{% generation %}` output while rendering; removed afterwards.
 _GEN_START = "\ue0f0"
 _GEN_END = "\ue0f1"
+# A `{% generation %}` tag, with jinja's whitespace-control signs.
+_GENERATION_TAG = re.compile(r"\{%[-+]?\s*generation\s*[-+]?%\}")
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -167,7 +170,7 @@ class ChatTemplate:
         self.source = source
         self.name = name
         self.special_tokens = dict(special_tokens or {})
-        self.has_generation_markers = "generation" in source and "endgeneration" in source
+        self.has_generation_markers = _GENERATION_TAG.search(source) is not None
         try:
             self._template = _compile(source)
         except jinja2.exceptions.TemplateSyntaxError as error:

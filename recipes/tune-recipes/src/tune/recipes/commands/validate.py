@@ -50,6 +50,7 @@ def main(args: argparse.Namespace) -> int:
         recipe=recipe_name,
         allow_imports=args.allow_import,
         validate=False,
+        import_gguf=False,
     )
     missing: Literal["error", "warn"] = args.paths or (
         "warn" if bundled_recipe is not None else "error"

@@ -283,6 +283,8 @@ class CheckpointConfig:
         resume: ``auto`` (latest step in output_dir, if any), ``never``, or a step directory.
         save_merged: also write the base with adapters merged as an HF directory.
         save_adapter: write a PEFT adapter directory (adapter methods).
+        save_gguf: GGUF files written from the merged model, each with an Ollama ``Modelfile``
+            in ``<output_dir>/gguf/<type>/`` (``[q8_0]``; f32, f16, bf16, q8_0, ...).
         resume_overrides: settings that may differ from the checkpoint's when resuming
             (``[training.optimizer.lr, training.max_steps]``); they are applied, logged and
             recorded. Any other changed setting is refused, naming it.
@@ -294,6 +296,7 @@ class CheckpointConfig:
     resume: str = "auto"
     save_merged: bool = False
     save_adapter: bool = True
+    save_gguf: list[str] = field(default_factory=list)
     resume_overrides: list[str] = field(default_factory=list)
 
 

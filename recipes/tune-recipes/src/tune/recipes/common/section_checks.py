@@ -35,6 +35,11 @@ def check_checkpoint_dir(
     """
     if not c.require(bool(ckpt), key, "must name a checkpoint directory"):
         return False
+    if ckpt.endswith(".gguf"):  # imported to an HF directory when the run starts
+        if c.path_exists(key, ckpt, "file"):
+            with open(Path(ckpt).expanduser(), "rb") as handle:
+                c.require(handle.read(4) == b"GGUF", key, f"{ckpt} is not a GGUF file")
+        return False
     if not c.path_exists(key, ckpt, "dir"):
         return False
     root = Path(ckpt).expanduser()
@@ -137,6 +142,20 @@ def check_data(cfg: Any, c: Checks) -> None:
         )
     if getattr(d, "padding_free", None) is not None and d.packing:
         c.warn("data.padding_free", "has no effect with data.packing=true (packs have no padding)")
+    tokenizer_dir = Path(cfg.tokenizer_dir).expanduser()
+    if (
+        d.format != "text"
+        and not getattr(d, "train_on_input", True)
+        and (tokenizer_dir / "tokenizer.json").is_file()
+    ):
+        from tune.data import MessageError, Tokenizer, check_assistant_masking, resolve_template
+
+        try:  # the assistant-only loss finds each reply in the template's rendering
+            tokenizer = Tokenizer.from_dir(tokenizer_dir)
+            template = resolve_template(tokenizer, cfg.tokenizer.chat_template)
+            check_assistant_masking(template, tokenizer)
+        except MessageError as error:
+            c.error("tokenizer.chat_template", f"{error} (or set data.train_on_input=true)")
 
 
 def check_lora(cfg: Any, c: Checks) -> None:
@@ -241,6 +260,23 @@ def check_checkpointing(cfg: Any, c: Checks) -> None:
     c.positive("checkpointing.keep_last_n", ck.keep_last_n)
     if ck.resume not in ("auto", "never"):
         c.path_exists("checkpointing.resume", ck.resume, "dir")
+    if ck.save_gguf:
+        c.require(
+            cfg.training.method == "full" or ck.save_merged,
+            "checkpointing.save_gguf",
+            "is written from the merged model: set checkpointing.save_merged=true",
+        )
+        try:
+            from tune.checkpoint.gguf import supported_file_types
+        except ImportError as error:
+            c.error("checkpointing.save_gguf", str(error))
+        else:
+            for i, kind in enumerate(ck.save_gguf):
+                c.require(
+                    kind in supported_file_types(),
+                    f"checkpointing.save_gguf.{i}",
+                    f"must be one of {supported_file_types()}, got {kind!r}",
+                )
 
 
 def check_logging(cfg: Any, c: Checks) -> None:

@@ -24,6 +24,7 @@ RESUME_FREE_KEYS = (
     "logging", "eval", "distributed", "device", "allow_imports", "checkpointing.output_dir",
     "checkpointing.resume", "checkpointing.keep_last_n", "checkpointing.save_every_n_steps",
     "checkpointing.save_merged", "checkpointing.save_adapter", "checkpointing.save_quantized",
+    "checkpointing.save_gguf",
 )  # fmt: skip
 OVERRIDE_KEY = "checkpointing.resume_overrides"
 POLICY = ResumePolicy(

@@ -194,6 +194,15 @@ def finish(run: TrainingRun, result: RunResult, summary: dict[str, Any]) -> dict
                 distributed=run.dp.distributed,
             )
         )  # fmt: skip
+        if cfg.checkpointing.save_gguf and rt.is_main:
+            from tune.checkpoint.gguf import export_gguf
+
+            gguf_dir = Path(cfg.checkpointing.output_dir) / "gguf"
+            summary["gguf_files"] = [
+                str(export_gguf(summary["model_dir"], gguf_dir / kind / f"model-{kind}.gguf",
+                                file_type=kind, overwrite=True))
+                for kind in cfg.checkpointing.save_gguf
+            ]  # fmt: skip
     if run.sink is not None:
         run.sink.close()
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,12 @@ def redact_override(text: str, key: str = "") -> str:
 
 
 def load_config(
-    path: str | Path, schema: type, overrides: Sequence[str] = (), **options: Any
+    path: str | Path,
+    schema: type,
+    overrides: Sequence[str] = (),
+    *,
+    import_gguf: bool = True,
+    **options: Any,
 ) -> Any:
     """``tune.config.load_config`` with ``REMOVED_KEYS`` and ``redact_override``.
 
@@ -37,9 +43,18 @@ def load_config(
         path: the YAML file.
         schema: the recipe's config dataclass.
         overrides: ``key=value`` items applied on top of the file.
+        import_gguf: replace each ``*checkpoint_dir`` naming a ``.gguf`` file by its imported
+            HF directory (``tune.checkpoint.gguf.cached_hf_dir``: converted once, then reused).
         options: ``recipe``, ``allow_imports``, ``validate``, ``world_size``, ``missing_paths``
             (see ``tune.config.load_config``).
     """
-    return tune.config.load_config(
+    config = tune.config.load_config(
         path, schema, overrides, removed_keys=REMOVED_KEYS, redact=redact_override, **options
     )
+    for section in vars(config).values() if import_gguf else ():
+        for key, value in vars(section).items() if is_dataclass(section) else ():
+            if key.endswith("checkpoint_dir") and str(value).endswith(".gguf"):
+                from tune.checkpoint.gguf import cached_hf_dir
+
+                setattr(section, key, str(cached_hf_dir(Path(value).expanduser())))
+    return config

@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tune.config import Checks
-from tune.recipes.common.section_checks import check_data, check_model, check_run, check_training
+from tune.recipes.common.section_checks import (
+    check_checkpoint_dir,
+    check_data,
+    check_model,
+    check_run,
+    check_training,
+)
 
 if TYPE_CHECKING:
     from tune.recipes.preference.config import PreferenceConfig
@@ -40,7 +46,7 @@ def _check_loss(cfg: PreferenceConfig, c: Checks) -> None:
                 f"training.loss.name={loss.name} uses no reference model; the key is ignored",
             )
         else:
-            c.path_exists("model.reference_checkpoint_dir", ref_dir, "dir")
+            check_checkpoint_dir(c, "model.reference_checkpoint_dir", ref_dir)
     if t.method != "full" and loss.needs_reference and t.lora.init == "pissa":
         # PiSSA moves the top singular directions out of the base weight: with the adapters
         # disabled the model is the residual, not the starting policy.

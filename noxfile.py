@@ -221,19 +221,28 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def llamacpp(session: nox.Session) -> None:
-    """llama.cpp runs tune's GGUF export: same greedy tokens as tune on SmolLM2 (slow: pip builds
-    llama-cpp-python from source the first time, ~14 min on 2 cores; cached after)."""
+    """llama.cpp runs tune's GGUF exports: every family's F32 logits, SmolLM2's tokenizer and greedy
+    tokens (slow: pip builds llama-cpp-python from source the first time, ~14 min on 2 cores)."""
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(
-        session, *wheels.values(), "pytest>=8", "pytest-timeout>=2", "llama-cpp-python==0.3.36"
-    )
+        session, *[w for n, w in wheels.items() if n != "checkpoint"],
+        f"{wheels['checkpoint']}[test]", "llama-cpp-python==0.3.36",
+    )  # fmt: skip
     _install_real_model(session)
+    checkpoint_tests = PACKAGE_DIRS["checkpoint"] / "tests"
+    session.run(
+        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-k", "llama_cpp",
+        str(checkpoint_tests / "test_gguf_families.py"),
+        str(checkpoint_tests / "test_gguf_tokenizer_smollm2.py"),
+        str(checkpoint_tests / "test_gguf_smollm2.py"), env=RUN_ENV,
+    )  # fmt: skip
     session.run(
         "python", "-m", "pytest", str(ROOT / "integration_tests" / "test_llama_cpp_greedy.py"),
         "-p", "no:cacheprovider", "-m", "slow", "-q", env=RUN_ENV,
     )  # fmt: skip
 
 
+@nox.session
 def _torchtune_venv(session: nox.Session) -> Path:
     """A venv of its own for the torchtune peer benchmark (torchtune 0.6.1 needs torchao <= 0.15)."""
     venv = ROOT / ".nox" / "bench-torchtune"

@@ -242,7 +242,6 @@ def llamacpp(session: nox.Session) -> None:
     )  # fmt: skip
 
 
-@nox.session
 def _torchtune_venv(session: nox.Session) -> Path:
     """A venv of its own for the torchtune peer benchmark (torchtune 0.6.1 needs torchao <= 0.15)."""
     venv = ROOT / ".nox" / "bench-torchtune"

@@ -46,6 +46,17 @@ _TOKENIZER_KEYS = gguf.Keys.Tokenizer
 _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+class _WarningsOnly(logging.Filter):
+    """gguf's writer logs three INFO lines per file (endianness, file list, sizes); this module
+    logs what it wrote itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
+
+
+logging.getLogger("gguf.gguf_writer").addFilter(_WarningsOnly())
+
+
 def _weights_to_write(
     family: GgufArchitecture,
     config: Mapping[str, Any],

@@ -47,6 +47,9 @@ def export(args: argparse.Namespace) -> int:
         raise ValueError(f"--type must be one of {supported_file_types()}, got {args.type!r}")
     if not str(args.output_file).endswith(".gguf"):
         raise ValueError(f"{args.output_file}: the output file must end in .gguf")
+    if args.output_file.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output_file} exists; pass --overwrite to replace it")
+    args.output_file.parent.mkdir(parents=True, exist_ok=True)
     adapter_config = args.model_dir / "adapter_config.json"
     if not adapter_config.is_file():
         out = export_gguf(args.model_dir, args.output_file, file_type=args.type,

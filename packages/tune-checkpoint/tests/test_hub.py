@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from tune.checkpoint import HubDownloadError, download_snapshot, is_repo_id
+from tune.checkpoint import (
+    HubDownloadError,
+    download_snapshot,
+    is_repo_id,
+    repo_id_of_snapshot,
+    resolve_model_dir,
+)
 
 TOKEN = "hf_" + "Zz9" * 12
 
@@ -76,3 +82,45 @@ def test_missing_huggingface_hub_is_an_import_error(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ImportError):
         download_snapshot("gpt2", "out")
+
+
+def _cached_snapshot(cache: Path, repo_id: str, commit: str = "0" * 40) -> Path:
+    """A snapshot laid out as huggingface_hub's cache holds one (refs/main -> the commit)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def test_resolve_model_dir_prefers_a_local_path_then_the_cache(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = _cached_snapshot(hub_cache, "owner/tiny-model")
+    assert resolve_model_dir("owner/tiny-model") == snapshot  # offline: the cached snapshot
+    assert repo_id_of_snapshot(snapshot) == "owner/tiny-model"
+    local = tmp_path / "owner" / "tiny-model"
+    local.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_dir("owner/tiny-model") == Path("owner/tiny-model")  # a path wins
+    assert repo_id_of_snapshot(local) is None
+
+
+def test_resolve_model_dir_offline_and_uncached_is_one_line(hub_cache: Path) -> None:
+    with pytest.raises(HubDownloadError) as info:
+        resolve_model_dir("owner/never-downloaded")
+    message = str(info.value)
+    assert message.startswith("cannot download owner/never-downloaded (no connection to the Hub")
+    assert "\n" not in message
+    with pytest.raises(FileNotFoundError, match="neither an existing path nor a Hub repo id"):
+        resolve_model_dir("../no/such/dir")

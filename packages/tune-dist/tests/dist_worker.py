@@ -156,8 +156,9 @@ def scenario_fsdp(info: td.DistributedInfo) -> dict[str, Any]:
 
 
 def scenario_fsdp_lora(info: td.DistributedInfo) -> dict[str, Any]:
-    ref = reference(lora=True)
-    model = build_model(lora=True)
+    # Tied embeddings: the frozen embedding's alias (output.weight) must not pass as trainable.
+    ref = reference(lora=True, tie_embeddings=True)
+    model = build_model(lora=True, tie_embeddings=True)
     from dist_tiny_transformer import Block
 
     # One frozen base weight stays whole on every rank (as an NF4 weight too small to split).
@@ -172,7 +173,10 @@ def scenario_fsdp_lora(info: td.DistributedInfo) -> dict[str, Any]:
     if info.rank == 0:
         out["adapter_keys"] = sorted(adapters)
         out["frozen_changed"] = max(
-            (ref[1][k] - build_model(lora=True).state_dict()[k]).abs().max().item()
+            (ref[1][k] - build_model(lora=True, tie_embeddings=True).state_dict()[k])
+            .abs()
+            .max()
+            .item()
             for k in ref[1]
             if "lora_" not in k
         )

@@ -27,7 +27,13 @@ from tune.checkpoint.hf_checkpoint import (
     save_hf_checkpoint,
     write_hf_metadata,
 )
-from tune.checkpoint.hub import HubDownloadError, download_snapshot, is_repo_id
+from tune.checkpoint.hub import (
+    HubDownloadError,
+    download_snapshot,
+    is_repo_id,
+    repo_id_of_snapshot,
+    resolve_model_dir,
+)
 from tune.checkpoint.key_map import rename_keys
 from tune.checkpoint.peft_adapter import load_peft_adapter, save_peft_adapter
 from tune.checkpoint.resume import (
@@ -97,6 +103,8 @@ __all__ = [
     "read_sharded_metadata",
     "read_weight_map",
     "rename_keys",
+    "repo_id_of_snapshot",
+    "resolve_model_dir",
     "restore_rng_state",
     "resume_run",
     "save_hf_checkpoint",

@@ -48,7 +48,24 @@ def gather_full_state_dict(
     options = StateDictOptions(
         full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
     )
-    return get_model_state_dict(model, options=options)  # type: ignore[return-value]
+    state: dict[str, torch.Tensor] = get_model_state_dict(model, options=options)  # type: ignore[assignment]
+    if trainable_only:  # torch drops a frozen parameter under one name only: a tied alias stays
+        trainable = _trainable_names(model)
+        state = {name: tensor for name, tensor in state.items() if name in trainable}
+    return state
+
+
+def _trainable_names(model: nn.Module) -> set[str]:
+    """Every name (tied aliases included) of a parameter that requires grad, without the
+    prefixes that activation checkpointing and compile add."""
+    return {
+        ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
+        for name, param in model.named_parameters(remove_duplicate=False)
+        if param.requires_grad
+    }
+
+
+_WRAPPER_PARTS = frozenset({"_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module"})
 
 
 def gather_full_optimizer_state_dict(

@@ -1,48 +1,123 @@
-"""tune.quant: torchao post-training quantization, QAT, NF4 weights for QLoRA, float8 training."""
+"""tune.quant: torchao post-training quantization, QAT, NF4 weights for QLoRA, float8 training.
+
+Names are imported on first use (PEP 562): ``import tune.quant`` does not import torchao, and a
+run that quantizes nothing never does. torchao's expected start-up warnings (CUDA extensions or
+Triton absent) are logged at DEBUG.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from tune.quant._version import __version__
-from tune.quant.float8 import FLOAT8_RECIPES, apply_float8_training, check_float8_supported
-from tune.quant.hf_config import (
-    hf_quantization_config,
-    read_hf_quantization_config,
-    write_hf_quantization_config,
-)
-from tune.quant.memory import model_storage_bytes, tensor_storage_bytes
-from tune.quant.module_filter import ADAPTER_PATTERNS, ModuleFilter, select_linear_modules
-from tune.quant.nf4 import (
-    NF4Stats,
-    nf4_shardable,
-    nf4_storage_bytes,
-    to_nf4_linear_weights,
-    unshardable_nf4_params,
-)
-from tune.quant.ptq import is_quantized_weight, quantize_model, validate_modules_for_scheme
-from tune.quant.qat import convert_qat, prepare_qat, qat_prepared_modules
-from tune.quant.quantized_dir import (
-    MANIFEST_VERSION,
-    QUANTIZATION_MANIFEST,
-    QuantizationManifest,
-    QuantizedDirError,
-    check_quantized_dir,
-    is_quantized_dir,
-    load_quantized_dir,
-    read_quantization_manifest,
-    save_quantized_dir,
-)
-from tune.quant.schemes import (
-    SCHEMES,
-    DeviceSupport,
-    QuantScheme,
-    UnsupportedSchemeError,
-    check_scheme_supported,
-    get_scheme,
-)
-from tune.quant.serialization import (
-    load_quantized,
-    load_quantized_state_dict,
-    save_quantized,
-    to_safetensors_format,
-)
+
+_EXPORTS = {
+    "float8": ("FLOAT8_RECIPES", "apply_float8_training", "check_float8_supported"),
+    "hf_config": (
+        "hf_quantization_config",
+        "read_hf_quantization_config",
+        "write_hf_quantization_config",
+    ),
+    "memory": ("model_storage_bytes", "tensor_storage_bytes"),
+    "module_filter": ("ADAPTER_PATTERNS", "ModuleFilter", "select_linear_modules"),
+    "nf4": (
+        "NF4Stats",
+        "nf4_shardable",
+        "nf4_storage_bytes",
+        "to_nf4_linear_weights",
+        "unshardable_nf4_params",
+    ),
+    "ptq": ("is_quantized_weight", "quantize_model", "validate_modules_for_scheme"),
+    "qat": ("convert_qat", "prepare_qat", "qat_prepared_modules"),
+    "quantized_dir": (
+        "MANIFEST_VERSION",
+        "QUANTIZATION_MANIFEST",
+        "QuantizationManifest",
+        "QuantizedDirError",
+        "check_quantized_dir",
+        "is_quantized_dir",
+        "load_quantized_dir",
+        "read_quantization_manifest",
+        "save_quantized_dir",
+    ),
+    "schemes": (
+        "SCHEMES",
+        "DeviceSupport",
+        "QuantScheme",
+        "UnsupportedSchemeError",
+        "check_scheme_supported",
+        "get_scheme",
+    ),
+    "serialization": (
+        "load_quantized",
+        "load_quantized_state_dict",
+        "save_quantized",
+        "to_safetensors_format",
+    ),
+}
+_OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
+_WITHOUT_TORCHAO = frozenset({"memory", "module_filter", "nf4"})  # nf4 imports it when used
+
+if TYPE_CHECKING:
+    from tune.quant.float8 import FLOAT8_RECIPES, apply_float8_training, check_float8_supported
+    from tune.quant.hf_config import (
+        hf_quantization_config,
+        read_hf_quantization_config,
+        write_hf_quantization_config,
+    )
+    from tune.quant.memory import model_storage_bytes, tensor_storage_bytes
+    from tune.quant.module_filter import ADAPTER_PATTERNS, ModuleFilter, select_linear_modules
+    from tune.quant.nf4 import (
+        NF4Stats,
+        nf4_shardable,
+        nf4_storage_bytes,
+        to_nf4_linear_weights,
+        unshardable_nf4_params,
+    )
+    from tune.quant.ptq import is_quantized_weight, quantize_model, validate_modules_for_scheme
+    from tune.quant.qat import convert_qat, prepare_qat, qat_prepared_modules
+    from tune.quant.quantized_dir import (
+        MANIFEST_VERSION,
+        QUANTIZATION_MANIFEST,
+        QuantizationManifest,
+        QuantizedDirError,
+        check_quantized_dir,
+        is_quantized_dir,
+        load_quantized_dir,
+        read_quantization_manifest,
+        save_quantized_dir,
+    )
+    from tune.quant.schemes import (
+        SCHEMES,
+        DeviceSupport,
+        QuantScheme,
+        UnsupportedSchemeError,
+        check_scheme_supported,
+        get_scheme,
+    )
+    from tune.quant.serialization import (
+        load_quantized,
+        load_quantized_state_dict,
+        save_quantized,
+        to_safetensors_format,
+    )
+
+else:
+
+    def __getattr__(name: str) -> Any:
+        module = _OWNER.get(name)
+        if module is None:
+            raise AttributeError(f"module 'tune.quant' has no attribute {name!r}")
+        if module not in _WITHOUT_TORCHAO:
+            from tune.quant._torchao import import_torchao
+
+            import_torchao()
+        value = getattr(importlib.import_module(f"tune.quant.{module}"), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_OWNER})
+
 
 __all__ = [
     "ADAPTER_PATTERNS",

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchao.quantization import NF4Tensor, to_nf4
 
+from tune.quant._torchao import import_torchao
 from tune.quant.memory import tensor_storage_bytes
 from tune.quant.module_filter import ModuleFilter, select_linear_modules
+
+if TYPE_CHECKING:
+    from torchao.quantization import NF4Tensor
 
 __all__ = ["NF4Stats", "nf4_shardable", "nf4_storage_bytes", "to_nf4_linear_weights"]
 
@@ -44,6 +49,13 @@ class NF4Stats:
         return self.nf4_bytes / max(self.num_params, 1)
 
 
+def is_nf4(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is torchao's ``NF4Tensor`` (checked without importing torchao: none
+    exists before torchao is imported)."""
+    nf4_class = getattr(sys.modules.get("torchao.quantization"), "NF4Tensor", None)
+    return nf4_class is not None and isinstance(tensor, nf4_class)
+
+
 def nf4_storage_bytes(tensor: NF4Tensor) -> int:
     """Bytes held by an NF4 tensor's inner tensors: codes, scales, lookup table (measured).
 
@@ -65,7 +77,7 @@ def nf4_shardable(weight: torch.Tensor, num_shards: int) -> bool:
         weight: a parameter's data, ``[out_features, in_features]``.
         num_shards: data-parallel world size.
     """
-    if not isinstance(weight, NF4Tensor):
+    if not is_nf4(weight):
         return True
     if weight.size(0) % num_shards:
         return False
@@ -119,12 +131,15 @@ def to_nf4_linear_weights(
         ValueError: a chosen weight is trainable, already quantized, or its element count is not a
             multiple of ``block_size * scaler_block_size``, naming the module and its shape.
     """
+    import_torchao()
+    from torchao.quantization import to_nf4
+
     fqns = select_linear_modules(model, include, exclude)
     modules = dict(model.named_modules())
     quantum = block_size * scaler_block_size
     for fqn in fqns:
         weight = modules[fqn].weight
-        if isinstance(weight, NF4Tensor):
+        if is_nf4(weight):
             raise ValueError(f"module {fqn!r} already holds an NF4 weight")
         if weight.requires_grad:
             raise ValueError(

@@ -10,6 +10,7 @@ from tune.train._lazy import lazy_exports
 _EXPORTS = {
     "for_run": ("loggers_for_run",),
     "jsonl_logger": ("JsonlLogger", "drop_steps_from", "read_jsonl_metrics"),
+    "loss_curve": ("can_plot", "plot_loss_curve"),
     "mlflow_logger": ("MLflowLogger",),
     "protocol": ("MetricLogger", "MultiLogger"),
     "redaction": (
@@ -28,6 +29,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from tune.train.loggers.for_run import loggers_for_run
     from tune.train.loggers.jsonl_logger import JsonlLogger, drop_steps_from, read_jsonl_metrics
+    from tune.train.loggers.loss_curve import can_plot, plot_loss_curve
     from tune.train.loggers.mlflow_logger import MLflowLogger
     from tune.train.loggers.protocol import MetricLogger, MultiLogger
     from tune.train.loggers.redaction import (
@@ -53,9 +55,11 @@ __all__ = [
     "StdoutLogger",
     "TensorBoardLogger",
     "WandbLogger",
+    "can_plot",
     "drop_steps_from",
     "is_secret_key",
     "loggers_for_run",
+    "plot_loss_curve",
     "read_jsonl_metrics",
     "redact_message",
     "redact_secrets",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import nox
@@ -187,6 +188,34 @@ def integration(session: nox.Session) -> None:
         "python", "-m", "pytest", str(ROOT / "integration_tests"), "-p", "no:cacheprovider",
         *_pytest_args(session, ["-m", "not slow and not gpu", "-q"]), env=RUN_ENV,
     )  # fmt: skip
+
+
+@nox.session
+def install_check(session: nox.Session) -> None:
+    """A clone installed as the README says, then `tune init` and every bundled tiny config.
+
+    A fresh venv gets requirements-clone.txt in one call (torch pinned); `tune init` fills an empty
+    directory, and every bundled tiny config runs there to completion with no override (the *_2proc
+    ones on their two processes).
+    """
+    _install(session, "-r", str(ROOT / "requirements-clone.txt"))
+    work = Path(session.create_tmp()) / "tiny"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    session.chdir(work)
+    env = {"OMP_NUM_THREADS": "2", **RUN_ENV}
+    session.run("tune", "init", env=env)
+    configs = PACKAGE_DIRS["recipes"] / "src" / "tune" / "recipes" / "configs"
+    for config in sorted(configs.glob("*/tiny*.yaml")):
+        recipe = config.parent.name
+        launch = ["--nproc-per-node", "2", "--standalone"] if config.stem.endswith("_2proc") else []
+        start = time.perf_counter()
+        # silent: the output (progress bars, metric lines) is shown only when the run fails
+        session.run("tune", "run", recipe, "--config", f"{recipe}/{config.stem}", *launch,
+                    env=env, silent=True)  # fmt: skip
+        session.log(
+            f"{recipe}/{config.stem}: ran to completion in {time.perf_counter() - start:.0f} s"
+        )
 
 
 @nox.session

@@ -36,8 +36,9 @@ def _build(tokenizer: Tokenizer, data_format: str, **kw):
 
 def test_builder_by_format_name_maps_columns_and_train_on(chatml_tokenizer: Tokenizer) -> None:
     row = {"question": "What is 2 + 2?", "reply": "4"}
+    # {expected: dataset_column}, the direction of the builders' columns=
     builder = _build(
-        chatml_tokenizer, "instruction", column_map={"question": "instruction", "reply": "output"}
+        chatml_tokenizer, "instruction", column_map={"instruction": "question", "output": "reply"}
     )
     assert isinstance(builder, InstructionBuilder)
     assert builder.columns["instruction"] == "question"
@@ -48,14 +49,46 @@ def test_builder_by_format_name_maps_columns_and_train_on(chatml_tokenizer: Toke
     assert builder(row, 0) == reference(row, 0)
     assert IGNORE_INDEX in builder(row, 0)["labels"]
     everything = _build(
-        chatml_tokenizer, "instruction", column_map={"question": "instruction", "reply": "output"},
+        chatml_tokenizer, "instruction", column_map={"instruction": "question", "output": "reply"},
         train_on_input=True,
     )  # fmt: skip
     assert IGNORE_INDEX not in everything(row, 0)["labels"][:-1]
     assert isinstance(_build(chatml_tokenizer, "chat"), ChatBuilder)
-    text = _build(chatml_tokenizer, "text", column_map={"body": "text"})
+    text = _build(chatml_tokenizer, "text", column_map={"text": "body"})
     assert isinstance(text, TextBuilder)
     assert text.columns == {"text": "body"}
+
+
+def test_a_column_map_written_the_old_way_round_shows_the_flipped_map(
+    chatml_tokenizer: Tokenizer,
+) -> None:
+    with pytest.raises(ValueError) as info:
+        _build(
+            chatml_tokenizer, "instruction", column_map={"question": "instruction", "output": "a"}
+        )
+    assert str(info.value) == (
+        "data.column_map: ['question'] are dataset columns, not names the builder reads "
+        "(instruction, input, output, system); the map is {expected name: dataset column}: "
+        "write data.column_map={instruction: question, output: a}"
+    )
+    with pytest.raises(ValueError, match=r"^columns: unknown key\(s\) \['body'\]; the keys"):
+        TextBuilder(chatml_tokenizer, columns={"body": "content"})
+
+
+def test_a_missing_column_names_the_column_map_key_and_the_file(
+    chatml_tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    path = write_jsonl([{"q": "2 + 2?", "a": "4"}] * 3, tmp_path / "qa.jsonl")
+    builder = _build(chatml_tokenizer, "instruction", column_map={"instruction": "q"})
+    with pytest.raises(DataSourceError) as info:
+        make_loader(
+            str(path), builder, batch_size=1, max_seq_len=64, packing=False, truncation="drop",
+            seed=0, shuffle=False, rank=0, world_size=1, endless=False,
+        )  # fmt: skip
+    assert str(info.value) == (
+        f"InstructionBuilder: column(s) ['output'] not found in {path}; available columns: "
+        "['q', 'a']. Map them with data.column_map={output: <dataset column>}"
+    )
 
 
 def test_builder_reads_a_template_file_and_names_a_bad_format(

@@ -49,8 +49,12 @@ def test_unpaired_rows_are_checked(chatml_tokenizer: Tokenizer) -> None:
     no_label = datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}])
     with pytest.raises(DataSourceError, match=r"column\(s\) \['label'\] not found"):
         UnpairedBuilder(chatml_tokenizer, None, no_label)
-    with pytest.raises(ValueError, match=r"unknown unpaired column key\(s\) \['answer'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['answer'\] are dataset columns.*columns=\{completion: answer\}"
+    ):
         UnpairedBuilder(chatml_tokenizer, None, bad_label, {"answer": "completion"})
+    with pytest.raises(ValueError, match=r"columns: unknown key\(s\) \['answer'\]"):
+        UnpairedBuilder(chatml_tokenizer, None, bad_label, {"answer": "reply"})
     renamed = datasets.Dataset.from_list([{"q": "p", "completion": "c", "ok": "False"}])
     builder = UnpairedBuilder(chatml_tokenizer, None, renamed, {"prompt": "q", "label": "ok"})
     assert builder(renamed[0], 0)["desirable"] is False

@@ -141,3 +141,12 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     from tune_testing import make_tiny_assets
 
     return make_tiny_assets(tmp_path_factory.mktemp("sft_assets"))
+
+
+@pytest.fixture(scope="session")
+def tied_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``tiny_assets`` with the LM head tied to the embedding (Llama 3.2, Qwen2.5, SmolLM2):
+    the distributed tests run on it, so a tied alias of a frozen weight cannot slip through."""
+    from tune_testing import make_tiny_assets
+
+    return make_tiny_assets(tmp_path_factory.mktemp("tied_assets"), tie_word_embeddings=True)

@@ -69,13 +69,13 @@ def test_overrides_reach_the_loaded_config(sft_yaml) -> None:
         [
             "training.method=dora",
             "training.lora.r=4",
-            "data.column_map.prompt=instruction",
+            "data.column_map.instruction=prompt",
             "checkpointing.resume=never",
             "training.max_grad_norm=null",
         ],
     )
     assert (cfg.training.method, cfg.training.lora.r) == ("dora", 4)
-    assert cfg.data.column_map == {"prompt": "instruction"}
+    assert cfg.data.column_map == {"instruction": "prompt"}
     assert cfg.checkpointing.resume == "never"
     assert cfg.training.max_grad_norm is None
 

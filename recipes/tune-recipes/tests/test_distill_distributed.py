@@ -23,7 +23,7 @@ def test_two_ranks_match_one_process(tiny_assets: TinyAssets, tmp_path: Path) ->
     rows = synthetic_instruction_rows(240, seed=0)  # make_tiny_assets' tokenizer text
     text = [f"{r['instruction']} {r['input']} {r['output']}" for r in rows]
     student = make_tiny_checkpoint(
-        tmp_path / "student", seed=1, hidden_size=64, tokenizer_text=text
+        tmp_path / "student", seed=1, hidden_size=64, tokenizer_text=text, tie_word_embeddings=True
     )
     metrics = {}
     for nproc in (1, 2):

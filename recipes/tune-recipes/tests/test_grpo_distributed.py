@@ -21,7 +21,9 @@ TIMEOUT = 300
 @pytest.mark.distributed
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_two_ranks_train_and_write_outputs(method: str, tmp_path: Path) -> None:
-    assets: TinyAssets = make_arithmetic_assets(tmp_path / "assets", num_rows=100)
+    assets: TinyAssets = make_arithmetic_assets(
+        tmp_path / "assets", num_rows=100, tie_word_embeddings=True
+    )
     out = tmp_path / "run"
     overrides = tiny_overrides(
         assets, out, f"training.method={method}",

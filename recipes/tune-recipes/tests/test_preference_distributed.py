@@ -18,13 +18,13 @@ TIMEOUT = 300
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_two_ranks_match_one_process(method: str, tiny_assets: TinyAssets, tmp_path: Path) -> None:
+def test_two_ranks_match_one_process(method: str, tied_assets: TinyAssets, tmp_path: Path) -> None:
     data = write_preference_data(tmp_path / "data", num_rows=80)["paired"]
     metrics: dict[int, dict[str, dict[int, float]]] = {}
     for nproc in (1, 2):
         out = tmp_path / f"nproc{nproc}"
         overrides = tiny_overrides(
-            TinyAssets(tiny_assets.checkpoint_dir, data), out, f"training.method={method}",
+            TinyAssets(tied_assets.checkpoint_dir, data), out, f"training.method={method}",
             f"training.max_steps={STEPS}", "training.lr_schedule.warmup_steps=1",
             "training.optimizer.lr=1e-3", "checkpointing.save_every_n_steps=null",
             "eval.every_n_steps=null", "eval.max_batches=null", "eval.before_training=false",

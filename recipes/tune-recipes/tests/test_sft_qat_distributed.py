@@ -43,7 +43,7 @@ destroy_distributed()
 @pytest.mark.slow  # ~20-40 s each; run with `nox -s "tests(package='recipes')" -- -m slow`
 @pytest.mark.distributed
 def test_sharded_model_writes_the_same_quantized_directory(
-    tiny_assets: TinyAssets, tmp_path: Path
+    tied_assets: TinyAssets, tmp_path: Path
 ) -> None:
     script = tmp_path / "write_quantized.py"
     script.write_text(_SCRIPT)
@@ -55,7 +55,7 @@ def test_sharded_model_writes_the_same_quantized_directory(
     }  # fmt: skip
     for name, command in launch.items():
         result = subprocess.run(
-            [*command, str(tiny_assets.checkpoint_dir), str(tmp_path / name)],
+            [*command, str(tied_assets.checkpoint_dir), str(tmp_path / name)],
             capture_output=True, text=True, env=env, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,8 @@
 
 Development only (the never-published ``tune-testing`` distribution at ``testing/``).
 
-A tiny random checkpoint and task data on disk (``make_tiny_assets``, ``make_arithmetic_assets``),
+A tiny random checkpoint and task data on disk (``make_tiny_assets``, ``make_arithmetic_assets``;
+``make_tiny_checkpoint`` is ``tune.recipes.tiny_workspace``'s, the writer of ``tune init``),
 the overrides that point a bundled tiny config at them (``tiny_overrides``), and a run in this
 process (``run_in_process``) or through the ``tune`` command (``tune_command``, ``run_tune``)::
 
@@ -16,90 +17,26 @@ callable such as ``last_step_of(metrics_file)``; metrics are read with
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from tune.checkpoint import save_hf_checkpoint
-from tune.data import Tokenizer
 from tune.data.synthetic import (
     arithmetic_rows,
-    save_tiny_tokenizer,
     synthetic_instruction_rows,
     write_arithmetic_task,
     write_jsonl,
 )
-from tune.models import build_from_hf_config, convert_native_to_hf
-from tune.models.llama import tiny_llama_config
 from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config, load_recipe
+
+# The tiny checkpoint writer is the one `tune init` uses; re-exported for the tests.
+from tune.recipes.tiny_workspace import NF4_FRIENDLY_SIZES, TINY_SIZES, make_tiny_checkpoint
 from tune.train.loggers import read_jsonl_metrics
-
-# Linear layers whose sizes are multiples of 16,384 elements, so NF4 (QLoRA) applies to all.
-NF4_FRIENDLY_SIZES: dict[str, Any] = {
-    "hidden_size": 128,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 4,
-    "intermediate_size": 256,
-}
-TINY_SIZES: dict[str, Any] = {
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "intermediate_size": 128,
-}
-
-
-def make_tiny_checkpoint(
-    directory: str | Path,
-    *,
-    seed: int = 0,
-    template: str = "chatml",
-    vocab_size: int = 512,
-    tokenizer_text: Iterable[str] = (),
-    **model_sizes: Any,
-) -> Path:
-    """Write a random-weight tiny Llama HF directory with a byte-level BPE tokenizer, offline.
-
-    ``config.json``, ``model.safetensors``, ``generation_config.json``, ``tokenizer.json`` and
-    ``tokenizer_config.json``: ``transformers`` loads it as it is. The same seed gives the same
-    weights (recipe tests compare losses against recorded values).
-
-    Args:
-        directory: output HF directory.
-        seed: weight-init seed.
-        template: bundled chat template of the tokenizer (see ``tune.data``).
-        vocab_size: BPE vocabulary size to train.
-        tokenizer_text: extra text the BPE is trained on (e.g. the task's rows).
-        **model_sizes: arguments of ``tune.models.llama.tiny_llama_config`` (hidden_size, ...).
-    """
-    directory = Path(directory)
-    save_tiny_tokenizer(
-        directory, template=template, vocab_size=vocab_size, extra_text=tokenizer_text
-    )
-    tok = Tokenizer.from_dir(directory)
-    vocab = -(-tok.vocab_size // 64) * 64  # rounded up: the extra rows are never produced
-    config = tiny_llama_config(
-        vocab, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, **model_sizes
-    )
-    torch.manual_seed(seed)
-    model = build_from_hf_config(config, device="cpu", dtype=torch.float32)
-    model.init_weights()
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    save_hf_checkpoint(directory, convert_native_to_hf(state, config), config=config)
-    (directory / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "do_sample": False})
-    )
-    return directory
 
 
 @dataclass(frozen=True)
@@ -111,11 +48,16 @@ class TinyAssets:
     held_out_file: Path | None = None
 
 
-def make_tiny_assets(root: Path, *, num_rows: int = 240, seed: int = 0) -> TinyAssets:
+def make_tiny_assets(
+    root: Path, *, num_rows: int = 240, seed: int = 0, tie_word_embeddings: bool = False
+) -> TinyAssets:
     """Write a tiny random Llama (NF4-friendly sizes) and ``num_rows`` instruction rows."""
     rows = synthetic_instruction_rows(num_rows, seed=seed)
     text = [f"{r['instruction']} {r['input']} {r['output']}" for r in rows]
-    ckpt = make_tiny_checkpoint(root / "base", tokenizer_text=text, seed=seed, **NF4_FRIENDLY_SIZES)
+    ckpt = make_tiny_checkpoint(
+        root / "base", tokenizer_text=text, seed=seed, tie_word_embeddings=tie_word_embeddings,
+        **NF4_FRIENDLY_SIZES,
+    )  # fmt: skip
     return TinyAssets(ckpt, write_jsonl(rows, root / "data.jsonl"))
 
 
@@ -128,6 +70,7 @@ def make_arithmetic_assets(
     max_total: int = 9,
     max_change: int = 3,
     teacher_mistakes: float = 0.0,
+    tie_word_embeddings: bool = False,
 ) -> TinyAssets:
     """Write a tiny checkpoint whose BPE knows the arithmetic task, and the task's train and
     held-out files; ``teacher_mistakes`` applies to the training demonstrations only."""
@@ -135,8 +78,9 @@ def make_arithmetic_assets(
     sample = arithmetic_rows(600, seed=seed + 1, **task)
     text = [f"{r['prompt']} {r['messages'][1]['content']}" for r in sample]  # type: ignore[index]
     ckpt = make_tiny_checkpoint(
-        root / "base", tokenizer_text=text, seed=seed, vocab_size=384, **TINY_SIZES
-    )
+        root / "base", tokenizer_text=text, seed=seed, vocab_size=384,
+        tie_word_embeddings=tie_word_embeddings, **TINY_SIZES,
+    )  # fmt: skip
     train = write_arithmetic_task(
         root / "train.jsonl", num_rows, seed=seed + 1, teacher_mistakes=teacher_mistakes, **task
     )

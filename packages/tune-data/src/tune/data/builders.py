@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 
 from tune.data.bundled_templates import BUNDLED_TEMPLATES, bundled_template
+from tune.data.chat_shapes import CHAT_SHAPES, SHAREGPT_ROLES, openai_messages, sharegpt_to_messages
 from tune.data.chat_template import ChatTemplate
+from tune.data.column_maps import BUILDER_COLUMNS, column_map_problem
 from tune.data.masking import tokenize_messages, tokenize_text
-from tune.data.messages import Message, MessageError, to_messages
+from tune.data.messages import Message, to_messages
 from tune.data.row_checks import (
     check_sample,
     iter_rows,
@@ -25,17 +27,6 @@ from tune.data.row_checks import (
 )
 from tune.data.sources import require_columns, row_location
 from tune.data.tokenizer import Tokenizer
-
-SHAREGPT_ROLES = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "tool": "tool",
-    "observation": "tool",
-    "function_response": "tool",
-}
 
 
 def resolve_template(tokenizer: Tokenizer, template: str | ChatTemplate | None) -> ChatTemplate:
@@ -69,41 +60,39 @@ def resolve_template(tokenizer: Tokenizer, template: str | ChatTemplate | None) 
     return ChatTemplate(source, tokenizer.special_tokens, name=name)
 
 
-def sharegpt_to_messages(
-    conversation: Sequence[Mapping[str, Any]], where: str
-) -> list[dict[str, Any]]:
-    """Convert ShareGPT turns (`{"from": "human"|"gpt"|..., "value": ...}`) to OpenAI messages.
-
-    Args:
-        conversation: the ShareGPT turns.
-        where: where the conversation comes from, for errors.
-    """
-    out = []
-    for i, turn in enumerate(conversation):
-        speaker = turn.get("from")
-        if speaker not in SHAREGPT_ROLES:
-            raise MessageError(
-                f"{where}: turn {i} has 'from'={speaker!r}; expected one of {sorted(SHAREGPT_ROLES)}"
-            )
-        out.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
-    return out
+__all__ = [
+    "SHAREGPT_ROLES",
+    "ChatBuilder",
+    "InstructionBuilder",
+    "PromptAnswerBuilder",
+    "TextBuilder",
+    "build_sample_builder",
+    "resolve_template",
+    "sharegpt_to_messages",
+]
 
 
 class _Builder:
+    """Rows -> samples, reading the columns `column_keys` through `columns` (expected -> column).
+
+    `columns_key` is how errors name the column map: `columns` for a builder made in code, the
+    config key (`data.column_map`) for one a recipe makes.
+    """
+
     kind = "sft"
     required: tuple[str, ...] = ()
+    column_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, columns: Mapping[str, str] | None) -> None:
+    def __init__(self, columns: Mapping[str, str] | None, columns_key: str = "columns") -> None:
+        self.columns_key = columns_key
         self.columns = dict(self._default_columns())
-        unknown = set(columns or {}) - set(self.columns)
-        if unknown:
-            raise ValueError(
-                f"unknown column keys {sorted(unknown)}; expected {sorted(self.columns)}"
-            )
+        problem = column_map_problem(columns or {}, self.column_keys, columns_key)
+        if problem:
+            raise ValueError(problem)
         self.columns.update(columns or {})
 
     def _default_columns(self) -> dict[str, str]:
-        return {}
+        return {key: key for key in self.column_keys}
 
     def col(self, row: Mapping[str, Any], key: str) -> Any:
         return row.get(self.columns[key])
@@ -127,7 +116,8 @@ class _Builder:
             build_samples: also build (render and tokenize) every sample; False checks the
                 raw rows only.
         """
-        require_columns(dataset, [self.columns[k] for k in self.required], f"{type(self).__name__}")
+        required = {key: self.columns[key] for key in self.required}
+        require_columns(dataset, required, type(self).__name__, columns_key=self.columns_key)
         tokenizer = getattr(self, "tokenizer", None)
         unk_id = None if tokenizer is None else tokenizer.unk_id
         for index, row in iter_rows(dataset, list(self.columns.values())):
@@ -151,9 +141,11 @@ class InstructionBuilder(_Builder):
         template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
         columns: map of `instruction`/`input`/`output`/`system` to the dataset's column names.
         train_on: `assistant` or `all`.
+        columns_key: how errors name `columns` (a recipe passes its config key).
     """
 
     required = ("instruction", "output")
+    column_keys = BUILDER_COLUMNS["instruction"]
 
     def __init__(
         self,
@@ -161,19 +153,13 @@ class InstructionBuilder(_Builder):
         template: str | ChatTemplate | None = None,
         columns: Mapping[str, str] | None = None,
         train_on: str = "assistant",
+        *,
+        columns_key: str = "columns",
     ) -> None:
-        super().__init__(columns)
+        super().__init__(columns, columns_key)
         self.tokenizer = tokenizer
         self.template = resolve_template(tokenizer, template)
         self.train_on = train_on
-
-    def _default_columns(self) -> dict[str, str]:
-        return {
-            "instruction": "instruction",
-            "input": "input",
-            "output": "output",
-            "system": "system",
-        }
 
     def messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The conversation for a row."""
@@ -209,52 +195,72 @@ class InstructionBuilder(_Builder):
 
 
 class ChatBuilder(_Builder):
-    """Conversations in a column: OpenAI `messages` or ShareGPT `conversations`.
+    """Conversations in a column: OpenAI (`role`/`content`) or ShareGPT (`from`/`value`) turns.
+
+    With `style="auto"` each conversation's shape is detected (`tune.data.chat_shapes`), and
+    when `columns` does not name the column, `messages` is read, or `conversations` in a dataset
+    that has no `messages` column.
 
     Args:
         tokenizer: the tokenizer.
         template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
         columns: `{"messages": <column>}`.
-        style: `openai` (`role`/`content`) or `sharegpt` (`from`/`value`).
+        style: `auto`, `openai` or `sharegpt` (whose default column is `conversations`).
         train_on: `assistant` or `all`.
+        columns_key: how errors name `columns` (a recipe passes its config key).
     """
 
     required = ("messages",)
+    column_keys = BUILDER_COLUMNS["chat"]
 
     def __init__(
         self,
         tokenizer: Tokenizer,
         template: str | ChatTemplate | None = None,
         columns: Mapping[str, str] | None = None,
-        style: str = "openai",
+        style: str = "auto",
         train_on: str = "assistant",
+        *,
+        columns_key: str = "columns",
     ) -> None:
-        if style not in ("openai", "sharegpt"):
-            raise ValueError(f"style must be 'openai' or 'sharegpt', got {style!r}")
+        if style not in CHAT_SHAPES:
+            raise ValueError(f"style must be one of {CHAT_SHAPES}, got {style!r}")
         self.style = style
-        super().__init__(columns)
+        self._mapped = "messages" in (columns or {})
+        super().__init__(columns, columns_key)
         self.tokenizer = tokenizer
         self.template = resolve_template(tokenizer, template)
         self.train_on = train_on
 
     def _default_columns(self) -> dict[str, str]:
-        return {"messages": "messages" if self.style == "openai" else "conversations"}
+        return {"messages": "conversations" if self.style == "sharegpt" else "messages"}
+
+    def _messages_column(self, available: Any) -> str:
+        """The column holding the conversation, given the dataset's (or row's) column names."""
+        column = self.columns["messages"]
+        if self.style != "auto" or self._mapped or column in available:
+            return column
+        return "conversations" if "conversations" in available else "messages"
+
+    def validate(self, dataset: datasets.Dataset, build_samples: bool = True) -> None:
+        """`_Builder.validate`, reading `conversations` in auto style when there is no
+        `messages` column."""
+        self.columns["messages"] = self._messages_column(dataset.column_names)
+        super().validate(dataset, build_samples)
 
     def conversation(self, row: Mapping[str, Any], index: int) -> list[Message]:
-        """The row's parsed messages; raises naming the example and message when a role is
-        unknown, a message is malformed, or a trained assistant turn is empty."""
-        super().check_row(row, index)  # the messages column is not null
+        """The row's parsed messages; raises naming the example and message when a role or
+        speaker is unknown, a message is malformed, or a trained assistant turn is empty."""
+        column = self._messages_column(row)
+        require_values(row, {"messages": column}, index, type(self).__name__)
         where = f"example {index}"
-        messages = self.col(row, "messages")
-        if self.style == "sharegpt":
-            messages = sharegpt_to_messages(messages, where)
-        parsed = to_messages(messages, where)
+        parsed = to_messages(openai_messages(row.get(column), where, self.style), where)
         require_assistant_content(parsed, where)
         return parsed
 
     def check_row(self, row: Mapping[str, Any], index: int) -> None:
         """Raise naming the example (and message, role, allowed roles) for a bad conversation."""
-        if self.style == "openai" and plainly_valid(self.col(row, "messages")):
+        if self.style != "sharegpt" and plainly_valid(row.get(self._messages_column(row))):
             return  # the common case, without building Messages (validate runs on every row)
         self.conversation(row, index)
 
@@ -273,9 +279,11 @@ class TextBuilder(_Builder):
         columns: `{"text": <column>}`.
         add_bos: prepend BOS (if the tokenizer has one; never doubled).
         add_eos: append EOS.
+        columns_key: how errors name `columns` (a recipe passes its config key).
     """
 
     required = ("text",)
+    column_keys = BUILDER_COLUMNS["text"]
 
     def __init__(
         self,
@@ -283,14 +291,13 @@ class TextBuilder(_Builder):
         columns: Mapping[str, str] | None = None,
         add_bos: bool = True,
         add_eos: bool = True,
+        *,
+        columns_key: str = "columns",
     ) -> None:
-        super().__init__(columns)
+        super().__init__(columns, columns_key)
         self.tokenizer = tokenizer
         self.add_bos = add_bos
         self.add_eos = add_eos
-
-    def _default_columns(self) -> dict[str, str]:
-        return {"text": "text"}
 
     def check_row(self, row: Mapping[str, Any], index: int) -> None:
         """Raise naming the example and column when the text is null or not a string."""
@@ -310,26 +317,27 @@ class PromptAnswerBuilder(_Builder):
         tokenizer: the tokenizer.
         template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
         columns: map of `prompt`/`answer`/`system` to the dataset's column names.
+        columns_key: how errors name `columns` (a recipe passes its config key).
         **template_kwargs: extra template variables (e.g. `enable_thinking=False`).
     """
 
     kind = "prompt"
     required = ("prompt", "answer")
+    column_keys = BUILDER_COLUMNS["prompt"]
 
     def __init__(
         self,
         tokenizer: Tokenizer,
         template: str | ChatTemplate | None = None,
         columns: Mapping[str, str] | None = None,
+        *,
+        columns_key: str = "columns",
         **template_kwargs: Any,
     ) -> None:
-        super().__init__(columns)
+        super().__init__(columns, columns_key)
         self.tokenizer = tokenizer
         self.template = resolve_template(tokenizer, template)
         self.template_kwargs = template_kwargs
-
-    def _default_columns(self) -> dict[str, str]:
-        return {"prompt": "prompt", "answer": "answer", "system": "system"}
 
     def check_row(self, row: Mapping[str, Any], index: int) -> None:
         """Raise naming the example and column when a column is null or of the wrong type."""
@@ -369,28 +377,33 @@ def build_sample_builder(
     chat_template: str | None,
     train_on_input: bool,
     key: str = "data.format",
+    column_map_key: str = "data.column_map",
 ) -> InstructionBuilder | ChatBuilder | TextBuilder:
     """The row -> sample builder of an SFT format name, from plain (config) settings.
 
     Args:
         tokenizer: the model's tokenizer.
-        data_format: `instruction`, `chat` or `text`.
-        column_map: dataset column -> the builder's column name (`{"question": "instruction"}`);
-            the inverse of the builders' `columns`.
+        data_format: `instruction`, `chat` (OpenAI or ShareGPT conversations, detected) or
+            `text`.
+        column_map: the builder's column name -> dataset column (`{"instruction": "question"}`),
+            as the builders' `columns`.
         chat_template: a bundled template name, a path to a Jinja file, Jinja source, or None
             (the tokenizer's). Unused by `text`.
         train_on_input: train on every token instead of the assistant's only.
         key: the config key of `data_format`, named in errors.
+        column_map_key: the config key of `column_map`, named in errors.
 
     Raises:
-        ValueError: an unknown `data_format`.
+        ValueError: an unknown `data_format`, or a `column_map` key the format does not read
+            (a map written `{dataset_column: expected}` is named, with the flipped map to use).
     """
-    columns = {expected: column for column, expected in column_map.items()} or None
+    columns = dict(column_map) or None
     train_on = "all" if train_on_input else "assistant"
     if data_format == "text":
-        return TextBuilder(tokenizer, columns=columns)
+        return TextBuilder(tokenizer, columns=columns, columns_key=column_map_key)
     if data_format not in ("instruction", "chat"):
         raise ValueError(f"{key} {data_format!r}: expected instruction, chat or text")
-    if data_format == "instruction":
-        return InstructionBuilder(tokenizer, chat_template, columns=columns, train_on=train_on)
-    return ChatBuilder(tokenizer, chat_template, columns=columns, train_on=train_on)
+    builder = InstructionBuilder if data_format == "instruction" else ChatBuilder
+    return builder(
+        tokenizer, chat_template, columns=columns, train_on=train_on, columns_key=column_map_key
+    )

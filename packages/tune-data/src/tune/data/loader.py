@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 
 from tune.data.collate import collate_packed, collate_padded, collate_preference, collate_prompts
+from tune.data.mixture import DatasetMixture
 from tune.data.packing import PACKING_STRATEGIES, concat_documents, select_for_pack
 from tune.data.sampler import RankCursor, SampleOrder, cursor_from_state, merge_rank_states
 from tune.data.sources import DataSourceError, load_source
@@ -30,7 +31,8 @@ class StreamingLoader:
     stream (see `tune.data.sampler`).
 
     Args:
-        source: a `datasets.Dataset`, local file(s), or a hub name (see `load_source`).
+        source: a `datasets.Dataset`, local file(s), a hub name (see `load_source`), or a
+            `DatasetMixture` (with a `MixtureBuilder` of it as `builder`).
         builder: row -> sample callable (`InstructionBuilder`, `ChatBuilder`, ...); its `kind`
             (`sft`, `preference`, `prompt`) picks the collator.
         batch_size: samples (or packed rows) per batch on this rank.
@@ -53,7 +55,7 @@ class StreamingLoader:
 
     def __init__(
         self,
-        source: str | Path | list[str | Path] | datasets.Dataset,
+        source: str | Path | list[str | Path] | datasets.Dataset | DatasetMixture,
         builder: Callable[[Mapping[str, Any], int], dict[str, Any]],
         *,
         batch_size: int,
@@ -83,7 +85,11 @@ class StreamingLoader:
             raise ValueError(
                 f"batch_size and max_seq_len must be positive, got {batch_size}, {max_seq_len}"
             )
-        self.dataset, skipped = load_source(source, split=split, max_bad_rows=max_bad_rows)
+        self.dataset: datasets.Dataset | DatasetMixture
+        if isinstance(source, DatasetMixture):
+            self.dataset, skipped = source, 0
+        else:
+            self.dataset, skipped = load_source(source, split=split, max_bad_rows=max_bad_rows)
         if len(self.dataset) == 0:
             raise DataSourceError(
                 f"data source {source!r} has 0 rows (skipped malformed: {skipped})"
@@ -112,7 +118,8 @@ class StreamingLoader:
         if rank == 0:
             logger.info(
                 "data: %d rows, %s samples, batch %d x %d tokens, packing=%s, world size %d",
-                len(self.dataset), self.kind, batch_size, max_seq_len, packing, world_size,
+                len(self.dataset), self.kind, batch_size, max_seq_len, packing or "off",
+                world_size,
             )  # fmt: skip
 
     # -- reading samples ---------------------------------------------------------------------
@@ -226,12 +233,15 @@ class StreamingLoader:
         """The cursor after the last batch drawn (plus counters); plain ints and lists."""
         stats = self.stats.as_dict()
         stats["seen"] -= len(self._buffer)  # buffered rows are read again on resume
-        return {
+        state: dict[str, Any] = {
             "cursor": self._cursor.state_dict(buffered=[pos for pos, _ in self._buffer]),
             "num_rows": self.order.num_rows,
             "seed": self.order.seed,
             "stats": stats,
         }
+        if isinstance(self.dataset, DatasetMixture):  # rows per source: another mix is refused
+            state["mixture"] = list(self.dataset.counts)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from `state_dict()` of this rank, or of any world size via a merged cursor.
@@ -244,6 +254,12 @@ class StreamingLoader:
             raise ValueError(
                 f"loader state is for {state['num_rows']} rows with seed {state['seed']}, this "
                 f"loader has {self.order.num_rows} rows with seed {self.order.seed}"
+            )
+        counts = list(self.dataset.counts) if isinstance(self.dataset, DatasetMixture) else None
+        if state.get("mixture") != counts:
+            raise ValueError(
+                f"loader state is for a mixture of {state.get('mixture')} rows per source, this "
+                f"loader reads {counts}"
             )
         self._cursor = cursor_from_state(dict(state["cursor"]), self.rank, self.world_size)
         self._buffer = []
@@ -268,16 +284,19 @@ def merge_loader_states(states: list[Mapping[str, Any]]) -> dict[str, Any]:
     for s in states:
         for key, value in s.get("stats", {}).items():
             totals[key] = totals.get(key, 0) + value
-    return {
+    merged: dict[str, Any] = {
         "cursor": merge_rank_states([s["cursor"] for s in states]),
         "num_rows": first["num_rows"],
         "seed": first["seed"],
         "stats": totals,
     }
+    if "mixture" in first:
+        merged["mixture"] = first["mixture"]
+    return merged
 
 
 def make_loader(
-    dataset: str | Path | datasets.Dataset,
+    dataset: str | Path | datasets.Dataset | DatasetMixture,
     builder: Callable[[Mapping[str, Any], int], dict[str, Any]],
     *,
     batch_size: int,
@@ -293,8 +312,8 @@ def make_loader(
     """A `StreamingLoader` for a training (`endless`) or evaluation (one pass) stream.
 
     Args:
-        dataset: a `datasets.Dataset` or source (see `load_source`).
-        builder: row -> sample callable.
+        dataset: a `datasets.Dataset`, a source (see `load_source`) or a `DatasetMixture`.
+        builder: row -> sample callable (a `MixtureBuilder` for a mixture).
         batch_size: samples (or packed rows) per batch on this rank.
         max_seq_len: longest sample, and the packed row length.
         packing: pack samples into rows (`best_fit`) instead of padding each batch.

@@ -10,6 +10,7 @@ import datasets
 
 from tune.data.builders import _Builder, resolve_template
 from tune.data.chat_template import ChatTemplate
+from tune.data.column_maps import BUILDER_COLUMNS, column_map_problem
 from tune.data.errors import DataSourceError
 from tune.data.masking import tokenize_messages
 from tune.data.messages import to_messages
@@ -26,23 +27,24 @@ class PreferenceBuilder(_Builder):
         tokenizer: the tokenizer.
         template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
         columns: map of `prompt`/`chosen`/`rejected` to the dataset's column names.
+        columns_key: how errors name `columns` (a recipe passes its config key).
     """
 
     kind = "preference"
     required = ("chosen", "rejected")
+    column_keys = BUILDER_COLUMNS["paired"]
 
     def __init__(
         self,
         tokenizer: Tokenizer,
         template: str | ChatTemplate | None = None,
         columns: Mapping[str, str] | None = None,
+        *,
+        columns_key: str = "columns",
     ) -> None:
-        super().__init__(columns)
+        super().__init__(columns, columns_key)
         self.tokenizer = tokenizer
         self.template = resolve_template(tokenizer, template)
-
-    def _default_columns(self) -> dict[str, str]:
-        return {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 
     def check_row(self, row: Mapping[str, Any], index: int) -> None:
         """Raise naming the example and column when the prompt or a reply is of the wrong type,
@@ -104,6 +106,7 @@ class UnpairedBuilder:
         template: chat template (bundled name, jinja, `ChatTemplate`, or None: the tokenizer's).
         dataset: the dataset the loader reads (its completions make the mismatched pairs).
         columns: map of `prompt`/`completion`/`label` to the dataset's column names.
+        columns_key: how errors name `columns` (a recipe passes its config key).
 
     Raises:
         ValueError: an unknown key in `columns`.
@@ -111,6 +114,7 @@ class UnpairedBuilder:
     """
 
     kind = "preference"
+    column_keys = BUILDER_COLUMNS["unpaired"]
 
     def __init__(
         self,
@@ -118,22 +122,25 @@ class UnpairedBuilder:
         template: str | ChatTemplate | None,
         dataset: datasets.Dataset,
         columns: Mapping[str, str] | None = None,
+        *,
+        columns_key: str = "columns",
     ) -> None:
         self.tokenizer = tokenizer
         self.template = resolve_template(tokenizer, template)
-        self.columns = {"prompt": "prompt", "completion": "completion", "label": "label"}
-        unknown = set(columns or {}) - set(self.columns)
-        if unknown:
-            raise ValueError(
-                f"unknown unpaired column key(s) {sorted(unknown)}; expected {sorted(self.columns)}"
-            )
+        self.columns_key = columns_key
+        problem = column_map_problem(columns or {}, self.column_keys, columns_key)
+        if problem:
+            raise ValueError(problem)
+        self.columns = {key: key for key in self.column_keys}
         self.columns.update(columns or {})
         self.validate(dataset)
         self.completions = list(dataset[self.columns["completion"]])
 
     def validate(self, dataset: datasets.Dataset) -> None:
         """Raise naming the missing columns (rows are checked as they are built)."""
-        require_columns(dataset, list(self.columns.values()), "unpaired (KTO) dataset")
+        require_columns(
+            dataset, self.columns, "unpaired (KTO) dataset", columns_key=self.columns_key
+        )
 
     def _tokenize(self, prompt: Any, completion: Any, where: str) -> dict[str, list[int]]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt

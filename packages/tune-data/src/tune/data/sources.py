@@ -6,13 +6,14 @@ import bisect
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from tune.data.column_maps import flow_mapping
 from tune.data.errors import DataSourceError
 from tune.data.file_checks import (
     check_utf8,
@@ -28,6 +29,7 @@ _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": 
 
 __all__ = [
     "DataSourceError",
+    "dataset_origin",
     "load_source",
     "read_jsonl",
     "require_columns",
@@ -245,20 +247,37 @@ def load_source(
     return loaded, 0
 
 
-def require_columns(dataset: datasets.Dataset, columns: Sequence[str], where: str) -> None:
-    """Raise naming each missing column and the available ones.
+def dataset_origin(dataset: datasets.Dataset) -> str | None:
+    """The local file(s) `load_source` read a dataset from (comma-separated), or None."""
+    files = _ORIGINS.get(getattr(dataset, "_fingerprint", None) or "")
+    return ", ".join(f.path for f in files) if files else None
+
+
+def require_columns(
+    dataset: datasets.Dataset,
+    columns: Sequence[str] | Mapping[str, str],
+    where: str,
+    *,
+    columns_key: str = "columns",
+) -> None:
+    """Raise naming each missing column, the file, the available columns and the map to write.
 
     Args:
         dataset: the dataset.
-        columns: the column names the builder reads.
+        columns: the column names the builder reads, or its map of expected name -> column.
         where: what needs them (e.g. `instruction dataset`), for the message.
+        columns_key: how the message names the column map (`columns`, `data.column_map`, ...).
     """
+    mapping = dict(columns) if isinstance(columns, Mapping) else {c: c for c in columns}
     available = list(dataset.column_names)
-    missing = [c for c in columns if c not in available]
+    missing = {expected: c for expected, c in mapping.items() if c not in available}
     if missing:
+        origin = dataset_origin(dataset)
+        wanted = flow_mapping({expected: "<dataset column>" for expected in missing})
         raise DataSourceError(
-            f"{where}: column(s) {missing} not found; available columns: {available}. "
-            "Map them with columns={...}."
+            f"{where}: column(s) {list(missing.values())} not found"
+            f"{f' in {origin}' if origin else ''}; available columns: {available}. "
+            f"Map them with {columns_key}={wanted}"
         )
     if len(dataset) == 0:
         raise DataSourceError(f"{where}: the dataset has 0 rows")

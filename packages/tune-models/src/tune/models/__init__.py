@@ -11,7 +11,12 @@ from tune.models.build import (
     config_from_hf,
     resolve_config,
 )
-from tune.models.checkpoint_model import CheckpointModel, model_from_checkpoint_dir
+from tune.models.checkpoint_model import (
+    CheckpointModel,
+    model_from_checkpoint_dir,
+    native_support_problem,
+    resolve_implementation,
+)
 from tune.models.decoder_builder import assemble_decoder
 from tune.models.decoder_config import DecoderConfig, common_fields, layer_windows
 from tune.models.gemma2 import Gemma2Config
@@ -48,6 +53,14 @@ from tune.models.stopping import (
 from tune.models.tp_plan import tp_plan
 from tune.models.transformer import Transformer, TransformerBlock
 
+# Imports transformers only when a model is built (the optional extra `transformers`).
+from tune.models.transformers_model import (
+    TransformersCausalLM,
+    build_transformers_model,
+    transformers_checkpoint_model,
+    transformers_missing,
+)
+
 __all__ = [
     "GEMMA_KEY_MAP",
     "LLAMA_KEY_MAP",
@@ -73,6 +86,7 @@ __all__ = [
     "StopRules",
     "Transformer",
     "TransformerBlock",
+    "TransformersCausalLM",
     "UnsupportedConfigError",
     "__version__",
     "apply_rotary",
@@ -82,6 +96,7 @@ __all__ = [
     "build_model",
     "build_named_size",
     "build_stop_rules",
+    "build_transformers_model",
     "cache_length",
     "checkpoint_eos_ids",
     "common_fields",
@@ -96,10 +111,12 @@ __all__ = [
     "model_from_checkpoint_dir",
     "named_size_config",
     "named_sizes",
+    "native_support_problem",
     "native_to_hf_key",
     "param_count",
     "register_family",
     "resolve_config",
+    "resolve_implementation",
     "sample_next_token",
     "setup_kv_cache",
     "softcapped_attention",
@@ -107,4 +124,6 @@ __all__ = [
     "supported_model_types",
     "teardown_kv_cache",
     "tp_plan",
+    "transformers_checkpoint_model",
+    "transformers_missing",
 ]

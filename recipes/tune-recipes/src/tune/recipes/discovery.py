@@ -7,8 +7,12 @@ package's ``configs/`` data directory (and a third-party recipe's ``config_dir``
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib.util
 import logging
-from dataclasses import dataclass
+import sys
+import typing
+from dataclasses import dataclass, is_dataclass
 from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
@@ -92,6 +96,51 @@ def load_recipe(name: str) -> Recipe:
             return obj
     names = ", ".join(r.name for r in installed_recipes()) or "none"
     raise LookupError(f"no recipe named {name!r} is installed (installed: {names})")
+
+
+def is_recipe_file(name: str) -> bool:
+    """Whether ``tune run <name>`` names a Python file rather than an installed recipe."""
+    return name.endswith(".py")
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    """The recipe defined by a Python file, e.g. one that ``tune cp sft dir/`` copied.
+
+    The file either defines a ``recipe`` (a ``Recipe``), or a ``run(config)`` whose first
+    parameter is annotated with the config dataclass; the recipe is then named after the
+    package of that class (``tune.recipes.sft.config`` -> ``sft``), else after the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file defines neither, or ``run``'s config class is not a dataclass.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {path} does not exist")
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(f"tune_recipe_file_{digest}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up
+    spec.loader.exec_module(module)
+    declared = getattr(module, "recipe", None)
+    if all(hasattr(declared, a) for a in ("name", "config_class", "run")):
+        return typing.cast(Recipe, declared)
+    run = getattr(module, "run", None)
+    if not callable(run):
+        raise ValueError(f"{path} defines neither `recipe` (a Recipe) nor a `run(config)` function")
+    hints = typing.get_type_hints(run)
+    params = [p for p in hints if p != "return"]
+    config_class = hints[params[0]] if params else None
+    if not (isinstance(config_class, type) and is_dataclass(config_class)):
+        raise ValueError(
+            f"{path}: annotate run's first parameter with the config dataclass "
+            f"(e.g. `def run(config: SFTConfig)`), or define `recipe = Recipe(...)`"
+        )
+    package = config_class.__module__.rpartition(".")[0]
+    name = package.rpartition(".")[2] if package.startswith("tune.recipes.") else path.stem
+    return Recipe(name, config_class, run, description=f"from {path}")
 
 
 def _scan(directory: Path, recipe: str | None) -> list[BundledConfig]:

@@ -7,6 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from tune.recipes.config.hub_ids import is_hub_model_id
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``tune convert`` and ``tune export``."""
@@ -56,6 +58,10 @@ def export(args: argparse.Namespace) -> int:
                           overwrite=args.overwrite)  # fmt: skip
     else:
         base = args.base or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if base and not Path(base).expanduser().exists() and is_hub_model_id(base):
+            from tune.checkpoint.hub import resolve_model_dir
+
+            base = str(resolve_model_dir(base))  # a Hub id: its snapshot in the HF cache
         if not base or not (Path(base) / "config.json").is_file():
             raise ValueError(
                 f"{adapter_config}: its base {base!r} is not a local HF directory; pass --base"

@@ -6,6 +6,7 @@ import argparse
 import logging
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from tune.dist.launch import (
     add_torchrun_arguments,
@@ -14,7 +15,7 @@ from tune.dist.launch import (
     torchrun_args,
 )
 from tune.recipes.config import load_config
-from tune.recipes.discovery import find_config, load_recipe
+from tune.recipes.discovery import find_config, is_recipe_file, load_recipe, load_recipe_file
 from tune.train.loggers.redaction import REDACTED, is_secret_key
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "WORLD_SIZE from the environment (so a plain torchrun works too); with any launch flag "
         "the same recipe and config run on every rank under torch.distributed.run.",
     )
-    p.add_argument("recipe", help="an installed recipe (`tune ls`)")
+    p.add_argument("recipe", help="an installed recipe (`tune ls`) or a recipe file (loop.py)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")
     p.add_argument("--config", required=True, help="bundled config name or a YAML file")
     p.add_argument("--allow-import", action="append", default=[], metavar="PATTERN")
@@ -39,18 +40,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Validate, then run here or relaunch under torchrun; returns the exit status."""
-    recipe = load_recipe(args.recipe)
-    path, _ = find_config(args.config, args.recipe)
+    from_file = is_recipe_file(args.recipe)
+    recipe = load_recipe_file(args.recipe) if from_file else load_recipe(args.recipe)
+    target = str(Path(args.recipe).expanduser().resolve()) if from_file else args.recipe
+    path, _ = find_config(args.config, recipe.name)
     flags = torchrun_args(args)
-    common = {"recipe": args.recipe, "allow_imports": args.allow_import}
+    common = {"recipe": recipe.name, "allow_imports": args.allow_import}
     if flags:
         # Fail on a bad config here, once, before starting any rank.
         world_size = launch_world_size(flags)
         load_config(path, recipe.config_class, args.overrides, world_size=world_size, **common)
-        argv = rank_argv(flags, args.recipe, str(path.resolve()), args.overrides, args.allow_import)
+        argv = rank_argv(flags, target, str(path.resolve()), args.overrides, args.allow_import)
         logger.info("launching: %s", " ".join(_redacted(argv)))
         return subprocess.call(argv)
-    config = load_config(path, recipe.config_class, args.overrides, **common)
+    config = load_config(path, recipe.config_class, args.overrides, fetch_hub=True, **common)
     run_recipe = recipe.load_run()
     args.recipe_started = True
     run_recipe(config)

@@ -21,8 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "validate",
         help="check a config against its recipe's schema",
-        description="Bundled configs report checkpoint/data paths missing on this machine as "
-        "warnings (they are templates); your own files report them as errors. --paths changes it.",
+        description="What the config needs and this machine lacks (checkpoint and data paths, "
+        "optional packages such as tensorboard or lm_eval, a Hub dataset neither cached nor "
+        "reachable) is a warning for a bundled config (a template) and an error for your own "
+        "file, one line per key with the fix. --paths changes it.",
     )
     p.add_argument("config", help="bundled config name or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")

@@ -39,6 +39,21 @@ class ModelConfig:
 
 
 @dataclass
+class TrainedModelConfig(ModelConfig):
+    """The checkpoint ``sft`` and ``preference`` tune, and the code that builds it.
+
+    Args:
+        implementation: ``native`` (a tune.models family: Llama, Qwen, Mistral, Gemma, Phi-3,
+            SmolLM2), ``transformers`` (any ``AutoModelForCausalLM``, e.g. OLMo 2 or Granite;
+            needs the ``transformers`` package; no tensor parallel or QAT; plain, unfused
+            cross-entropy) or ``auto`` (native when tune.models builds the checkpoint's
+            ``config.json``, else transformers).
+    """
+
+    implementation: Literal["native", "transformers", "auto"] = "auto"
+
+
+@dataclass
 class AdapterModelConfig(ModelConfig):
     """A checkpoint and, optionally, a PEFT adapter for it.
 
@@ -85,7 +100,8 @@ class DatasetConfig:
     Args:
         source: a local file or directory (json/jsonl/parquet/csv/txt), or a Hub dataset name
             (a gated one reads ``HF_TOKEN`` from the environment).
-        column_map: dataset column -> expected name (e.g. ``{"prompt": "instruction"}``).
+        column_map: expected name -> dataset column (e.g. ``{instruction: prompt}`` reads the
+            instruction from the ``prompt`` column), as tune-data's ``columns=``.
         split: the training split.
         validation_split: a split for validation (exclusive with validation_fraction).
         validation_fraction: hold out this fraction of the training split (0: none).
@@ -107,12 +123,44 @@ class DatasetConfig:
     seed: int = 0
 
 
+DataFormat = Literal["instruction", "chat", "text"]
+
+
+@dataclass
+class DataSourceConfig:
+    """One dataset of a ``data.sources`` mixture.
+
+    Args:
+        source: a local file or a Hub dataset name.
+        weight: its share of the mixture's rows, relative to the other sources' weights (> 0);
+            a source whose share is above its length repeats rows, one below it contributes a
+            seeded subset. The mixture has as many rows as its sources together.
+        split: its training split.
+        validation_split: its split held out for validation (Hub datasets; else
+            ``data.validation_fraction`` of its rows).
+        format: its rows' format (null: ``data.format``).
+        column_map: its expected name -> dataset column map (null: ``data.column_map``).
+    """
+
+    source: str
+    weight: float = 1.0
+    split: str = "train"
+    validation_split: str | None = None
+    format: DataFormat | None = None
+    column_map: dict[str, str] | None = None
+
+
 @dataclass
 class DataConfig(DatasetConfig):
     """Training and validation data of ``sft`` and ``distill``.
 
     Args:
-        format: ``instruction`` (instruction/input/output), ``chat`` (messages) or ``text``.
+        source: as ``DatasetConfig.source``; null with ``sources``.
+        sources: a weighted mixture of datasets instead of ``source`` (sft and distill); the
+            mixed order depends on ``seed``, the weights and the sources' lengths only, so a
+            run resumes at another world size where it stopped.
+        format: ``instruction`` (instruction/input/output), ``chat`` (OpenAI ``messages`` or
+            ShareGPT ``conversations``, detected per conversation) or ``text``.
         packing: pack several examples into each sequence (document-masked).
         padding_free: train unpacked batches on their real tokens only: each micro-batch's
             examples are laid end to end as documents of one row, so no compute goes to padding
@@ -122,7 +170,9 @@ class DataConfig(DatasetConfig):
         train_on_input: also compute the loss on prompt tokens.
     """
 
-    format: Literal["instruction", "chat", "text"] = "instruction"
+    source: str | None = None  # type: ignore[assignment]
+    sources: list[DataSourceConfig] = field(default_factory=list)
+    format: DataFormat = "instruction"
     packing: bool = False
     padding_free: bool | None = None
     train_on_input: bool = False

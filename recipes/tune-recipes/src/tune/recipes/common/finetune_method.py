@@ -23,7 +23,7 @@ def prepare_for_method(model: nn.Module, method: str, lora: LoraConfig | None) -
     """Freeze/quantize/adapt ``model`` in place for ``method``; returns the adapted module names.
 
     Args:
-        model: the loaded native model.
+        model: the loaded model (native, or transformers').
         method: ``full``, ``lora``, ``qlora`` (NF4 base weights, then LoRA) or ``dora``.
         lora: adapter settings (required for the adapter methods).
     """
@@ -52,9 +52,12 @@ def load_prepared(
     *,
     dtype: torch.dtype,
     device: torch.device,
+    implementation: str = "native",
 ) -> CheckpointModel:
     """Load ``checkpoint_dir`` and ``prepare_for_method`` its model (same arguments)."""
-    ckpt = load_pretrained(checkpoint_dir, dtype=dtype, device=device)
+    ckpt = load_pretrained(
+        checkpoint_dir, dtype=dtype, device=device, implementation=implementation
+    )
     prepare_for_method(ckpt.model, method, lora)
     return ckpt
 
@@ -66,6 +69,7 @@ def load_for_method(
     *,
     dtype: torch.dtype,
     device: torch.device,
+    implementation: str = "native",
 ) -> tuple[CheckpointModel, LoraConfig | None]:
     """Load ``checkpoint_dir`` and make it what ``method`` trains (frozen/NF4 base, adapters).
 
@@ -75,9 +79,13 @@ def load_for_method(
         lora_settings: the config's ``training.lora`` section; unused for ``full``.
         dtype: parameter dtype.
         device: where the weights go.
+        implementation: ``native``, ``transformers`` or ``auto`` (``model.implementation``).
 
     Returns:
         The checkpoint (its ``model`` prepared) and the adapter settings (None for ``full``).
     """
     lora = lora_config_from(method, lora_settings) if method in ADAPTER_METHODS else None
-    return load_prepared(checkpoint_dir, method, lora, dtype=dtype, device=device), lora
+    ckpt = load_prepared(
+        checkpoint_dir, method, lora, dtype=dtype, device=device, implementation=implementation
+    )
+    return ckpt, lora

@@ -7,7 +7,10 @@ from typing import Any
 from tune.peft import LoraConfig
 
 # The LM head is never adapted nor quantized: its weight may be tied to the embeddings.
-HEAD_NAMES = ("output",)
+# Native models call it ``output``, transformers' ``lm_head``.
+HEAD_NAMES = ("output", "lm_head")
+# One exclude pattern for both heads (tune-peft warns about a pattern that matches nothing).
+_HEAD_PATTERN = "re:" + "|".join(HEAD_NAMES)
 
 
 def lora_config_from(method: str, lora: Any) -> LoraConfig:
@@ -20,7 +23,7 @@ def lora_config_from(method: str, lora: Any) -> LoraConfig:
     """
     return LoraConfig(
         r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=list(lora.targets),
-        exclude=[*lora.exclude, *HEAD_NAMES], use_rslora=lora.use_rslora,
+        exclude=[*lora.exclude, _HEAD_PATTERN], use_rslora=lora.use_rslora,
         use_dora=method == "dora", init=lora.init,
     )  # fmt: skip
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib import DummyTqdmFile
+
 from tune.recipes.config.registries import LOGGERS
-from tune.train.loggers import MetricLogger, loggers_for_run
+from tune.train.loggers import JsonlLogger, MetricLogger, StdoutLogger, loggers_for_run
 
 
 def build_loggers(
@@ -19,7 +22,9 @@ def build_loggers(
     allow_imports: Sequence[str] = (),
     start_step: int = 0,
 ) -> MetricLogger:
-    """One logger that fans out to every configured one.
+    """One logger that fans out to every configured one, plus ``metrics.jsonl`` (always: the
+    run's record, and what ``loss_curve.png`` is drawn from). Stdout lines go through
+    ``tqdm.write``, above the progress bar.
 
     Args:
         names: ``tune.loggers`` names (stdout, jsonl, tensorboard, wandb, mlflow, ...).
@@ -30,9 +35,17 @@ def build_loggers(
         start_step: the step the run starts from (0 fresh, N when resuming from step N).
     """
     parts = []
-    for name in names:
+    for name in [*names, *([] if "jsonl" in names else ["jsonl"])]:
         kwargs = dict(options.get(name, {}))
-        if name == "jsonl" and jsonl_path:
+        factory = LOGGERS.load(name, allow_imports)
+        if factory is JsonlLogger and jsonl_path:
             kwargs.setdefault("path", jsonl_path)
-        parts.append((LOGGERS.load(name, allow_imports), kwargs))
+        if factory is StdoutLogger:
+            kwargs.setdefault("stream", DummyTqdmFile(sys.stdout))
+        parts.append((factory, kwargs))
     return loggers_for_run(parts, output_dir=output_dir, start_step=start_step)
+
+
+def metrics_file(output_dir: Path, jsonl_path: str | None) -> Path:
+    """Where ``build_loggers`` writes the run's ``metrics.jsonl``."""
+    return Path(jsonl_path).expanduser() if jsonl_path else output_dir / "metrics.jsonl"

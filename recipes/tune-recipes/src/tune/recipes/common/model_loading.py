@@ -1,4 +1,4 @@
-"""Build a native model from an HF checkpoint directory and load its weights."""
+"""Build a model (native, or transformers') from an HF checkpoint directory and load its weights."""
 
 from __future__ import annotations
 
@@ -14,10 +14,20 @@ logger = logging.getLogger(__name__)
 
 
 def load_pretrained(
-    checkpoint_dir: str | Path, *, dtype: torch.dtype, device: torch.device
+    checkpoint_dir: str | Path,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    implementation: str = "native",
 ) -> CheckpointModel:
-    """The model of an HF ``checkpoint_dir`` in ``dtype`` on ``device``, filled shard by shard."""
-    ckpt = model_from_checkpoint_dir(checkpoint_dir, device="meta", dtype=dtype)
+    """The model of an HF ``checkpoint_dir`` in ``dtype`` on ``device``, filled shard by shard.
+
+    Args:
+        implementation: ``native``, ``transformers`` or ``auto`` (``model.implementation``).
+    """
+    ckpt = model_from_checkpoint_dir(
+        checkpoint_dir, device="meta", dtype=dtype, implementation=implementation
+    )
     if ckpt.keys_one_to_one:
         load_hf_checkpoint(
             ckpt.model, checkpoint_dir, key_map=ckpt.hf_to_native_key, dtype=dtype, device=device
@@ -28,6 +38,7 @@ def load_pretrained(
         ckpt.model.load_state_dict(state, assign=True, strict=True)
     ckpt.model.init_buffers(device)
     millions = sum(p.numel() for p in ckpt.model.parameters()) / 1e6
-    logger.info("loaded %s (%s, %.1fM parameters) from %s", ckpt.config.model_type, dtype,
-                millions, checkpoint_dir)  # fmt: skip
+    logger.info("loaded %s (%s implementation, %s, %.1fM parameters) from %s",
+                ckpt.config.model_type, ckpt.implementation, dtype, millions,
+                checkpoint_dir)  # fmt: skip
     return ckpt

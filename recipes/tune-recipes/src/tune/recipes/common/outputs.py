@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune.checkpoint import save_hf_checkpoint, save_peft_adapter
+from tune.checkpoint import repo_id_of_snapshot, save_hf_checkpoint, save_peft_adapter
 from tune.dist import gather_full_state_dict
 from tune.models import CheckpointModel
 from tune.peft import LoraConfig, export_peft_adapter, load_adapter_state_dict, merge_and_unload
@@ -61,8 +61,9 @@ def write_final_outputs(
             return written
         if adapters:
             model = load_prepared(
-                base_dir, method, lora, dtype=dtype, device=torch.device("cpu")
-            ).model
+                base_dir, method, lora, dtype=dtype, device=torch.device("cpu"),
+                implementation=ckpt.implementation,
+            ).model  # fmt: skip
             load_adapter_state_dict(model, state)
             state = None
     if adapters and save_adapter:
@@ -77,8 +78,10 @@ def write_final_outputs(
 
 
 def _save_adapter(directory: Path, model: nn.Module, ckpt: CheckpointModel, base_dir: Path) -> Path:
+    # The base as peft finds it from anywhere: its Hub id, else its absolute path.
+    base = repo_id_of_snapshot(base_dir) or str(Path(base_dir).expanduser().resolve())
     tensors, adapter_config = export_peft_adapter(
-        model, key_map=ckpt.native_to_hf_key, base_model_name_or_path=str(base_dir)
+        model, key_map=ckpt.native_to_hf_key, base_model_name_or_path=base
     )
     path = save_peft_adapter(directory, tensors, adapter_config, prefix="")  # keys are PEFT's
     logger.info("wrote PEFT adapter (%d tensors) to %s", len(tensors), path)

@@ -13,14 +13,19 @@ from typing import Any
 
 from torch import nn
 
-from tune.dist import DataParallel, ParallelPlan, parallelize
+from tune.dist import DataParallel, ModuleMatch, ParallelPlan, parallelize
 from tune.dist import setup_data_parallel as _setup_data_parallel
-from tune.models import TransformerBlock, tp_plan
+from tune.models import TransformerBlock, TransformersCausalLM, tp_plan
 from tune.quant import unshardable_nf4_params
 from tune.recipes.common.config_sections import DistributedConfig
 from tune.recipes.common.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+
+
+def decoder_blocks(model: nn.Module) -> ModuleMatch:
+    """The repeated block of a model: ``TransformerBlock``, or a transformers decoder layer."""
+    return model.block_classes if isinstance(model, TransformersCausalLM) else TransformerBlock
 
 
 def parallelize_models(
@@ -60,7 +65,7 @@ def parallelize_models(
             continue
         trained = index == 0
         applied = parallelize(model, dataclasses.replace(
-            plan,
+            plan, block=decoder_blocks(model),
             tp_plan=tp_plan(model_config if trained else model,
                             sequence_parallel=sequence_parallel) if tp else None,
             activation_checkpointing=activation_checkpointing and trained,

@@ -10,18 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from tune.config import Checks
+from tune.recipes.common.availability import (
+    GGUF,
+    LOGGER_PACKAGES,
+    TORCHAO,
+    Package,
+    check_data_source,
+    hub_unreachable,
+    in_hub_cache,
+    is_hub_model_id,
+    report_missing,
+    require_package,
+)
+from tune.recipes.common.availability import looks_local as looks_local  # recipes' checks use it
 from tune.recipes.common.lora_settings import lora_settings_problem
+from tune.recipes.config.registries import OPTIMIZERS
 
-_LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow")
-
-
-def looks_local(source: str) -> bool:
-    """Whether a data source names a local path rather than a Hub dataset (``owner/name``)."""
-    return (
-        source.startswith(("/", "./", "../", "~"))
-        or source.lower().endswith(_LOCAL_DATA_SUFFIXES)
-        or Path(source).exists()
-    )
+# model.implementation=transformers builds any AutoModelForCausalLM (tune-models' extra).
+TRANSFORMERS = Package("transformers", "tune-models[transformers]")
 
 
 def check_checkpoint_dir(
@@ -34,6 +40,14 @@ def check_checkpoint_dir(
         Whether ``ckpt`` is such a quantized directory.
     """
     if not c.require(bool(ckpt), key, "must name a checkpoint directory"):
+        return False
+    if not Path(ckpt).expanduser().exists() and is_hub_model_id(ckpt):
+        # A Hub id: fetched into the HF cache when the run starts, so it must be cached or the
+        # Hub must answer; else it is reported as the missing directory it may also be.
+        reason = None if in_hub_cache(ckpt, "model") else hub_unreachable("model")
+        if reason is not None:
+            report_missing(c, key, f"directory not found locally: {ckpt} (nor, as a Hugging Face "
+                                   f"Hub id, in the local cache; the Hub is unreachable: {reason})")  # fmt: skip
         return False
     if ckpt.endswith(".gguf"):  # imported to an HF directory when the run starts
         if c.path_exists(key, ckpt, "file"):
@@ -77,11 +91,58 @@ def check_dtype(c: Checks, key: str, dtype: str, device: str) -> None:
         c.warn(key, "bfloat16 on a CPU without bf16 units is several times slower")
 
 
+def _native_support_problem(checkpoint_dir: str) -> str | None:
+    """``tune.models.native_support_problem`` of a local checkpoint; None for a Hub id, a GGUF
+    file or an unreadable ``config.json`` (the loader reports those)."""
+    config = Path(checkpoint_dir).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    from tune.models import native_support_problem  # torch: only for a local checkpoint
+
+    try:
+        return native_support_problem(config)
+    except ValueError:
+        return None
+
+
+def builds_with_transformers(model: Any) -> bool:
+    """Whether ``model.implementation`` builds the checkpoint with transformers (``auto``: when
+    its local ``config.json`` has a ``model_type`` no native family builds)."""
+    choice = getattr(model, "implementation", "native")
+    if choice == "auto":
+        return _native_support_problem(model.checkpoint_dir) is not None
+    return bool(choice == "transformers")
+
+
+def check_implementation(cfg: Any, c: Checks) -> None:
+    """``model.implementation`` (``sft``, ``preference``): a native family for ``native``, the
+    transformers package otherwise, and no tensor parallel (no TP plan) with transformers."""
+    m = cfg.model
+    if m.implementation == "native":
+        if (problem := _native_support_problem(m.checkpoint_dir)) is not None:
+            c.error("model.implementation", f"native: {problem}; set it to transformers or auto")
+        return
+    if not builds_with_transformers(m):
+        return
+    needed_by = "transformers" if m.implementation == "transformers" else (
+        f"auto for {m.checkpoint_dir} (no native family for its model_type)"
+    )  # fmt: skip
+    require_package(c, "model.implementation", TRANSFORMERS, needed_by)
+    if cfg.distributed.tp_size > 1:
+        c.error(
+            "distributed.tp_size",
+            f"tensor parallel needs a native model; model.implementation={m.implementation} "
+            "builds this checkpoint with transformers: use tp_size=1 (FSDP shards it)",
+        )
+
+
 def check_model(cfg: Any, c: Checks) -> None:
     """``model`` and ``tokenizer`` of a training recipe, and its ``teacher`` where it has one."""
     check_checkpoint_dir(c, "model.checkpoint_dir", cfg.model.checkpoint_dir)
     c.path_exists("tokenizer.path", cfg.tokenizer.path, "dir")
     check_dtype(c, "model.dtype", cfg.model.dtype, cfg.device)
+    if hasattr(cfg.model, "implementation"):
+        check_implementation(cfg, c)
     if (teacher := getattr(cfg, "teacher", None)) is not None:
         check_checkpoint_dir(c, "teacher.checkpoint_dir", teacher.checkpoint_dir)
         check_dtype(c, "teacher.dtype", teacher.dtype, cfg.device)
@@ -118,16 +179,52 @@ def check_inference_model(cfg: Any, c: Checks) -> None:
         )
     if m.adapter_dir is None and m.merge_adapter:
         c.warn("model.merge_adapter", "has no effect without model.adapter_dir")
+    if m.quantize is not None:
+        require_package(c, "model.quantize", TORCHAO, "quantization")
     c.path_exists("tokenizer.path", cfg.tokenizer.path, "dir")
     check_dtype(c, "model.dtype", m.dtype, cfg.device)
 
 
+def check_column_map(c: Checks, key: str, column_map: dict[str, str], data_format: str) -> None:
+    """``key``, an ``{expected name: dataset column}`` map, has only names the builder of
+    ``data_format`` reads; a map written the other way round is shown flipped."""
+    if not column_map:
+        return
+    from tune.data import BUILDER_COLUMNS, column_map_problem  # torch: only for a map to check
+
+    if problem := column_map_problem(column_map, BUILDER_COLUMNS[data_format], key):
+        c.error(key, problem.removeprefix(f"{key}: "))
+
+
+def _check_sources(d: Any, c: Checks) -> None:
+    """Each dataset of ``data.sources`` (a mixture, instead of ``data.source``)."""
+    if d.source:
+        c.error("data.sources", "set either data.source or data.sources (a mixture), not both")
+    if d.validation_split is not None:
+        c.error("data.validation_split", "with data.sources, set data.sources.N.validation_split")
+    for i, s in enumerate(d.sources):
+        key = f"data.sources.{i}"
+        if c.require(bool(s.source), f"{key}.source", "must not be empty"):
+            check_data_source(c, f"{key}.source", s.source)
+        c.positive(f"{key}.weight", s.weight)
+        if s.validation_split is not None and Path(s.source).exists():
+            c.error(f"{key}.validation_split", f"{s.source} is a local file without named splits")
+        if s.column_map is not None:
+            check_column_map(c, f"{key}.column_map", s.column_map, s.format or d.format)
+
+
 def check_data(cfg: Any, c: Checks) -> None:
-    """``data`` of a ``DatasetConfig``: the source, its held-out part and (sft's) packing."""
+    """``data`` of a ``DatasetConfig``: the source (or ``sources``), its column map, its
+    held-out part and (sft's) packing."""
     d = cfg.data
-    has_source = c.require(bool(d.source), "data.source", "must not be empty")
-    if has_source and looks_local(d.source):
-        c.path_exists("data.source", d.source, "any")
+    if getattr(d, "sources", None):
+        _check_sources(d, c)
+        has_source = False
+    else:
+        has_source = c.require(bool(d.source), "data.source", "must name a file or Hub dataset")
+    if has_source:  # a local path, or a Hub dataset cached here or reachable
+        check_data_source(c, "data.source", d.source)
+    check_column_map(c, "data.column_map", d.column_map, d.format)
     c.positive("data.max_seq_len", d.max_seq_len)
     c.in_range("data.validation_fraction", d.validation_fraction, 0.0, 1.0)
     if d.validation_split is not None and d.validation_fraction > 0:
@@ -143,8 +240,9 @@ def check_data(cfg: Any, c: Checks) -> None:
     if getattr(d, "padding_free", None) is not None and d.packing:
         c.warn("data.padding_free", "has no effect with data.packing=true (packs have no padding)")
     tokenizer_dir = Path(cfg.tokenizer_dir).expanduser()
+    formats = {d.format, *(s.format or d.format for s in getattr(d, "sources", []))}
     if (
-        d.format != "text"
+        formats != {"text"}
         and not getattr(d, "train_on_input", True)
         and (tokenizer_dir / "tokenizer.json").is_file()
     ):
@@ -163,6 +261,8 @@ def check_lora(cfg: Any, c: Checks) -> None:
     t = cfg.training
     if t.method == "full":
         return
+    if t.method == "qlora":
+        require_package(c, "training.method", TORCHAO, "qlora (an NF4 base)")
     c.positive("training.lora.r", t.lora.r)
     c.positive("training.lora.alpha", t.lora.alpha)
     c.in_range("training.lora.dropout", t.lora.dropout, 0.0, 1.0)
@@ -183,6 +283,9 @@ def check_optimizer(cfg: Any, c: Checks, total: int | None, total_is: str = "") 
         total_is: how ``total`` was counted, for the warm-up message.
     """
     t = cfg.training
+    if (OPTIMIZERS.builtins.get(t.optimizer.name) or "").startswith("torchao."):
+        name = t.optimizer.name
+        require_package(c, "training.optimizer.name", TORCHAO, f"the {name!r} optimizer")
     c.positive("training.optimizer.lr", t.optimizer.lr)
     c.non_negative("training.optimizer.weight_decay", t.optimizer.weight_decay)
     c.positive("training.optimizer.eps", t.optimizer.eps)
@@ -266,11 +369,9 @@ def check_checkpointing(cfg: Any, c: Checks) -> None:
             "checkpointing.save_gguf",
             "is written from the merged model: set checkpointing.save_merged=true",
         )
-        try:
+        if require_package(c, "checkpointing.save_gguf", GGUF, "GGUF export"):
             from tune.checkpoint.gguf import supported_file_types
-        except ImportError as error:
-            c.error("checkpointing.save_gguf", str(error))
-        else:
+
             for i, kind in enumerate(ck.save_gguf):
                 c.require(
                     kind in supported_file_types(),
@@ -282,6 +383,9 @@ def check_checkpointing(cfg: Any, c: Checks) -> None:
 def check_logging(cfg: Any, c: Checks) -> None:
     """``logging``: the interval, and options only for loggers in use."""
     c.positive("logging.log_every_n_steps", cfg.logging.log_every_n_steps)
+    for name in dict.fromkeys(cfg.logging.loggers):
+        if (package := LOGGER_PACKAGES.get(name)) is not None:
+            require_package(c, "logging.loggers", package, f"the {name} logger")
     unknown_options = sorted(set(cfg.logging.options) - set(cfg.logging.loggers))
     if unknown_options:
         c.warn("logging.options", f"options for loggers not in logging.loggers: {unknown_options}")
@@ -295,7 +399,10 @@ def check_run(cfg: Any, c: Checks) -> None:
         c.warn("checkpointing.save_merged", "has no effect with training.method=full")
     c.positive("eval.every_n_steps", cfg.eval.every_n_steps)
     c.positive("eval.max_batches", cfg.eval.max_batches)
-    has_validation = cfg.data.validation_split is not None or cfg.data.validation_fraction > 0
+    d = cfg.data
+    has_validation = d.validation_fraction > 0 or any(
+        s.validation_split is not None for s in [d, *getattr(d, "sources", [])]
+    )
     if cfg.eval.every_n_steps is not None or cfg.eval.before_training:
         c.require(
             has_validation,

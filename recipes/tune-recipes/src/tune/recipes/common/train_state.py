@@ -15,8 +15,9 @@ from tune.train.loggers.redaction import redact_secrets
 # Config keys whose change makes a checkpoint unusable for resuming (the data stream or the
 # weights it refers to would differ).
 RESUME_INVARIANT_KEYS = (
-    "model.checkpoint_dir", "tokenizer.path", "data.source", "data.format", "data.max_seq_len",
-    "data.packing", "data.seed", "training.method", "training.global_batch_size", "training.seed",
+    "model.checkpoint_dir", "tokenizer.path", "data.source", "data.sources", "data.format",
+    "data.max_seq_len", "data.packing", "data.seed", "training.method",
+    "training.global_batch_size", "training.seed",
 )  # fmt: skip
 # Keys that may change on resume without a word: they change what is logged, saved or evaluated,
 # or how the work is spread over ranks (DCP reshards), never the training trajectory.

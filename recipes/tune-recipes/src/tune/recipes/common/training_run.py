@@ -21,7 +21,7 @@ from tune.config import ValidationContext, to_container, validate_config
 from tune.data import Tokenizer
 from tune.data.tokenizer import check_vocab_fits
 from tune.dist import DataParallel, StopSignalHandler
-from tune.recipes.common.metric_logging import build_loggers
+from tune.recipes.common.metric_logging import build_loggers, metrics_file
 from tune.recipes.common.optimization import build_optimizer, build_schedule
 from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.runtime import Runtime
@@ -29,6 +29,7 @@ from tune.recipes.common.train_state import resume_run, save_training_state
 from tune.recipes.config import save_resolved_config
 from tune.train import GradientAccumulator, NonFiniteGuard
 from tune.train.driver import Cadence, RunResult, StepResult, TrainingDriver
+from tune.train.loggers import can_plot, plot_loss_curve
 
 
 @dataclass
@@ -116,7 +117,10 @@ def start_run(
     out_dir, ckpts = Path(cfg.checkpointing.output_dir), cfg.checkpointing
     manager = CheckpointManager(out_dir / "checkpoints", keep_last_n=ckpts.keep_last_n)
     resolved, adapters = to_container(cfg), lora is not None
-    sources = sources or {"data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir}
+    sources = sources or {
+        "data.source": cfg.data.source, "tokenizer.path": cfg.tokenizer_dir,
+        **{f"data.sources.{i}.source": s.source for i, s in enumerate(getattr(cfg.data, "sources", []))},
+    }  # fmt: skip
     step, state = resume_run(
         manager, ckpts.resume, resolved, sources=sources, model=model, optimizer=optimizer,
         scheduler=scheduler, guard=guard, loader=loader, trainable_only=adapters,
@@ -205,4 +209,10 @@ def finish(run: TrainingRun, result: RunResult, summary: dict[str, Any]) -> dict
             ]  # fmt: skip
     if run.sink is not None:
         run.sink.close()
+        out_dir = Path(cfg.checkpointing.output_dir)
+        if can_plot():  # rank 0, after the last metrics line is written
+            curve = plot_loss_curve(metrics_file(out_dir, cfg.logging.jsonl_path),
+                                    out_dir / "loss_curve.png", title=cfg.recipe)  # fmt: skip
+            if curve is not None:
+                summary["loss_curve"] = str(curve)
     return summary

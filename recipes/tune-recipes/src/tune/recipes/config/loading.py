@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import tune.config
+from tune.recipes.config.hub_ids import is_hub_model_id
 from tune.train.loggers.redaction import REDACTED, is_secret_key, redact_text
 
 # Keys that were accepted once and did nothing: a config that still sets one is told what to do.
@@ -35,6 +36,7 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     import_gguf: bool = True,
+    fetch_hub: bool = False,
     **options: Any,
 ) -> Any:
     """``tune.config.load_config`` with ``REMOVED_KEYS`` and ``redact_override``.
@@ -45,6 +47,9 @@ def load_config(
         overrides: ``key=value`` items applied on top of the file.
         import_gguf: replace each ``*checkpoint_dir`` naming a ``.gguf`` file by its imported
             HF directory (``tune.checkpoint.gguf.cached_hf_dir``: converted once, then reused).
+        fetch_hub: replace each ``*checkpoint_dir`` naming a Hub model (``owner/name``, no such
+            local path) by its snapshot in huggingface_hub's cache
+            (``tune.checkpoint.hub.resolve_model_dir``: downloaded once); ``tune run`` sets it.
         options: ``recipe``, ``allow_imports``, ``validate``, ``world_size``, ``missing_paths``
             (see ``tune.config.load_config``).
     """
@@ -53,8 +58,14 @@ def load_config(
     )
     for section in vars(config).values() if import_gguf else ():
         for key, value in vars(section).items() if is_dataclass(section) else ():
-            if key.endswith("checkpoint_dir") and str(value).endswith(".gguf"):
+            if not key.endswith("checkpoint_dir") or not isinstance(value, str):
+                continue
+            if value.endswith(".gguf"):
                 from tune.checkpoint.gguf import cached_hf_dir
 
                 setattr(section, key, str(cached_hf_dir(Path(value).expanduser())))
+            elif fetch_hub and not Path(value).expanduser().exists() and is_hub_model_id(value):
+                from tune.checkpoint.hub import resolve_model_dir
+
+                setattr(section, key, str(resolve_model_dir(value)))  # the HF cache's snapshot
     return config

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.config import Checks
-from tune.recipes.common.section_checks import check_inference_model, check_output_file
+from tune.recipes.common.availability import LM_EVAL, check_data_source, require_package
+from tune.recipes.common.section_checks import (
+    check_column_map,
+    check_inference_model,
+    check_output_file,
+)
 
 if TYPE_CHECKING:
     from tune.recipes.eval.config import EvalConfig
@@ -16,8 +20,8 @@ def _check_perplexity(cfg: EvalConfig, c: Checks) -> None:
     p = cfg.perplexity
     if p.source is None:
         return
-    if Path(p.source).expanduser().exists() or p.source.startswith((".", "/", "~")):
-        c.path_exists("perplexity.source", p.source, "any")
+    check_data_source(c, "perplexity.source", p.source)
+    check_column_map(c, "perplexity.column_map", p.column_map, p.format)
     c.positive("perplexity.max_seq_len", p.max_seq_len)
     c.positive("perplexity.batch_size", p.batch_size)
     c.positive("perplexity.max_batches", p.max_batches)
@@ -27,6 +31,8 @@ def _check_perplexity(cfg: EvalConfig, c: Checks) -> None:
 
 def _check_lm_eval(cfg: EvalConfig, c: Checks) -> None:
     le = cfg.lm_eval
+    if le.tasks:
+        require_package(c, "lm_eval.tasks", LM_EVAL, "the lm-evaluation-harness")
     for i, task in enumerate(le.tasks):
         c.require(bool(task), f"lm_eval.tasks.{i}", "must not be empty")
     if le.include_path is not None:

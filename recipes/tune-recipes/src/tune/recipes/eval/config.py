@@ -15,7 +15,7 @@ class PerplexityConfig:
     Args:
         source: a local file or directory (json/jsonl/parquet/csv/txt) or a Hub dataset name.
         format: ``instruction``, ``chat`` or ``text`` (as the sft recipe reads them).
-        column_map: dataset column -> expected name.
+        column_map: expected name -> dataset column (as sft's ``data.column_map``).
         split: the split scored.
         tokens: ``assistant`` scores only answer tokens (instruction/chat), ``all`` every token
             after the first; text data always scores every token.

@@ -48,7 +48,8 @@ def _perplexity(cfg: EvalConfig, loaded: LoadedModel, tokenizer: Tokenizer) -> P
     assert p.source is not None
     builder = build_sample_builder(
         tokenizer, p.format, column_map=p.column_map, chat_template=cfg.tokenizer.chat_template,
-        train_on_input=p.tokens == "all",
+        train_on_input=p.tokens == "all", key="perplexity.format",
+        column_map_key="perplexity.column_map",
     )  # fmt: skip
     dataset, _ = split_source(p.source, p.split, None, 0.0, cfg.seed)
     loader = make_loader(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from tune.config import Checks, ConfigError
 from tune.recipes.common import section_checks as shared
+from tune.recipes.common.availability import check_data_source
 from tune.recipes.config.registries import GENERATION_BACKENDS, REWARDS
 
 if TYPE_CHECKING:
@@ -15,9 +16,9 @@ if TYPE_CHECKING:
 def _check_model_and_data(cfg: GRPOConfig, c: Checks) -> None:
     shared.check_model(cfg, c)
     d = cfg.data
-    has_source = c.require(bool(d.source), "data.source", "must not be empty")
-    if has_source and shared.looks_local(d.source):
-        c.path_exists("data.source", d.source, "any")
+    if c.require(bool(d.source), "data.source", "must not be empty"):
+        check_data_source(c, "data.source", d.source)
+    shared.check_column_map(c, "data.column_map", d.column_map, "prompt")
     c.path_exists("data.validation_source", d.validation_source, "file")
     c.in_range("data.validation_fraction", d.validation_fraction, 0.0, 1.0)
     if d.validation_source is not None and d.validation_fraction > 0:

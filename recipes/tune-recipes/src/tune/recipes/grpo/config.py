@@ -21,7 +21,7 @@ class PromptDataConfig:
     Args:
         source: a local file (json/jsonl/parquet/csv) or a Hub dataset name with a prompt and an
             answer column.
-        column_map: dataset column -> expected name (``prompt``, ``answer``, ``system``).
+        column_map: expected name (``prompt``, ``answer``, ``system``) -> dataset column.
         split: the training split.
         validation_fraction: hold out this fraction of the prompts for held-out accuracy.
         validation_source: a separate file of held-out prompts (exclusive with the fraction).

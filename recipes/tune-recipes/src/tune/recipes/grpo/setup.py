@@ -18,8 +18,10 @@ GRPO_RESUME_KEYS = ("rollout.prompts_per_step", "rollout.group_size", "data.colu
 
 def prompt_builder(cfg: GRPOConfig, tokenizer: Any) -> PromptAnswerBuilder:
     """Prompt rows (chat-templated) and their reference answers, columns renamed per config."""
-    columns = {expected: column for column, expected in cfg.data.column_map.items()} or None
-    return PromptAnswerBuilder(tokenizer, cfg.tokenizer.chat_template, columns=columns)
+    return PromptAnswerBuilder(
+        tokenizer, cfg.tokenizer.chat_template, columns=cfg.data.column_map or None,
+        columns_key="data.column_map",
+    )  # fmt: skip
 
 
 def held_out_prompts(

@@ -10,8 +10,8 @@ from tune.recipes.common.config_sections import (
     DatasetConfig,
     EpochTrainingConfig,
     EvalConfig,
-    ModelConfig,
     OptimizerConfig,
+    TrainedModelConfig,
     TrainingRecipeConfig,
 )
 
@@ -21,7 +21,7 @@ REFERENCE_LOSSES = ("dpo", "ipo", "kto")
 
 
 @dataclass
-class PreferenceModelConfig(ModelConfig):
+class PreferenceModelConfig(TrainedModelConfig):
     """The policy to tune, and where its reference comes from.
 
     Args:

@@ -58,8 +58,9 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
 
     # ---- policy, adapters, reference, parallel layout ---------------------------------------
     ckpt, lora = load_for_method(
-        cfg.model.checkpoint_dir, t.method, t.lora, dtype=rt.dtype, device=rt.device
-    )
+        cfg.model.checkpoint_dir, t.method, t.lora, dtype=rt.dtype, device=rt.device,
+        implementation=cfg.model.implementation,
+    )  # fmt: skip
     model = ckpt.model
     reference = frozen_reference(cfg, adapters=lora is not None, rt=rt)
     dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
@@ -82,7 +83,8 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
         extra={"pairs_seen": 0}, extra_keys=PREFERENCE_RESUME_KEYS,
     )  # fmt: skip
     driver, accum = run.driver, t.gradient_accumulation_steps(dp.size)
-    fused = t.fused_logprobs and not dp.distributed  # a sharded output weight: plain logits
+    # A sharded output weight needs plain logits; so does an HF head (it may scale its logits).
+    fused = t.fused_logprobs and not dp.distributed and ckpt.implementation == "native"
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
     ref_fn = reference_logprobs_fn(model, reference, obj, fused=fused, softcap=softcap)
     batches = iter(loader)

@@ -36,13 +36,12 @@ def _chat_template(value: str | None) -> str | None:
     return value
 
 
-def _columns(cfg: PreferenceConfig) -> dict[str, str] | None:
-    return {expected: column for column, expected in cfg.data.column_map.items()} or None
-
-
 def paired_builder(cfg: PreferenceConfig, tokenizer: Any) -> PreferenceBuilder:
     """The builder of chosen/rejected rows (its ``validate`` checks rows before the split)."""
-    return PreferenceBuilder(tokenizer, _chat_template(cfg.tokenizer.chat_template), _columns(cfg))
+    template = _chat_template(cfg.tokenizer.chat_template)
+    return PreferenceBuilder(
+        tokenizer, template, cfg.data.column_map or None, columns_key="data.column_map"
+    )
 
 
 def preference_loader(
@@ -57,7 +56,9 @@ def preference_loader(
     }  # fmt: skip
     if d.format == "unpaired":
         template = _chat_template(cfg.tokenizer.chat_template)
-        builder = UnpairedBuilder(tokenizer, template, dataset, _columns(cfg))
+        builder = UnpairedBuilder(
+            tokenizer, template, dataset, cfg.data.column_map or None, columns_key="data.column_map"
+        )
         return StreamingLoader(dataset, builder, **kwargs)
     return StreamingLoader(dataset, paired_builder(cfg, tokenizer), **kwargs)
 
@@ -67,7 +68,9 @@ def frozen_reference(cfg: PreferenceConfig, *, adapters: bool, rt: Any) -> nn.Mo
     if not objective(cfg).needs_reference or adapters:
         return None
     ref_dir = cfg.model.reference_checkpoint_dir or cfg.model.checkpoint_dir
-    reference = load_pretrained(ref_dir, dtype=rt.dtype, device=rt.device).model
+    reference = load_pretrained(
+        ref_dir, dtype=rt.dtype, device=rt.device, implementation=cfg.model.implementation
+    ).model
     reference.requires_grad_(False)
     logger.info("reference: a frozen model loaded from %s", ref_dir)
     return reference.eval()

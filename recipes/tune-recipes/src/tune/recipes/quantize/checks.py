@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tune.config import Checks
+from tune.recipes.common.availability import TORCHAO, require_package
 from tune.recipes.common.section_checks import check_adapter_dir, check_checkpoint_dir
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def _check_paths(cfg: QuantizeConfig, c: Checks) -> None:
 
 
 def _check_scheme(cfg: QuantizeConfig, c: Checks) -> None:
+    if not require_package(c, "quantization.scheme", TORCHAO, "quantization"):
+        return
     from tune.quant import SCHEMES, UnsupportedSchemeError, check_scheme_supported
 
     scheme = cfg.quantization.scheme

@@ -8,6 +8,7 @@ from tune.recipes.common.config_sections import (
     DataConfig,
     EvalConfig,
     QuantScheme,
+    TrainedModelConfig,
     TrainingConfig,
     TrainingRecipeConfig,
 )
@@ -31,6 +32,7 @@ class SFTConfig(TrainingRecipeConfig):
     """Supervised fine-tuning: everything one run needs.
 
     Args:
+        model: the checkpoint and its implementation.
         data: the data.
         training: the optimisation.
         eval: validation loss.
@@ -38,6 +40,7 @@ class SFTConfig(TrainingRecipeConfig):
     """
 
     recipe: str = "sft"
+    model: TrainedModelConfig
     data: DataConfig
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tune.dist import seed_everything
-from tune.quant import prepare_qat
 from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
-from tune.recipes.common.qat_outputs import write_quantized_output
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import Runtime
 from tune.recipes.common.token_data import token_data
@@ -46,9 +44,14 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
 
     # ---- model, adapters, quantization-aware training, parallel layout ----------------------
     base_dir = Path(cfg.model.checkpoint_dir)
-    ckpt, lora = load_for_method(base_dir, t.method, t.lora, dtype=rt.dtype, device=rt.device)
+    ckpt, lora = load_for_method(
+        base_dir, t.method, t.lora, dtype=rt.dtype, device=rt.device,
+        implementation=cfg.model.implementation,
+    )  # fmt: skip
     model = ckpt.model
     if cfg.qat.scheme is not None:  # after the adapters, which replace the linear layers
+        from tune.quant import prepare_qat  # torchao: imported only for a QAT run
+
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
     dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
     parallelize_models(
@@ -64,7 +67,8 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         extra={"tokens_seen": 0},
     )  # fmt: skip
     driver, accum = run.driver, t.gradient_accumulation_steps(dp.size)
-    fused = t.fused_ce and not dp.distributed  # a sharded output weight needs plain CE
+    # A sharded output weight needs plain CE; so does an HF head (it may scale its logits).
+    fused = t.fused_ce and not dp.distributed and ckpt.implementation == "native"
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
 
     # ---- one optimizer step: token-normalised accumulation over micro-batches ----------------
@@ -94,6 +98,8 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         "val_loss": val["val_loss"] if val else None,
     })  # fmt: skip
     if cfg.qat.scheme is not None and not result.stopped:  # last: replaces the float weights
+        from tune.recipes.common.qat_outputs import write_quantized_output
+
         summary.update(
             write_quantized_output(
                 Path(cfg.checkpointing.output_dir), model, ckpt, base_dir, scheme=cfg.qat.scheme,

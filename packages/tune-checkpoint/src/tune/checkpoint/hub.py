@@ -56,7 +56,8 @@ def download_snapshot(
         local_dir: the directory to fill (created).
         revision: branch, tag or commit (default: the main branch).
         token: access token (default: ``HF_TOKEN`` or the cached login).
-        ignore_patterns, allow_patterns: file globs to skip / to keep only (None: no filter).
+        ignore_patterns: file globs to skip (None: no filter).
+        allow_patterns: file globs to keep only (None: no filter).
 
     Returns:
         The local directory.

@@ -48,7 +48,8 @@ def save_resolved_config(
     Args:
         config: a config dataclass instance or a plain tree.
         path: the file to write (parents are created).
-        redact, drop_keys: as in ``config_to_yaml``.
+        redact: as in ``config_to_yaml``.
+        drop_keys: as in ``config_to_yaml``.
 
     Returns:
         The path written.

@@ -293,7 +293,8 @@ def check_vocab_fits(
     Args:
         tokenizer_vocab_size: the tokenizer's ids, added tokens included (``Tokenizer.vocab_size``).
         model_vocab_size: rows of the model's embedding (``vocab_size`` of its ``config.json``).
-        tokenizer_dir, checkpoint_dir: where each came from, named in the error.
+        tokenizer_dir: where the tokenizer came from, named in the error.
+        checkpoint_dir: where the model came from, named in the error.
 
     Raises:
         ValueError: the tokenizer has more ids than the embedding has rows.

@@ -190,7 +190,8 @@ def rollout_throughput(
     Args:
         trained: [N, T] bool, the non-padding tokens of the rollout batch.
         completion_tokens: [N] completion lengths.
-        generation_s, training_s: this rank's wall time sampling and updating.
+        generation_s: this rank's wall time sampling.
+        training_s: this rank's wall time updating.
         updates: optimizer steps taken on the batch.
     """
     counts = torch.tensor([float(trained.sum()), float(completion_tokens.sum())])

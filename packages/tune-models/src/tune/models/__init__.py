@@ -35,6 +35,14 @@ from tune.models.kv_cache import KVCache, cache_length, setup_kv_cache, teardown
 from tune.models.llama import LlamaConfig
 from tune.models.mistral import MistralConfig
 from tune.models.mlp import GatedMLP
+from tune.models.moe import (
+    GroupedExperts,
+    MoEFeedForward,
+    RouterStats,
+    load_balancing_loss,
+    moe_experts_reference,
+    router_z_loss,
+)
 from tune.models.named_sizes import build_named_size, named_size_config, named_sizes
 from tune.models.param_count import param_count
 from tune.models.phi3 import Phi3Config
@@ -72,10 +80,12 @@ __all__ = [
     "GatedMLP",
     "Gemma2Config",
     "Gemma3TextConfig",
+    "GroupedExperts",
     "KVCache",
     "KeyMap",
     "LlamaConfig",
     "MistralConfig",
+    "MoEFeedForward",
     "ModelFamily",
     "Phi3Config",
     "Qwen2Config",
@@ -83,6 +93,7 @@ __all__ = [
     "RMSNorm",
     "RopeSpec",
     "RotaryEmbedding",
+    "RouterStats",
     "StopRules",
     "Transformer",
     "TransformerBlock",
@@ -107,8 +118,10 @@ __all__ = [
     "generate",
     "hf_to_native_key",
     "layer_windows",
+    "load_balancing_loss",
     "load_hf_config",
     "model_from_checkpoint_dir",
+    "moe_experts_reference",
     "named_size_config",
     "named_sizes",
     "native_support_problem",
@@ -117,6 +130,7 @@ __all__ = [
     "register_family",
     "resolve_config",
     "resolve_implementation",
+    "router_z_loss",
     "sample_next_token",
     "setup_kv_cache",
     "softcapped_attention",

@@ -1,0 +1,340 @@
+"""Mixture-of-experts feed-forward block with stacked experts and capacity-free dispatch.
+
+Each token is scored against ``E`` experts by a linear router, the ``k`` best experts are
+selected, and the token's output is the weighted sum of those experts' gated MLPs (plus an
+optional shared expert that sees every token)::
+
+    logits  = router(x)                                  # [N, E]
+    scores  = softmax(logits) | sigmoid(logits)          # [N, E], float32
+    chosen  = topk(scores + routing_bias, k)             # [N, k]; the bias only steers selection
+    w       = scores[chosen]  (/ sum(w) if normalised) * routed_scale
+    y       = sum_j w_j * expert_{chosen_j}(x) (+ [sigmoid(gate(x)) *] shared_expert(x))
+
+Expert weights are stacked 3-D parameters, ``[E, out, in]`` like ``nn.Linear``:
+``experts.gate_up_proj`` [E, 2 * hidden_dim, dim] holds the gate rows first, then the up rows
+(one matmul per expert instead of two, the layout transformers 5 keeps for Qwen3-MoE, Qwen2-MoE,
+Mixtral and OLMoE), and ``experts.down_proj`` [E, dim, hidden_dim].
+
+Dispatch is capacity-free (no token is dropped): the ``N * k`` (token, expert) pairs are sorted
+by expert so every expert reads one contiguous slice. That slice runs through
+``torch._grouped_mm`` on CUDA (bf16, 16-byte aligned widths) or a loop over the slices elsewhere;
+``implementation="loop"`` is an independent per-expert reference kept for tests.
+
+``block(x)`` returns the output; the router statistics of that call (for load-balancing losses
+and expert-load metrics) are on ``block.router_stats`` until the next call, or returned directly
+by ``block.forward_with_stats(x)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune.models.mlp import ACTIVATIONS
+
+ExpertsImplementation = Literal["auto", "grouped_mm", "sorted", "loop"]
+_IMPLEMENTATIONS = ("auto", "grouped_mm", "sorted", "loop")
+_SCORE_FUNCS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class RouterStats:
+    """What the router decided for one forward call (``N`` = tokens, ``E`` = experts).
+
+    Attributes:
+        logits: [N, E] router logits, in the input dtype, with gradient.
+        scores: [N, E] float32 softmax or sigmoid of ``logits`` (the routing bias not added).
+        selected_experts: [N, k] int64 expert index of each token's chosen slots.
+        tokens_per_expert: [E] int64 number of (token, slot) pairs routed to each expert.
+    """
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    selected_experts: torch.Tensor
+    tokens_per_expert: torch.Tensor
+
+
+def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor, hidden_dim: int) -> bool:
+    # The CUDA kernel wants bf16 operands of one dtype (autocast does not cast them) and rows
+    # whose strides are multiples of 16 bytes.
+    return (
+        hasattr(torch, "_grouped_mm")
+        and x.is_cuda
+        and x.dtype == weight.dtype == torch.bfloat16
+        and x.shape[-1] % 8 == 0
+        and hidden_dim % 8 == 0
+    )
+
+
+def moe_experts_reference(
+    x: torch.Tensor,
+    selected_experts: torch.Tensor,
+    weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    act: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Per-expert loop (reference): each expert gathers its tokens by mask and adds its output.
+
+    Args:
+        x: [N, dim] tokens.
+        selected_experts: [N, k] expert indices.
+        weights: [N, k] routing weights of those experts.
+        gate_up_proj: [E, 2 * hidden_dim, dim] stacked gate and up rows.
+        down_proj: [E, dim, hidden_dim].
+        act: the gate activation.
+
+    Returns:
+        [N, dim] the weighted sum of the selected experts' outputs.
+    """
+    out = torch.zeros_like(x)
+    for expert in range(gate_up_proj.shape[0]):
+        token_idx, slot = torch.where(selected_experts == expert)  # [n_e], [n_e]
+        gate, up = F.linear(x[token_idx], gate_up_proj[expert]).chunk(2, dim=-1)
+        y = F.linear(act(gate) * up, down_proj[expert])  # [n_e, dim]
+        out = out.index_add(0, token_idx, y * weights[token_idx, slot, None])
+    return out
+
+
+class GroupedExperts(nn.Module):
+    """``E`` gated MLPs stored stacked, applied to tokens grouped by expert.
+
+    Args:
+        dim: model width.
+        hidden_dim: width of each expert's gated hidden layer.
+        num_experts: number of experts ``E``.
+        activation: one of ``tune.models.mlp.ACTIVATIONS``.
+        implementation: "auto" (``grouped_mm`` where usable, else ``sorted``), "grouped_mm"
+            (``torch._grouped_mm`` on the sorted tokens), "sorted" (a loop over the sorted
+            slices) or "loop" (``moe_experts_reference``). All give the same results.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        activation: str = "silu",
+        implementation: ExpertsImplementation = "auto",
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unsupported expert activation {activation!r}; supported: {sorted(ACTIVATIONS)}"
+            )
+        if implementation not in _IMPLEMENTATIONS:
+            raise ValueError(
+                f"unsupported experts implementation {implementation!r}; "
+                f"expected one of {_IMPLEMENTATIONS}"
+            )
+        self.dim, self.hidden_dim, self.num_experts = dim, hidden_dim, num_experts
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+        self.implementation: ExpertsImplementation = implementation
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * hidden_dim, dim))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random init: normal(0, std) expert weights."""
+        nn.init.normal_(self.gate_up_proj, mean=0.0, std=std)
+        nn.init.normal_(self.down_proj, mean=0.0, std=std)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        selected_experts: torch.Tensor,
+        weights: torch.Tensor,
+        tokens_per_expert: torch.Tensor,
+    ) -> torch.Tensor:
+        """Weighted sum of the selected experts' outputs.
+
+        Args:
+            x: [N, dim] tokens.
+            selected_experts: [N, k] int64 expert indices.
+            weights: [N, k] routing weights, in the dtype of ``x``.
+            tokens_per_expert: [E] int64 counts of ``selected_experts`` per expert.
+
+        Returns:
+            [N, dim].
+        """
+        impl = self.implementation
+        if impl == "loop":
+            return moe_experts_reference(
+                x, selected_experts, weights, self.gate_up_proj, self.down_proj, self._act
+            )
+        if impl == "auto":
+            usable = _grouped_mm_usable(x, self.gate_up_proj, self.hidden_dim)
+            impl = "grouped_mm" if usable else "sorted"
+        n, k = selected_experts.shape
+        # Stable sort keeps each expert's tokens in token order (deterministic results).
+        order = torch.argsort(selected_experts.reshape(-1), stable=True)  # [N*k]
+        x_sorted = x[order // k]  # [N*k, dim], grouped by expert
+        if impl == "grouped_mm":
+            y_sorted = self._grouped_mm(x_sorted, tokens_per_expert)
+        else:
+            y_sorted = self._sorted_loop(x_sorted, tokens_per_expert)
+        # Unsort into [N, k, dim] and reduce over k: no atomics, unlike index_add on CUDA.
+        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, -1)
+        return (y * weights.unsqueeze(-1)).sum(dim=1)
+
+    def _grouped_mm(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+        offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)  # [E] end of each group
+        h = torch._grouped_mm(x_sorted, self.gate_up_proj.transpose(-2, -1), offs=offsets)
+        gate, up = h.chunk(2, dim=-1)  # [N*k, hidden_dim] each
+        return torch._grouped_mm(
+            self._act(gate) * up, self.down_proj.transpose(-2, -1), offs=offsets
+        )
+
+    def _sorted_loop(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+        counts = tokens_per_expert.tolist()  # one host sync; the grouped_mm path has none
+        outputs = []
+        for expert, chunk in enumerate(torch.split(x_sorted, counts)):
+            if counts[expert] == 0:
+                continue
+            gate, up = F.linear(chunk, self.gate_up_proj[expert]).chunk(2, dim=-1)
+            outputs.append(F.linear(self._act(gate) * up, self.down_proj[expert]))
+        if not outputs:
+            return x_sorted.new_zeros(0, self.dim)
+        return torch.cat(outputs)
+
+
+class MoEFeedForward(nn.Module):
+    """Routed mixture of gated-MLP experts, with an optional shared expert.
+
+    Module names (state-dict keys): ``router.weight`` [E, dim], ``experts.gate_up_proj``
+    [E, 2 * hidden_dim, dim], ``experts.down_proj`` [E, dim, hidden_dim], ``shared_expert.*``
+    (the module given), ``shared_expert_gate.weight`` [1, dim] and the buffer ``routing_bias`` [E].
+
+    Args:
+        dim: model width.
+        hidden_dim: width of each routed expert's gated hidden layer.
+        num_experts: number of routed experts ``E``.
+        top_k: experts per token ``k`` (1 <= k <= E).
+        score_func: "softmax" (Qwen-MoE, Mixtral, OLMoE) or "sigmoid" (DeepSeek-V3) router scores.
+        norm_topk_prob: divide the ``k`` chosen scores by their sum.
+        routed_scale: factor on the routed weights (DeepSeek-V3's ``routed_scaling_factor``).
+        routing_bias: keep a per-expert bias buffer ``routing_bias`` [E] (zeros) that is added to
+            the scores for the choice of experts only, not to their weights (DeepSeek-V3's
+            auxiliary-loss-free balancing; it is updated from outside, not by gradients).
+        shared_expert: a module ``[N, dim] -> [N, dim]`` (e.g. ``GatedMLP``) applied to every token
+            and added to the routed output.
+        shared_expert_gate: scale the shared expert by ``sigmoid(Linear(dim, 1)(x))`` (Qwen2-MoE).
+        activation: expert gate activation, one of ``tune.models.mlp.ACTIVATIONS``.
+        implementation: how the experts run, see ``GroupedExperts``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        score_func: Literal["softmax", "sigmoid"] = "softmax",
+        norm_topk_prob: bool = True,
+        routed_scale: float = 1.0,
+        routing_bias: bool = False,
+        shared_expert: nn.Module | None = None,
+        shared_expert_gate: bool = False,
+        activation: str = "silu",
+        implementation: ExpertsImplementation = "auto",
+    ):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"MoE top_k={top_k} must be in [1, num_experts={num_experts}]")
+        if score_func not in _SCORE_FUNCS:
+            raise ValueError(
+                f"unsupported MoE score_func {score_func!r}; expected one of {_SCORE_FUNCS}"
+            )
+        if shared_expert_gate and shared_expert is None:
+            raise ValueError("MoE shared_expert_gate=True needs a shared_expert module")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.score_func = score_func
+        self.norm_topk_prob = norm_topk_prob
+        self.routed_scale = routed_scale
+        self.router = nn.Linear(dim, num_experts, bias=False)
+        self.experts = GroupedExperts(dim, hidden_dim, num_experts, activation, implementation)
+        self.shared_expert = shared_expert
+        self.shared_expert_gate = nn.Linear(dim, 1, bias=False) if shared_expert_gate else None
+        self.routing_bias: torch.Tensor | None
+        if routing_bias:
+            self.register_buffer("routing_bias", torch.zeros(num_experts, dtype=torch.float32))
+        else:
+            self.routing_bias = None
+        self.router_stats: RouterStats | None = None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+        """Choose experts for ``x`` [N, dim]; returns weights [N, k] (float32) and the stats."""
+        logits = self.router(x)  # [N, E]
+        if self.score_func == "softmax":
+            scores = torch.softmax(logits.float(), dim=-1)
+        else:
+            scores = torch.sigmoid(logits.float())
+        choose_by = scores if self.routing_bias is None else scores + self.routing_bias
+        selected = torch.topk(choose_by, self.top_k, dim=-1).indices  # [N, k]
+        weights = scores.gather(-1, selected)  # [N, k]
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.routed_scale != 1.0:
+            weights = weights * self.routed_scale
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
+        counts = counts.scatter_add(0, selected.reshape(-1), torch.ones_like(selected.reshape(-1)))
+        return weights, RouterStats(logits, scores, selected, counts)
+
+    def forward_with_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+        """``x`` [B, T, dim] -> (output [B, T, dim], router stats over the B * T tokens)."""
+        batch, seq, dim = x.shape
+        flat = x.reshape(-1, dim)  # [N, dim]
+        weights, stats = self.route(flat)
+        out = self.experts(
+            flat, stats.selected_experts, weights.to(x.dtype), stats.tokens_per_expert
+        )
+        if self.shared_expert is not None:
+            shared = self.shared_expert(flat)  # [N, dim]
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(flat)) * shared
+            out = out + shared
+        return out.view(batch, seq, dim), stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, T, dim] -> [B, T, dim]; keeps this call's stats on ``self.router_stats``."""
+        out, self.router_stats = self.forward_with_stats(x)
+        return out
+
+
+def load_balancing_loss(
+    scores: torch.Tensor, selected_experts: torch.Tensor, num_experts: int
+) -> torch.Tensor:
+    """Switch/Mixtral load-balancing loss ``E * sum_i f_i * P_i`` (a scalar).
+
+    ``f_i`` = fraction of tokens that chose expert ``i`` among their ``k`` slots (count_i / N, so
+    ``sum_i f_i = k``), ``P_i`` = mean router probability of expert ``i`` over the tokens. A
+    perfectly uniform router gives ``k``. For one layer and no attention mask this equals
+    transformers' ``load_balancing_loss_func`` (Mixtral, Qwen-MoE).
+
+    Args:
+        scores: [N, E] router probabilities (``RouterStats.scores``).
+        selected_experts: [N, k] chosen experts (``RouterStats.selected_experts``).
+        num_experts: ``E``.
+    """
+    n = selected_experts.shape[0]
+    counts = torch.zeros(num_experts, dtype=scores.dtype, device=scores.device)
+    counts = counts.scatter_add(
+        0,
+        selected_experts.reshape(-1),
+        torch.ones_like(selected_experts.reshape(-1), dtype=scores.dtype),
+    )
+    fraction = counts / n  # [E], no gradient (selection is discrete)
+    return num_experts * (fraction * scores.mean(dim=0)).sum()
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Router z-loss ``mean_n(logsumexp_i(logits[n, i]) ** 2)`` (ST-MoE); ``logits`` [N, E]."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()

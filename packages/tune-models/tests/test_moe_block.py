@@ -1,0 +1,227 @@
+"""MoE block: grouped dispatch equals the per-expert loop (values and grads), parity with transformers."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tune.models import GatedMLP, MoEFeedForward, load_balancing_loss, router_z_loss
+
+DIM, HIDDEN, EXPERTS, TOP_K = 16, 8, 4, 2
+
+
+def _block(score_func: str, norm: bool, shared: str, bias: bool) -> MoEFeedForward:
+    torch.manual_seed(0)
+    block = MoEFeedForward(
+        DIM,
+        HIDDEN,
+        EXPERTS,
+        TOP_K,
+        score_func=score_func,  # type: ignore[arg-type]
+        norm_topk_prob=norm,
+        routed_scale=2.5 if score_func == "sigmoid" else 1.0,
+        routing_bias=bias,
+        shared_expert=GatedMLP(DIM, 12) if shared != "none" else None,
+        shared_expert_gate=shared == "gated",
+    )
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+        if block.routing_bias is not None:
+            block.routing_bias.normal_(0.0, 0.3)
+    return block
+
+
+def _run(block: MoEFeedForward, x: torch.Tensor, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = block(x)
+    out.backward(grad_out)
+    grads = {name: p.grad for name, p in block.named_parameters()}
+    return {"out": out.detach(), "x.grad": x.grad, **{f"{n}.grad": g for n, g in grads.items()}}
+
+
+def _max_diffs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
+    assert a.keys() == b.keys()
+    return {k: (a[k] - b[k]).abs().max().item() for k in a}
+
+
+@pytest.mark.parametrize(
+    ("score_func", "norm", "shared", "bias"),
+    list(
+        itertools.product(
+            ["softmax", "sigmoid"], [True, False], ["none", "plain", "gated"], [False, True]
+        )
+    ),
+)
+def test_sorted_dispatch_equals_per_expert_loop(score_func, norm, shared, bias):
+    block = _block(score_func, norm, shared, bias)
+    x = torch.randn(3, 7, DIM)
+    grad_out = torch.randn(3, 7, DIM)
+    sorted_block, loop_block = copy.deepcopy(block), copy.deepcopy(block)
+    sorted_block.experts.implementation = "sorted"
+    loop_block.experts.implementation = "loop"
+    got, want = _run(sorted_block, x, grad_out), _run(loop_block, x, grad_out)
+    # every parameter got a gradient, including each expert that was chosen at least once
+    assert all(g is not None for g in got.values())
+    diffs = _max_diffs(got, want)
+    assert max(diffs.values()) <= 1e-5, diffs
+    stats = sorted_block.router_stats
+    assert stats is not None
+    assert stats.selected_experts.shape == (21, TOP_K)
+    assert stats.scores.shape == stats.logits.shape == (21, EXPERTS)
+    assert torch.equal(
+        stats.tokens_per_expert, torch.bincount(stats.selected_experts.flatten(), minlength=EXPERTS)
+    )
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch has no _grouped_mm")
+def test_grouped_mm_path_equals_per_expert_loop():
+    block = _block("softmax", True, "none", False)
+    x, grad_out = torch.randn(2, 5, DIM), torch.randn(2, 5, DIM)
+    grouped_block, loop_block = copy.deepcopy(block), copy.deepcopy(block)
+    grouped_block.experts.implementation = "grouped_mm"
+    loop_block.experts.implementation = "loop"
+    try:
+        got = _run(grouped_block, x, grad_out)
+    except RuntimeError as error:  # the CPU kernel is not in every torch build
+        pytest.skip(f"torch._grouped_mm unavailable on CPU: {error}")
+    diffs = _max_diffs(got, _run(loop_block, x, grad_out))
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+def test_routing_bias_steers_selection_not_weights():
+    block = _block("sigmoid", False, "none", True)
+    block.routed_scale = 1.0
+    assert block.routing_bias is not None
+    block.routing_bias.zero_()
+    block.routing_bias[3] = 100.0
+    block.routing_bias[1] = 50.0
+    _, stats = block.forward_with_stats(torch.randn(1, 6, DIM))
+    assert stats.selected_experts.tolist() == [[3, 1]] * 6
+    weights, _ = block.route(torch.randn(4, DIM))
+    assert torch.all(weights < 1.0)  # sigmoid scores, not score + bias
+    assert stats.tokens_per_expert.tolist() == [0, 6, 0, 6]
+    assert "routing_bias" in block.state_dict()
+    assert "routing_bias" not in dict(block.named_parameters())
+
+
+def test_module_names_are_stable():
+    keys = set(_block("softmax", True, "gated", True).state_dict())
+    assert keys == {
+        "router.weight",
+        "experts.gate_up_proj",
+        "experts.down_proj",
+        "shared_expert.gate_proj.weight",
+        "shared_expert.up_proj.weight",
+        "shared_expert.down_proj.weight",
+        "shared_expert_gate.weight",
+        "routing_bias",
+    }
+    block = _block("softmax", True, "none", False)
+    assert block.experts.gate_up_proj.shape == (EXPERTS, 2 * HIDDEN, DIM)
+    assert block.experts.down_proj.shape == (EXPERTS, DIM, HIDDEN)
+
+
+def test_bad_arguments_name_the_value():
+    with pytest.raises(ValueError, match="top_k=5"):
+        MoEFeedForward(DIM, HIDDEN, EXPERTS, 5)
+    with pytest.raises(ValueError, match="'tanh'"):
+        MoEFeedForward(DIM, HIDDEN, EXPERTS, 2, score_func="tanh")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shared_expert_gate"):
+        MoEFeedForward(DIM, HIDDEN, EXPERTS, 2, shared_expert_gate=True)
+
+
+def _hf_block(family: str, norm: bool) -> tuple[nn.Module, MoEFeedForward]:
+    """A transformers sparse MoE block with random weights and ours holding the same weights."""
+    common: dict[str, Any] = {
+        "hidden_size": DIM,
+        "num_experts_per_tok": TOP_K,
+        "hidden_act": "silu",
+    }
+    config: Any
+    shared = None
+    if family == "qwen3_moe":
+        from transformers.models.qwen3_moe import modeling_qwen3_moe as m
+
+        config = m.Qwen3MoeConfig(
+            **common, moe_intermediate_size=HIDDEN, num_experts=EXPERTS, norm_topk_prob=norm
+        )
+        hf: nn.Module = m.Qwen3MoeSparseMoeBlock(config)
+    elif family == "qwen2_moe":
+        from transformers.models.qwen2_moe import modeling_qwen2_moe as m2
+
+        config = m2.Qwen2MoeConfig(
+            **common,
+            moe_intermediate_size=HIDDEN,
+            num_experts=EXPERTS,
+            norm_topk_prob=norm,
+            shared_expert_intermediate_size=12,
+        )
+        hf = m2.Qwen2MoeSparseMoeBlock(config)
+        shared = GatedMLP(DIM, 12)
+    else:
+        from transformers.models.mixtral import modeling_mixtral as m3
+
+        config = m3.MixtralConfig(**common, intermediate_size=HIDDEN, num_local_experts=EXPERTS)
+        hf = m3.MixtralSparseMoeBlock(config)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.5)
+    ours = MoEFeedForward(
+        DIM,
+        HIDDEN,
+        EXPERTS,
+        TOP_K,
+        norm_topk_prob=norm,
+        shared_expert=shared,
+        shared_expert_gate=shared is not None,
+    )
+    hf_state = hf.state_dict()
+    renamed = {("router.weight" if k == "gate.weight" else k): v for k, v in hf_state.items()}
+    ours.load_state_dict(renamed, strict=True)
+    return hf.eval(), ours.eval()
+
+
+@pytest.mark.parametrize(
+    ("family", "norm"),
+    [("qwen3_moe", True), ("qwen3_moe", False), ("qwen2_moe", False), ("mixtral", True)],
+)
+def test_parity_with_transformers_sparse_moe_block(family, norm):
+    hf, ours = _hf_block(family, norm)
+    x = torch.randn(2, 9, DIM)
+    want = hf(x)
+    if isinstance(want, tuple):
+        want = want[0]
+    for impl in ("sorted", "loop"):
+        ours.experts.implementation = impl  # type: ignore[assignment]
+        diff = (ours(x) - want).abs().max().item()
+        assert diff <= 1e-5, (impl, diff)
+
+
+def test_load_balancing_loss_matches_transformers():
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    torch.manual_seed(2)
+    logits = torch.randn(30, EXPERTS)
+    scores = torch.softmax(logits, dim=-1)
+    selected = torch.topk(scores, TOP_K, dim=-1).indices
+    want = load_balancing_loss_func((logits,), EXPERTS, TOP_K)
+    got = load_balancing_loss(scores, selected, EXPERTS)
+    assert abs(got.item() - float(want)) <= 1e-6
+    uniform = torch.full((EXPERTS, EXPERTS), 1.0 / EXPERTS)
+    balanced = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0]])
+    assert load_balancing_loss(uniform, balanced, EXPERTS).item() == pytest.approx(TOP_K)
+
+
+def test_router_z_loss_value():
+    assert router_z_loss(torch.zeros(5, EXPERTS)).item() == pytest.approx(
+        torch.log(torch.tensor(float(EXPERTS))).item() ** 2
+    )
+    logits = torch.tensor([[0.0, 10.0, 0.0, 0.0]])
+    assert router_z_loss(logits).item() == pytest.approx((10.0 + 3 * 4.5399e-5) ** 2, rel=1e-4)

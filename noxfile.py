@@ -285,6 +285,44 @@ def _torchtune_venv(session: nox.Session) -> Path:
     return python
 
 
+# `nox -s gpu` must finish in this many seconds on one H100 (tests and benchmarks, not installs).
+GPU_BUDGET_S = 480
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """Every `gpu`-marked test, then the GPU benchmarks (benchmarks/gpu/), in one call.
+
+    Everything is installed together, as for `integration`. Without CUDA the session passes: the
+    tests skip themselves and each benchmark prints one SKIP line.
+    """
+    wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
+    _install(
+        session,
+        *[f"{w}[test]" for n, w in wheels.items() if n not in ("all", "recipes")],
+        f"{wheels['recipes']}[test]",
+        wheels["all"],
+        TESTING_DIR,
+    )
+    probe = "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    device = str(session.run("python", "-c", probe, silent=True) or "").strip()
+    session.log(f"CUDA device: {device}" if device else "SKIP: no CUDA device; gpu tests skip")
+    start = time.perf_counter()
+    test_dirs = [str(PACKAGE_DIRS[name] / "tests") for name in TESTED_PACKAGES]
+    # exit code 5: no test was collected (none marked gpu in these directories)
+    session.run(
+        "python", "-m", "pytest", *test_dirs, str(ROOT / "integration_tests"),
+        "-p", "no:cacheprovider", "-m", "gpu", "-q", *session.posargs,
+        env=RUN_ENV, success_codes=[0, 5],
+    )  # fmt: skip
+    for script in sorted((ROOT / "benchmarks" / "gpu").glob("bench_*.py")):
+        session.run("python", str(script), env=RUN_ENV)
+    elapsed = time.perf_counter() - start
+    session.log(f"gpu tests and benchmarks: {elapsed:.0f} s (budget {GPU_BUDGET_S} s)")
+    if device and elapsed > GPU_BUDGET_S:
+        session.error(f"gpu session took {elapsed:.0f} s > its {GPU_BUDGET_S} s budget")
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Throughput and memory benchmarks (ratios, not pass/fail); results land in bench_results/."""

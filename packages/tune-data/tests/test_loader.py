@@ -106,6 +106,19 @@ def test_ranks_share_the_data_and_every_epoch_covers_every_row(
     assert _drain([other_seed], doc_of)[0] != first
 
 
+@pytest.mark.parametrize("packing", ["best_fit", "greedy"])
+def test_packed_padding_mask_leaves_exactly_the_rows_tokens(
+    corpus, chatml_tokenizer, doc_of, packing
+) -> None:
+    _, (batches,) = _drain([_loader(corpus, chatml_tokenizer, 0, 1, packing=packing)], doc_of)
+    real = sum(int((~b["padding_mask"]).sum()) for b in batches)
+    assert real == sum(len(tokens) for tokens in doc_of)  # every row once, no padding
+    assert real < sum(b["tokens"].numel() for b in batches)  # the packs do have padding
+    for b in batches:  # the padding is the tail: the last document of a row that is not full
+        last = b["document_ids"] == b["document_ids"].amax(1, keepdim=True)
+        assert not (b["padding_mask"] & ~last).any()
+
+
 @pytest.mark.parametrize("packing", [None, "best_fit", "greedy"])
 def test_resume_at_the_same_world_size_is_bit_identical(
     corpus, chatml_tokenizer, doc_of, packing

@@ -85,6 +85,11 @@ def test_positions_restart_and_document_ids() -> None:
     assert batch["labels"].tolist() == [[2, 3, -100, 5, -100, -100, -100, -100]]
     assert batch["positions"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
     assert batch["document_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    assert batch["padding_mask"].tolist() == [[False] * 5 + [True] * 3]
+    full = collate_packed(
+        [pack, concat_documents([{"tokens": [1] * 8, "labels": [-100] * 8}])], 8, 0
+    )
+    assert (~full["padding_mask"]).sum(1).tolist() == [5, 8]  # a full row has no padding
 
 
 def test_pack_stream_keeps_every_sample_once() -> None:

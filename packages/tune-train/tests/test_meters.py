@@ -10,6 +10,7 @@ import torch
 
 from tune.train import (
     ThroughputMeter,
+    count_batch_tokens,
     count_nonpadding_tokens,
     model_flops_utilization,
     transformer_flops_per_token,
@@ -46,6 +47,23 @@ def test_nonpadding_tokens_and_mfu_arguments() -> None:
         count_nonpadding_tokens(tokens, mask[:, :4])
     with pytest.raises(ValueError, match="peak_flops_per_second"):
         model_flops_utilization(1.0, 1.0, 0.0)
+
+
+def test_packed_batch_counts_only_real_tokens() -> None:
+    # Two packed rows of T=6: 4 and 5 real tokens, then tail padding (a document of its own).
+    tokens = torch.ones(2, 6, dtype=torch.long)
+    padding = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert count_nonpadding_tokens(tokens, padding_mask=padding) == 9
+    batch = {"tokens": tokens, "document_ids": torch.zeros(2, 6), "padding_mask": padding}
+    assert count_batch_tokens(batch) == 9
+    assert count_batch_tokens({"tokens": tokens}) == 12  # padding-free rows: all real
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    assert count_batch_tokens({"tokens": tokens, "attention_mask": mask}) == 9
+    assert count_nonpadding_tokens(tokens, mask, padding_mask=padding) == 7  # both apply
+    with pytest.raises(ValueError, match="padding_mask"):
+        count_nonpadding_tokens(tokens, padding_mask=padding[:, :4])
+    with pytest.raises(ValueError, match="no 'tokens'"):
+        count_batch_tokens({"padding_mask": padding})
 
 
 PEAK_SCRIPT = """

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from tune.data import collate_packed, collate_padded, concat_documents, remove_padding
 from tune.data import padding_free as padding_free_module
-from tune.data import remove_padding
 from tune.recipes.cli import main
+from tune.recipes.common.token_data import TokenData
 from tune.train.loggers import read_jsonl_metrics
 from tune_testing import TinyAssets, tiny_overrides
 
@@ -48,3 +50,22 @@ def test_sft_padding_free_losses_equal_padded_losses(
         steps = sorted(padded[key])
         got, want = [flat[key][s] for s in steps], [padded[key][s] for s in steps]
         assert got == pytest.approx(want, rel=1e-5, abs=0), key
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded", "padding_free"])
+def test_throughput_counts_only_the_samples_tokens(layout: str) -> None:
+    lengths = [5, 9, 3, 12, 7]
+    samples = [{"tokens": [1] * n, "labels": [-100] * n} for n in lengths]
+    if layout == "packed":  # two rows of 32: 5+9+3 and 12+7, the rest is tail padding
+        batches = [collate_packed([concat_documents(samples[:3]), concat_documents(samples[3:])],
+                                  32, pad_id=0)]  # fmt: skip
+    else:  # two micro-batches, padded to a multiple of 8 (or laid flat)
+        batches = [collate_padded(samples[:3], 0), collate_padded(samples[3:], 0)]
+    data = TokenData(
+        loader=batches, total_steps=1, has_validation=False, _val=None, _builder=None, _args={},
+        _padding_free=layout == "padding_free", _device=torch.device("cpu"),
+        _max_eval_batches=None,
+    )  # fmt: skip
+    mbs, tokens = data.next_micro_batches(len(batches))
+    assert tokens == sum(lengths) == 36
+    assert sum(mb["tokens"].numel() for mb in mbs) > 36 or layout == "padding_free"

@@ -7,18 +7,10 @@ import os
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from tune.checkpoint.dcp_safe_read import (
-    VerifiedMetadataReader,
-    WeightsOnlyLoadPlanner,
-    read_dcp_metadata,
-)
 from tune.checkpoint.errors import StateDictMismatchError, first_keys
 from tune.checkpoint.hf_checkpoint import HF_SIDE_FILES, write_hf_metadata
 from tune.checkpoint.key_map import KeyMap
@@ -33,6 +25,14 @@ from tune.checkpoint.safetensors_dir import (
 from tune.checkpoint.safetensors_file import write_safetensors_file
 from tune.checkpoint.write_aside import naming_file, written_aside
 
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    from tune.checkpoint.dcp_safe_read import WeightsOnlyLoadPlanner
+
+# torch.distributed.checkpoint (and the DTensor and sympy modules it pulls in) costs ~0.5 s to
+# import; it is imported by the functions that use it, so a single-device run never pays for it.
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +44,8 @@ def save_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) 
         state_dict: nested dict of tensors/DTensors and plain values, e.g.
             `{"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(...)}`.
     """
+    import torch.distributed.checkpoint as dcp
+
     dcp.save(state_dict, checkpoint_id=str(directory))
 
 
@@ -54,10 +56,14 @@ def read_sharded_metadata(
 
     `.metadata` is unpickled with an allow-list of DCP metadata classes (see `read_dcp_metadata`).
     """
+    from tune.checkpoint.dcp_safe_read import read_dcp_metadata
+
     return _tensor_shapes(read_dcp_metadata(str(directory)))
 
 
 def _tensor_shapes(metadata: Metadata) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     return {
         key: (tuple(item.size), item.properties.dtype)
         for key, item in metadata.state_dict_metadata.items()
@@ -78,6 +84,8 @@ def load_sharded(directory: str | os.PathLike[str], state_dict: dict[str, Any]) 
         StateDictMismatchError: a key of the template is not in the checkpoint, or its global shape
             differs (names the directory and the first keys).
     """
+    from tune.checkpoint.dcp_safe_read import WeightsOnlyLoadPlanner, read_dcp_metadata
+
     metadata = read_dcp_metadata(str(directory))
     saved = _tensor_shapes(metadata)
     flat = _flatten(state_dict)
@@ -105,6 +113,11 @@ def _safe_dcp_load(
     no_dist: bool = False,
 ) -> None:
     """`dcp.load` through the verified metadata; a refused pickle is raised as itself."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import CheckpointException
+
+    from tune.checkpoint.dcp_safe_read import VerifiedMetadataReader
+
     try:
         dcp.load(
             state_dict,
@@ -165,6 +178,8 @@ def export_dcp_to_hf(
         CheckpointWriteError: an OSError while writing; `out_dir` is written aside and renamed
             into place, so the previous one (if any) is left as it was.
     """
+    from tune.checkpoint.dcp_safe_read import WeightsOnlyLoadPlanner, read_dcp_metadata
+
     out = Path(out_dir)
     selected: dict[str, tuple[str, tuple[int, ...], torch.dtype]] = {}  # hf -> (dcp, shape, dtype)
     metadata = read_dcp_metadata(str(dcp_dir))

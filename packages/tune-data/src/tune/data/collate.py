@@ -51,18 +51,26 @@ def collate_packed(
 ) -> dict[str, torch.Tensor]:
     """Stack packed rows, each filled to `max_seq_len`.
 
+    The tail padding of a row is a document of its own (`pad_pack`), so the model needs no
+    `attention_mask`; `padding_mask` marks it for whoever counts real tokens (throughput meters).
+    It is not a model input: `tokens`, `positions` and `document_ids` alone describe the row.
+
     Args:
         packs: outputs of `concat_documents`.
         max_seq_len: the row length T.
         pad_id: token id for padding.
 
     Returns:
-        `tokens`, `labels`, `positions`, `document_ids`, each [B, T] int64.
+        `tokens`, `labels`, `positions`, `document_ids`, each [B, T] int64, and `padding_mask`
+        [B, T] bool (True on the tail padding).
     """
     if not packs:
         raise ValueError("cannot collate an empty batch")
     rows = [pad_pack(p, max_seq_len, pad_id) for p in packs]
-    return {key: torch.tensor([r[key] for r in rows], dtype=torch.long) for key in rows[0]}
+    batch = {key: torch.tensor([r[key] for r in rows], dtype=torch.long) for key in rows[0]}
+    real = torch.tensor([len(p["tokens"]) for p in packs], dtype=torch.long)  # (B,)
+    batch["padding_mask"] = torch.arange(max_seq_len).unsqueeze(0) >= real.unsqueeze(1)  # (B, T)
+    return batch
 
 
 def collate_preference(

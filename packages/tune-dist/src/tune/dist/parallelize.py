@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,10 +30,14 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from tune.dist.activation_checkpointing import apply_activation_checkpointing
 from tune.dist.activation_offloading import apply_activation_offloading
-from tune.dist.fsdp import apply_fsdp
 from tune.dist.mesh import TP, data_parallel_mesh
 from tune.dist.module_matching import ModuleMatch, describe, find_modules
-from tune.dist.tensor_parallel import TPPlan, apply_tp
+
+if TYPE_CHECKING:
+    from tune.dist.tensor_parallel import TPPlan
+
+# FSDP2 and TP import torch.distributed.tensor (~0.5 s with the sympy it pulls in): they are
+# imported by the steps that apply them, so a single-device run does not pay for them.
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ def _apply_tp(model: nn.Module, plan: ParallelPlan) -> bool:
         raise ValueError("ParallelPlan.tp_plan needs a mesh with a 'tp' dimension (build_mesh)")
     if _tp_size(plan) == 1:
         return False
+    from tune.dist.tensor_parallel import apply_tp
+
     apply_tp(model, plan.mesh[TP], plan.tp_plan)
     return True
 
@@ -122,6 +129,8 @@ def _apply_compile(model: nn.Module, plan: ParallelPlan) -> bool:
 def _apply_fsdp(model: nn.Module, plan: ParallelPlan) -> bool:
     if not plan.fsdp:
         return False
+    from tune.dist.fsdp import apply_fsdp
+
     apply_fsdp(
         model,
         None if plan.mesh is None else data_parallel_mesh(plan.mesh),

@@ -8,12 +8,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-)
+
+# torch.distributed.checkpoint costs ~0.5 s to import: its functions are imported where they are
+# called, so importing tune.dist (a single-device run does) does not pay for it.
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +36,16 @@ def gather_full_state_dict(
         {name: full CPU tensor} on rank 0, ``{}`` elsewhere. Collective: call on every rank.
     """
     if not _distributed():
-        keep = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else None
+        keep = (
+            {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else None
+        )
         return {
             name: tensor.detach().to("cpu", copy=True)
             for name, tensor in model.state_dict().items()
             if keep is None or name in keep
         }
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     options = StateDictOptions(
         full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
     )
@@ -72,6 +73,8 @@ def gather_full_optimizer_state_dict(
     model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """The full optimizer state dict keyed by parameter names, on rank 0 (``{}`` elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_optimizer_state_dict(model, optimizer, options=options)
 
@@ -114,5 +117,7 @@ def load_full_state_dict(
     # torch replaces the values of the dict it is given with the loaded shards: pass a copy so
     # the caller's full tensors stay as they were.
     full = dict(state_dict) if dist.get_rank() == 0 and state_dict is not None else {}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     set_model_state_dict(model, full, options=options)  # type: ignore[arg-type]

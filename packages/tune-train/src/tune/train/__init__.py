@@ -60,10 +60,12 @@ _EXPORTS = {
     ),
     "meters": (
         "ThroughputMeter",
+        "count_batch_tokens",
         "count_nonpadding_tokens",
         "model_flops_utilization",
         "peak_memory_bytes",
         "reset_peak_memory",
+        "seconds_since_process_start",
         "transformer_flops_per_token",
     ),
     "optimizers": ("build_optimizer", "build_schedule", "implementation_options"),
@@ -137,10 +139,12 @@ if TYPE_CHECKING:
     )
     from tune.train.meters import (
         ThroughputMeter,
+        count_batch_tokens,
         count_nonpadding_tokens,
         model_flops_utilization,
         peak_memory_bytes,
         reset_peak_memory,
+        seconds_since_process_start,
         transformer_flops_per_token,
     )
     from tune.train.optimizers import build_optimizer, build_schedule, implementation_options
@@ -198,6 +202,7 @@ __all__ = [
     "clip_grad_norm",
     "constant_schedule_with_warmup",
     "cosine_schedule_with_warmup",
+    "count_batch_tokens",
     "count_nonpadding_tokens",
     "count_trained_tokens",
     "cross_entropy",
@@ -229,6 +234,7 @@ __all__ = [
     "redact_text",
     "reference_free_dpo_loss",
     "reset_peak_memory",
+    "seconds_since_process_start",
     "sequence_logprobs",
     "sequence_logprobs_from_hidden",
     "simpo_loss",

@@ -2,29 +2,72 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 
-def count_nonpadding_tokens(tokens: Tensor, attention_mask: Tensor | None = None) -> int:
-    """Tokens the model actually processed: `attention_mask.sum()`, or all tokens without a mask.
+def count_nonpadding_tokens(
+    tokens: Tensor, attention_mask: Tensor | None = None, *, padding_mask: Tensor | None = None
+) -> int:
+    """Real tokens of a batch: neither padding of a padded batch nor the tail padding of a pack.
+
+    The batch contract (tune-data's collators follow it; any other loader may): a padded batch
+    carries `attention_mask` (1 real, 0 padding); a packed batch carries no attention mask (its
+    padding is a document of its own) but a `padding_mask` (True on padding). A batch with
+    neither (padding-free rows) is all real tokens.
 
     Args:
         tokens: [B, T] token ids.
-        attention_mask: [B, T] 1 for real tokens, 0 for padding (packed batches have none).
+        attention_mask: [B, T] 1 for real tokens, 0 for padding (padded batches).
+        padding_mask: [B, T] bool, True on padding (packed batches).
     """
-    if attention_mask is None:
-        return tokens.numel()
-    if attention_mask.shape != tokens.shape:
-        raise ValueError(
-            f"attention_mask {tuple(attention_mask.shape)} must match tokens {tuple(tokens.shape)}"
-        )
-    return int(attention_mask.sum())
+    for name, mask in (("attention_mask", attention_mask), ("padding_mask", padding_mask)):
+        if mask is not None and mask.shape != tokens.shape:
+            raise ValueError(f"{name} {tuple(mask.shape)} must match tokens {tuple(tokens.shape)}")
+    if attention_mask is not None:
+        real = attention_mask.bool()
+        if padding_mask is not None:
+            real = real & ~padding_mask.bool()
+        return int(real.sum())
+    if padding_mask is not None:
+        return tokens.numel() - int(padding_mask.bool().sum())
+    return tokens.numel()
+
+
+def count_batch_tokens(batch: Mapping[str, Tensor]) -> int:
+    """`count_nonpadding_tokens` of a batch dict: reads `tokens`, `attention_mask`, `padding_mask`.
+
+    Args:
+        batch: `tokens` [B, T] and optionally `attention_mask` / `padding_mask` [B, T].
+    """
+    if "tokens" not in batch:
+        raise ValueError(f"count_batch_tokens: the batch has no 'tokens' (keys: {sorted(batch)})")
+    return count_nonpadding_tokens(
+        batch["tokens"], batch.get("attention_mask"), padding_mask=batch.get("padding_mask")
+    )
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall-clock seconds since this process started (Linux `/proc`), or None where unknown.
+
+    Interpreter start-up and imports included: what a user waits between launching a command
+    and, say, its first training step.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22 (starttime, clock ticks after boot); the name in field 2 may hold spaces.
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def peak_memory_bytes(device: torch.device | str | None = None) -> int:

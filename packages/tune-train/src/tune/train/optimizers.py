@@ -11,11 +11,11 @@ factory), never a name: looking a name up is the caller's business.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -32,7 +32,11 @@ _KERNEL_DEVICES = ("cpu", "cuda")
 
 def _is_dense_float(param: torch.Tensor) -> bool:
     """A float tensor on CPU/CUDA, plain or an FSDP2/TP ``DTensor`` (no other subclass)."""
-    plain = type(param.data) is torch.Tensor or isinstance(param, DTensor)
+    # No DTensor exists unless torch.distributed.tensor was imported (~0.5 s, not paid here).
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    plain = type(param.data) is torch.Tensor or (
+        dtensor is not None and isinstance(param, dtensor.DTensor)
+    )
     return plain and param.is_floating_point() and param.device.type in _KERNEL_DEVICES
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ def load_pretrained(
     Args:
         implementation: ``native``, ``transformers`` or ``auto`` (``model.implementation``).
     """
+    start = time.perf_counter()
     ckpt = model_from_checkpoint_dir(
         checkpoint_dir, device="meta", dtype=dtype, implementation=implementation
     )
@@ -38,7 +40,7 @@ def load_pretrained(
         ckpt.model.load_state_dict(state, assign=True, strict=True)
     ckpt.model.init_buffers(device)
     millions = sum(p.numel() for p in ckpt.model.parameters()) / 1e6
-    logger.info("loaded %s (%s implementation, %s, %.1fM parameters) from %s",
+    logger.info("loaded %s (%s implementation, %s, %.1fM parameters) from %s in %.2f s",
                 ckpt.config.model_type, ckpt.implementation, dtype, millions,
-                checkpoint_dir)  # fmt: skip
+                checkpoint_dir, time.perf_counter() - start)  # fmt: skip
     return ckpt

@@ -19,7 +19,7 @@ from tune.data import (
     split_mixture,
     split_source,
 )
-from tune.train import count_nonpadding_tokens
+from tune.train import count_batch_tokens
 
 
 @dataclass
@@ -44,7 +44,8 @@ class TokenData:
     _batches: Iterator[Any] | None = None
 
     def next_micro_batches(self, count: int) -> tuple[list[dict[str, torch.Tensor]], int]:
-        """``count`` micro-batches on the device and their non-padding token count."""
+        """``count`` micro-batches on the device and their real token count (no padding, not even
+        a pack's tail)."""
         if self._batches is None:
             self._batches = iter(self.loader)
         mbs = [
@@ -52,7 +53,7 @@ class TokenData:
                                self._padding_free)
             for _ in range(count)
         ]  # fmt: skip
-        tokens = sum(count_nonpadding_tokens(mb["tokens"], mb.get("attention_mask")) for mb in mbs)
+        tokens = sum(count_batch_tokens(mb) for mb in mbs)
         return mbs, tokens
 
     def validation_batches(self) -> Any:

@@ -8,6 +8,7 @@ the HF / PEFT outputs. A recipe keeps its model and data setup and its step func
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,11 @@ from tune.recipes.common.outputs import write_final_outputs
 from tune.recipes.common.runtime import Runtime
 from tune.recipes.common.train_state import resume_run, save_training_state
 from tune.recipes.config import save_resolved_config
-from tune.train import GradientAccumulator, NonFiniteGuard
+from tune.train import GradientAccumulator, NonFiniteGuard, seconds_since_process_start
 from tune.train.driver import Cadence, RunResult, StepResult, TrainingDriver
 from tune.train.loggers import can_plot, plot_loss_curve
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,6 +180,9 @@ def drive(
     stopper = StopSignalHandler().install()
     driver.should_stop = stopper.should_stop
     run.model.train()
+    startup = seconds_since_process_start()
+    if startup is not None and run.rt.is_main:  # imports and setup: what a user waits for
+        logger.info("start-up: %.2f s from process start to the first step", startup)
     try:
         return driver.run(step_fn, run.step)
     finally:

@@ -50,6 +50,9 @@ WORKER = textwrap.dedent(
     with open(os.path.join(root, f"outcome_{rank}.json"), "w") as f:
         json.dump(outcome, f)
     dist.destroy_process_group()
+    # Leave without interpreter teardown: gloo's threads sometimes abort it ("terminate called
+    # without an active exception") after the work is done.
+    sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
     """
 )
 

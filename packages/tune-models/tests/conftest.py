@@ -105,6 +105,47 @@ TINY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
             },
         },
     ),
+    # Mixture-of-experts families: routed experts stacked natively, per-expert keys on disk.
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {
+            "head_dim": 32,
+            "moe_intermediate_size": 32,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "norm_topk_prob": True,
+            "mlp_only_layers": [1],  # layer 1 is a dense GatedMLP
+        },
+    ),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 48,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "use_sliding_window": True,  # layer 0 local, layer 1 global (transformers' rule)
+            "sliding_window": 5,
+            "max_window_layers": 1,
+        },
+    ),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {
+            "intermediate_size": 32,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 5,
+        },
+    ),
+    "olmoe": (
+        "OlmoeConfig",
+        "OlmoeForCausalLM",
+        {"intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 3},
+    ),
 }
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -158,8 +199,23 @@ def hf_and_native(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         if family not in cache:
             hf = make_hf_model(family)
             path = save_hf_model(hf, tmp_path_factory.mktemp(family))
+            _SAVED_DIRS[family] = path
             cache[family] = (hf, load_native(path))
         return cache[family]
+
+    return get
+
+
+_SAVED_DIRS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def hf_saved_dir(hf_and_native):  # type: ignore[no-untyped-def]
+    """family -> the directory transformers' ``save_pretrained`` wrote for ``hf_and_native``."""
+
+    def get(family: str) -> Path:
+        hf_and_native(family)
+        return _SAVED_DIRS[family]
 
     return get
 

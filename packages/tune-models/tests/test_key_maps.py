@@ -9,6 +9,7 @@ import torch
 
 from tune.models import (
     KeyMap,
+    MoEDecoderConfig,
     build_named_size,
     convert_hf_to_native,
     convert_native_to_hf,
@@ -24,6 +25,13 @@ def test_state_dict_round_trip_is_exact(hf_and_native, family: str) -> None:
     native_state = convert_hf_to_native(hf_state, native)
     assert set(native_state) == set(native.state_dict())
     back = convert_native_to_hf(native_state, native)
+    again = convert_hf_to_native(back, native)
+    assert set(again) == set(native_state)
+    assert all(torch.equal(again[k], v) for k, v in native_state.items())
+    if isinstance(native.config, MoEDecoderConfig):
+        # transformers keeps experts stacked in memory but writes (and we write) per-expert keys:
+        # test_moe_families compares our output with its saved file.
+        return
     expected_keys = set(hf_state) - ({"lm_head.weight"} if native.tie_word_embeddings else set())
     assert set(back) == expected_keys
     for key in expected_keys:

@@ -225,3 +225,71 @@ def test_router_z_loss_value():
     )
     logits = torch.tensor([[0.0, 10.0, 0.0, 0.0]])
     assert router_z_loss(logits).item() == pytest.approx((10.0 + 3 * 4.5399e-5) ** 2, rel=1e-4)
+
+
+def _deepseek_blocks(topk_groups: int) -> tuple[nn.Module, MoEFeedForward]:
+    """transformers' DeepSeek-V3 MoE (8 experts in 4 groups, sigmoid, bias) and ours, same weights."""
+    from transformers.models.deepseek_v3 import modeling_deepseek_v3 as m
+
+    config = m.DeepseekV3Config(
+        hidden_size=DIM,
+        moe_intermediate_size=HIDDEN,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_group=4,
+        topk_group=topk_groups,
+        n_shared_experts=1,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+        hidden_act="silu",
+    )
+    hf = m.DeepseekV3MoE(config)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.5)
+        hf.gate.e_score_correction_bias.normal_(0.0, 0.3)
+    ours = MoEFeedForward(
+        DIM,
+        HIDDEN,
+        8,
+        2,
+        score_func="sigmoid",
+        norm_topk_prob=True,
+        routed_scale=2.5,
+        routing_bias=True,
+        shared_expert=GatedMLP(DIM, HIDDEN),
+        num_groups=4,
+        topk_groups=topk_groups,
+    )
+    names = {"gate.weight": "router.weight", "gate.e_score_correction_bias": "routing_bias"}
+    state = {
+        names.get(k, k.replace("shared_experts.", "shared_expert.")): v
+        for k, v in hf.state_dict().items()
+    }
+    ours.load_state_dict(state, strict=True)
+    return hf.eval(), ours.eval()
+
+
+@pytest.mark.parametrize("topk_groups", [1, 2])
+def test_group_limited_routing_matches_deepseek_v3(topk_groups):
+    hf, ours = _deepseek_blocks(topk_groups)
+    x = torch.randn(2, 9, DIM)
+    want = hf(x)
+    for impl in ("sorted", "loop"):
+        ours.experts.implementation = impl  # type: ignore[assignment]
+        out, stats = ours.forward_with_stats(x)
+        assert (out - want).abs().max().item() <= 1e-5, impl
+    # every token's experts lie in at most `topk_groups` of the 4 groups
+    groups_used = (stats.selected_experts // 2).sort(dim=-1).values
+    distinct = 1 + (groups_used[:, 1:] != groups_used[:, :-1]).sum(dim=-1)
+    assert int(distinct.max()) <= topk_groups
+    _, _, hf_indices = hf.gate(x)
+    assert torch.equal(stats.selected_experts.sort(-1).values, hf_indices.sort(-1).values)
+
+
+def test_group_limited_routing_arguments_are_checked():
+    with pytest.raises(ValueError, match="num_groups=3"):
+        MoEFeedForward(DIM, HIDDEN, 8, 2, num_groups=3)
+    with pytest.raises(ValueError, match="topk_groups=5"):
+        MoEFeedForward(DIM, HIDDEN, 8, 2, num_groups=4, topk_groups=5)

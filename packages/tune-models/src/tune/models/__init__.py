@@ -1,7 +1,20 @@
 """tune.models: Transformer components, model families built from HF configs, key maps, TP plans, generation."""
 
 # Importing the family folders registers them by HF model_type.
-from tune.models import gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3, smollm2  # noqa: F401
+from tune.models import (  # noqa: F401
+    gemma2,
+    gemma3,
+    llama,
+    mistral,
+    mixtral,
+    olmoe,
+    phi3,
+    qwen2,
+    qwen2_moe,
+    qwen3,
+    qwen3_moe,
+    smollm2,
+)
 from tune.models._version import __version__
 from tune.models.attention import Attention, softcapped_attention
 from tune.models.attention_mask import build_attention_mask
@@ -43,8 +56,17 @@ from tune.models.moe import (
     moe_experts_reference,
     router_z_loss,
 )
+from tune.models.moe_decoder import MoEDecoderConfig, ProjectionRMSNorm, build_moe_decoder
+from tune.models.moe_keys import (
+    MIXTRAL_EXPERT_KEYS,
+    MOE_KEY_MAP,
+    QWEN_EXPERT_KEYS,
+    ExpertKeyLayout,
+    stack_experts,
+    unstack_experts,
+)
 from tune.models.named_sizes import build_named_size, named_size_config, named_sizes
-from tune.models.param_count import param_count
+from tune.models.param_count import active_param_count, param_count
 from tune.models.phi3 import Phi3Config
 from tune.models.qwen2 import Qwen2Config
 from tune.models.qwen3 import Qwen3Config
@@ -72,11 +94,15 @@ from tune.models.transformers_model import (
 __all__ = [
     "GEMMA_KEY_MAP",
     "LLAMA_KEY_MAP",
+    "MIXTRAL_EXPERT_KEYS",
+    "MOE_KEY_MAP",
+    "QWEN_EXPERT_KEYS",
     "Attention",
     "CheckpointModel",
     "Completion",
     "ConfigFields",
     "DecoderConfig",
+    "ExpertKeyLayout",
     "GatedMLP",
     "Gemma2Config",
     "Gemma3TextConfig",
@@ -85,9 +111,11 @@ __all__ = [
     "KeyMap",
     "LlamaConfig",
     "MistralConfig",
+    "MoEDecoderConfig",
     "MoEFeedForward",
     "ModelFamily",
     "Phi3Config",
+    "ProjectionRMSNorm",
     "Qwen2Config",
     "Qwen3Config",
     "RMSNorm",
@@ -100,11 +128,13 @@ __all__ = [
     "TransformersCausalLM",
     "UnsupportedConfigError",
     "__version__",
+    "active_param_count",
     "apply_rotary",
     "assemble_decoder",
     "build_attention_mask",
     "build_from_hf_config",
     "build_model",
+    "build_moe_decoder",
     "build_named_size",
     "build_stop_rules",
     "build_transformers_model",
@@ -134,10 +164,12 @@ __all__ = [
     "sample_next_token",
     "setup_kv_cache",
     "softcapped_attention",
+    "stack_experts",
     "state_dict_converters",
     "supported_model_types",
     "teardown_kv_cache",
     "tp_plan",
     "transformers_checkpoint_model",
     "transformers_missing",
+    "unstack_experts",
 ]

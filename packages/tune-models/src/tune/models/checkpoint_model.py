@@ -43,8 +43,9 @@ class CheckpointModel:
         native_to_hf: the inverse converter.
         hf_to_native_key: per-key rename (one-to-one keys only).
         native_to_hf_key: per-key inverse rename.
-        keys_one_to_one: False when the HF checkpoint fuses tensors (Phi-3), i.e. the per-key
-            maps do not cover every key and the state-dict converters must be used.
+        keys_one_to_one: False when the HF checkpoint fuses tensors (Phi-3) or stores one
+            tensor per expert (MoE families), i.e. the per-key maps do not cover every key and
+            the state-dict converters must be used.
         implementation: ``native`` (a ``Transformer``) or ``transformers``
             (a ``TransformersCausalLM``, whose keys are the checkpoint's).
     """

@@ -27,8 +27,8 @@ def hf_to_native_key(config: ConfigLike) -> Callable[[str], str]:
     Args:
         config: a model_type string, HF config (dict/path), family config or native model.
 
-    Phi-3's fused ``qkv_proj``/``gate_up_proj`` keys have no single native key: use
-    ``convert_hf_to_native`` for whole state dicts.
+    Phi-3's fused ``qkv_proj``/``gate_up_proj`` keys and the MoE families' per-expert keys have
+    no single native key: use ``convert_hf_to_native`` for whole state dicts.
     """
     return _family(config).key_map.hf_to_native
 

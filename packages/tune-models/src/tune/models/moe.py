@@ -17,7 +17,8 @@ Mixtral and OLMoE), and ``experts.down_proj`` [E, dim, hidden_dim].
 
 Dispatch is capacity-free (no token is dropped): the ``N * k`` (token, expert) pairs are sorted
 by expert so every expert reads one contiguous slice. That slice runs through
-``torch._grouped_mm`` on CUDA (bf16, 16-byte aligned widths) or a loop over the slices elsewhere;
+``torch._grouped_mm`` (CUDA: bf16 with 16-byte aligned widths; CPU: fp32/bf16/fp16, a C++ loop over
+the groups with no per-expert Python or autograd overhead) or else a Python loop over the slices;
 ``implementation="loop"`` is an independent per-expert reference kept for tests.
 
 ``block(x)`` returns the output; the router statistics of that call (for load-balancing losses
@@ -60,15 +61,13 @@ class RouterStats:
 
 
 def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor, hidden_dim: int) -> bool:
-    # The CUDA kernel wants bf16 operands of one dtype (autocast does not cast them) and rows
-    # whose strides are multiples of 16 bytes.
-    return (
-        hasattr(torch, "_grouped_mm")
-        and x.is_cuda
-        and x.dtype == weight.dtype == torch.bfloat16
-        and x.shape[-1] % 8 == 0
-        and hidden_dim % 8 == 0
-    )
+    if not hasattr(torch, "_grouped_mm") or x.dtype != weight.dtype:
+        return False
+    if x.device.type == "cpu":  # torch 2.13 loops over the groups in C++ (fp32, bf16, fp16)
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    # The CUDA kernel wants bf16 operands (autocast does not cast them) and rows whose strides
+    # are multiples of 16 bytes.
+    return x.is_cuda and x.dtype == torch.bfloat16 and x.shape[-1] % 8 == 0 and hidden_dim % 8 == 0
 
 
 def moe_experts_reference(
@@ -109,7 +108,8 @@ class GroupedExperts(nn.Module):
         hidden_dim: width of each expert's gated hidden layer.
         num_experts: number of experts ``E``.
         activation: one of ``tune.models.mlp.ACTIVATIONS``.
-        implementation: "auto" (``grouped_mm`` where usable, else ``sorted``), "grouped_mm"
+        implementation: "auto" (``grouped_mm`` where usable, else ``sorted``; on CPU in fp32 the
+            grouped path is usable), "grouped_mm"
             (``torch._grouped_mm`` on the sorted tokens), "sorted" (a loop over the sorted
             slices) or "loop" (``moe_experts_reference``). All give the same results.
     """
@@ -194,12 +194,15 @@ class GroupedExperts(nn.Module):
 
     def _sorted_loop(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
         counts = tokens_per_expert.tolist()  # one host sync; the grouped_mm path has none
+        # unbind, not indexing: the backward of E selects would write E zero-filled [E, out, in]
+        # gradients (quadratic in E); unbind's backward stacks the E slices once.
+        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         outputs = []
         for expert, chunk in enumerate(torch.split(x_sorted, counts)):
             if counts[expert] == 0:
                 continue
-            gate, up = F.linear(chunk, self.gate_up_proj[expert]).chunk(2, dim=-1)
-            outputs.append(F.linear(self._act(gate) * up, self.down_proj[expert]))
+            gate, up = F.linear(chunk, gate_up[expert]).chunk(2, dim=-1)
+            outputs.append(F.linear(self._act(gate) * up, down[expert]))
         if not outputs:
             return x_sorted.new_zeros(0, self.dim)
         return torch.cat(outputs)
@@ -226,6 +229,11 @@ class MoEFeedForward(nn.Module):
         shared_expert: a module ``[N, dim] -> [N, dim]`` (e.g. ``GatedMLP``) applied to every token
             and added to the routed output.
         shared_expert_gate: scale the shared expert by ``sigmoid(Linear(dim, 1)(x))`` (Qwen2-MoE).
+        num_groups: split the experts into this many equal groups for group-limited routing
+            (DeepSeek-V3's ``n_group``); 1 = no groups.
+        topk_groups: each token picks its experts only among its ``topk_groups`` best groups, a
+            group's score being the sum of its two best (bias-corrected) expert scores
+            (DeepSeek-V3's ``topk_group``).
         activation: expert gate activation, one of ``tune.models.mlp.ACTIVATIONS``.
         implementation: how the experts run, see ``GroupedExperts``.
     """
@@ -243,6 +251,8 @@ class MoEFeedForward(nn.Module):
         routing_bias: bool = False,
         shared_expert: nn.Module | None = None,
         shared_expert_gate: bool = False,
+        num_groups: int = 1,
+        topk_groups: int = 1,
         activation: str = "silu",
         implementation: ExpertsImplementation = "auto",
     ):
@@ -255,6 +265,18 @@ class MoEFeedForward(nn.Module):
             )
         if shared_expert_gate and shared_expert is None:
             raise ValueError("MoE shared_expert_gate=True needs a shared_expert module")
+        if num_groups < 1 or num_experts % num_groups:
+            raise ValueError(f"MoE num_groups={num_groups} must divide num_experts={num_experts}")
+        if num_groups > 1 and not (
+            1 <= topk_groups <= num_groups and top_k <= topk_groups * (num_experts // num_groups)
+        ):
+            raise ValueError(
+                f"MoE topk_groups={topk_groups} must be in [1, num_groups={num_groups}] and "
+                f"leave at least top_k={top_k} experts to choose from"
+            )
+        if num_groups > 1 and num_experts // num_groups < 2:
+            raise ValueError("MoE group-limited routing needs at least 2 experts per group")
+        self.num_groups, self.topk_groups = num_groups, topk_groups
         self.num_experts, self.top_k = num_experts, top_k
         self.score_func = score_func
         self.norm_topk_prob = norm_topk_prob
@@ -270,6 +292,13 @@ class MoEFeedForward(nn.Module):
             self.routing_bias = None
         self.router_stats: RouterStats | None = None
 
+    def __getstate__(self) -> dict[str, object]:
+        # The last call's stats hold graph tensors, which deepcopy and pickle refuse; a copy of
+        # the block (a reference model, an EMA) starts without them.
+        state = dict(super().__getstate__())
+        state["router_stats"] = None
+        return state
+
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         """Choose experts for ``x`` [N, dim]; returns weights [N, k] (float32) and the stats."""
         logits = self.router(x)  # [N, E]
@@ -278,6 +307,8 @@ class MoEFeedForward(nn.Module):
         else:
             scores = torch.sigmoid(logits.float())
         choose_by = scores if self.routing_bias is None else scores + self.routing_bias
+        if self.num_groups > 1:
+            choose_by = self._mask_to_best_groups(choose_by)
         selected = torch.topk(choose_by, self.top_k, dim=-1).indices  # [N, k]
         weights = scores.gather(-1, selected)  # [N, k]
         if self.norm_topk_prob:
@@ -287,6 +318,15 @@ class MoEFeedForward(nn.Module):
         counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
         counts = counts.scatter_add(0, selected.reshape(-1), torch.ones_like(selected.reshape(-1)))
         return weights, RouterStats(logits, scores, selected, counts)
+
+    def _mask_to_best_groups(self, choose_by: torch.Tensor) -> torch.Tensor:
+        """``choose_by`` [N, E] with the experts outside each token's best groups set to -inf."""
+        n = choose_by.shape[0]
+        grouped = choose_by.view(n, self.num_groups, -1)  # [N, G, E/G]
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [N, G]
+        best = torch.topk(group_scores, self.topk_groups, dim=-1).indices  # [N, topk_groups]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best, True)
+        return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(n, -1)
 
     def forward_with_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         """``x`` [B, T, dim] -> (output [B, T, dim], router stats over the B * T tokens)."""

@@ -26,9 +26,10 @@ class ModelFamily:
         config_from_hf: HF config fields -> the family's frozen config dataclass.
         build: family config -> ``Transformer``.
         key_map: one-to-one HF <-> native key renames.
-        split_fused: optional HF state dict -> state dict with fused tensors split
-            (still HF-named, e.g. Phi-3 ``qkv_proj`` -> ``q_proj``/``k_proj``/``v_proj``).
-        fuse_split: optional inverse of ``split_fused``.
+        split_fused: optional HF checkpoint state dict -> the HF layout ``key_map`` renames
+            one-to-one (still HF-named, e.g. Phi-3 ``qkv_proj`` -> ``q_proj``/``k_proj``/
+            ``v_proj``; MoE per-expert tensors -> stacked ``experts.gate_up_proj``).
+        fuse_split: optional inverse of ``split_fused`` (back to the checkpoint layout).
         named_sizes: size name -> published ``config.json`` fields.
     """
 

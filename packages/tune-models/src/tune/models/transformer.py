@@ -12,6 +12,7 @@ from tune.models.attention import Attention
 from tune.models.attention_mask import build_attention_mask
 from tune.models.document_attention import document_layout
 from tune.models.kv_cache import KVCache
+from tune.models.moe import GroupedExperts
 from tune.models.rms_norm import RMSNorm
 from tune.models.rotary import RotaryEmbedding
 
@@ -222,6 +223,20 @@ class Transformer(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         return logits
 
+    def router_stats(self) -> dict[str, Any]:
+        """Router statistics of the last forward, by module name (e.g. ``"layers.0.mlp"``).
+
+        Every submodule with a non-None ``router_stats`` attribute (``MoEFeedForward``'s
+        ``RouterStats``) is listed, in layer order; empty for a dense model. Statistics cover
+        every token of the batch, padding included.
+        """
+        found = {}
+        for name, module in self.named_modules():
+            stats = getattr(module, "router_stats", None)
+            if stats is not None and not callable(stats):
+                found[name] = stats
+        return found
+
     def tie_weights(self) -> None:
         """Make ``output.weight`` the embedding Parameter when embeddings are tied."""
         if self.tie_word_embeddings:
@@ -243,7 +258,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
-        """Random init: normal(0, std) linears and embeddings, zero biases, identity norms."""
+        """Random init: normal(0, std) linears, embeddings and stacked experts, zero biases and
+        routing biases, identity norms."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -252,4 +268,9 @@ class Transformer(nn.Module):
                     nn.init.zeros_(bias)
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()
+            elif isinstance(module, GroupedExperts):
+                module.reset_parameters(std)
+        for name, buffer in self.named_buffers():
+            if name.endswith("routing_bias"):
+                buffer.zero_()
         self.init_buffers()

@@ -3,6 +3,7 @@
 from tune.peft._version import __version__
 from tune.peft.config import ALL_LINEAR, MAX_RANK, MAX_SCALING, LoraConfig
 from tune.peft.disable import disable_adapters
+from tune.peft.expert_lora import StackedLoRA, param_lora_layers, select_parameter_targets
 from tune.peft.inject import (
     apply_lora,
     delete_adapter,
@@ -49,6 +50,7 @@ __all__ = [
     "LoRAWeights",
     "LoraConfig",
     "ParameterCount",
+    "StackedLoRA",
     "__version__",
     "adapter_key_map",
     "adapter_state_dict",
@@ -66,10 +68,12 @@ __all__ = [
     "mark_only_adapters_trainable",
     "merge_adapters",
     "merge_and_unload",
+    "param_lora_layers",
     "peft_target_modules",
     "read_adapter_config",
     "remove_lora",
     "select_lora_targets",
+    "select_parameter_targets",
     "set_active_adapter",
     "to_peft_config",
     "trainable_parameters",

@@ -93,6 +93,22 @@ def _names(where: str, value: object) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _check_parameter_lora(config: LoraConfig) -> None:
+    # The update is added to the weight, where input dropout has no place; PEFT refuses the same.
+    unsupported = {
+        "dropout": config.dropout != 0,
+        "use_dora": config.use_dora,
+        "init": config.init == "pissa",
+    }
+    for key, bad in unsupported.items():
+        if bad:
+            raise ValueError(
+                f"LoraConfig.{key}: {getattr(config, key)!r} is not supported with target_parameters "
+                "(LoRA on stacked expert weights); expected dropout=0, use_dora=False, init other "
+                "than 'pissa'"
+            )
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """Settings of one LoRA (or DoRA) adapter, checked on construction.
@@ -120,6 +136,10 @@ class LoraConfig:
             or `"lora_only"` (biases of adapted layers). Trained biases are part of the adapter
             state.
         head_names: Names (dot-suffix match) of the output head that `"all-linear"` leaves out.
+        target_parameters: Parameter-name patterns (same syntax) of stacked 3-D weights
+            `[E, out, in]` (mixture-of-experts `experts.gate_up_proj`, `experts.down_proj`) to
+            adapt with per-expert factors (PEFT's `target_parameters`). `targets` may then be
+            empty. Needs `dropout=0`, no DoRA and no PiSSA (as PEFT).
     """
 
     r: int = 8
@@ -132,6 +152,7 @@ class LoraConfig:
     init: Init = "default"
     bias: BiasMode = "none"
     head_names: Sequence[str] = field(default=("output", "lm_head"))
+    target_parameters: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         check_rank("LoraConfig.r", self.r)
@@ -144,12 +165,16 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.init must be one of {INITS}, got {self.init!r}")
         if self.bias not in BIAS_MODES:
             raise ValueError(f"LoraConfig.bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        params = _names("LoraConfig.target_parameters", self.target_parameters)
+        object.__setattr__(self, "target_parameters", params)
+        if params:
+            _check_parameter_lora(self)
         targets: tuple[str, ...] | str
         if self.targets == ALL_LINEAR:
             targets = ALL_LINEAR
         else:
             targets = _names("LoraConfig.targets", self.targets)
-            if not targets:
+            if not targets and not params:
                 raise ValueError("LoraConfig.targets is empty: give module-name patterns")
             if ALL_LINEAR in targets and len(targets) > 1:
                 raise ValueError(

@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 from tune.peft.config import ALL_LINEAR, LoraConfig
+from tune.peft.expert_lora import (
+    add_parameter_lora,
+    param_lora_layers,
+    remove_parameter_lora,
+    select_parameter_targets,
+)
 from tune.peft.lora_linear import LoRALinear
 from tune.peft.module_patterns import name_matches, select_names
 from tune.peft.state import count_parameters, mark_only_adapters_trainable
@@ -102,13 +108,14 @@ def apply_lora(
     freeze_base: bool = True,
     dtype: torch.dtype | None = None,
 ) -> list[str]:
-    """Add a LoRA/DoRA adapter to the linear layers of `model` that `config` selects, in place.
+    """Add a LoRA/DoRA adapter to the linear layers (and stacked parameters) `config` selects.
 
     Each selected `nn.Linear` is replaced by a `LoRALinear` sharing its `weight`/`bias` Parameters
     (module and parameter names are unchanged; the adapter adds `<name>.lora_A.weight`,
     `<name>.lora_B.weight` and, for DoRA, `<name>.lora_magnitude_vector`). A layer already adapted
     gains another named adapter. An adapter is active on a layer if it is the layer's first or if
-    `activate` is set.
+    `activate` is set. Stacked 3-D parameters named by `config.target_parameters` get per-expert
+    factors (see `tune.peft.expert_lora`; one adapter per parameter), active from the start.
 
     Args:
         model: Any module (a tune model, a `transformers` model, your own).
@@ -120,10 +127,19 @@ def apply_lora(
         dtype: Dtype of the adapter factors; default each base weight's dtype.
 
     Returns:
-        Names of the adapted modules, in module order.
+        Names of the adapted modules in module order, then of the adapted stacked parameters.
     """
     _check_adapter_name(adapter_name)
-    targets = select_lora_targets(model, config)
+    # Everything is selected and checked before the model is changed.
+    targets = select_lora_targets(model, config) if config.targets else []
+    params = select_parameter_targets(model, config.target_parameters)
+    existing = param_lora_layers(model)
+    taken = [p for p in params if p in existing]
+    if taken:
+        raise NotImplementedError(
+            f"{taken[0]} already carries adapter {existing[taken[0]].adapter_name!r}; one adapter "
+            "per stacked parameter is supported (delete_adapter() it first)"
+        )
     aliases: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)
@@ -139,19 +155,23 @@ def apply_lora(
         # A layer registered under several names (shared) gets one wrapper everywhere.
         for alias in aliases[id(module)]:
             _set_submodule(model, alias, wrapper)
+    for fqn in params:
+        add_parameter_lora(model, fqn, config, adapter_name, dtype=dtype)
     if freeze_base:
         mark_only_adapters_trainable(model, bias=config.bias)
     counts = count_parameters(model)
     logger.info(
-        "LoRA adapter %r on %d modules (r=%d, dora=%s): %d trainable of %d parameters",
+        "LoRA adapter %r on %d modules and %d stacked parameters (r=%d, dora=%s): %d trainable of "
+        "%d parameters",
         adapter_name,
         len(targets),
+        len(params),
         config.r,
         config.use_dora,
         counts.trainable,
         counts.total,
     )
-    return targets
+    return targets + params
 
 
 def initialize_adapters(model: nn.Module, adapter_name: str | None = None) -> list[str]:
@@ -175,6 +195,10 @@ def initialize_adapters(model: nn.Module, adapter_name: str | None = None) -> li
             if name in module.adapter_names:
                 module.reset_adapter(name, module_name=fqn)
                 touched.append(fqn)
+    for fqn, lora in param_lora_layers(model).items():
+        if adapter_name in (None, lora.adapter_name):
+            lora.reset_parameters()
+            touched.append(fqn)
     if not touched:
         raise KeyError(f"no layer has an adapter named {adapter_name!r}")
     return sorted(set(touched), key=touched.index)
@@ -193,16 +217,29 @@ def set_active_adapter(model: nn.Module, adapter_name: str | None) -> list[str]:
         Names of the layers where it is now active.
     """
     layers = lora_modules(model)
-    if adapter_name is not None and not any(
-        adapter_name in m.adapter_names for m in layers.values()
+    stacked = param_lora_layers(model)
+    if (
+        adapter_name is not None
+        and not any(adapter_name in m.adapter_names for m in layers.values())
+        and not any(lora.adapter_name == adapter_name for lora in stacked.values())
     ):
-        known = sorted({a for m in layers.values() for a in m.adapter_names})
+        known = sorted(
+            {a for m in layers.values() for a in m.adapter_names}
+            | {lora.adapter_name for lora in stacked.values()}
+        )
         raise KeyError(f"no layer has an adapter named {adapter_name!r}; adapters: {known}")
+    for fqn, lora in stacked.items():
+        if lora.merged and lora.adapter_name != adapter_name:
+            raise RuntimeError(f"cannot switch adapters while {fqn} is merged; unmerge first")
     active = []
     for fqn, module in layers.items():
         has = adapter_name is not None and adapter_name in module.adapter_names
         module.set_active_adapter(adapter_name if has else None)
         if has:
+            active.append(fqn)
+    for fqn, lora in stacked.items():
+        lora.active = lora.adapter_name == adapter_name
+        if lora.active:
             active.append(fqn)
     return active
 
@@ -221,6 +258,10 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> list[str]:
     for fqn, module in lora_modules(model).items():
         if adapter_name in module.adapter_names:
             module.delete_adapter(adapter_name)
+            removed.append(fqn)
+    for fqn, lora in param_lora_layers(model).items():
+        if lora.adapter_name == adapter_name:
+            remove_parameter_lora(model, fqn)
             removed.append(fqn)
     if not removed:
         raise KeyError(f"no layer has an adapter named {adapter_name!r}")
@@ -244,4 +285,6 @@ def remove_lora(model: nn.Module) -> nn.Module:
         linear = module.to_linear()
         for alias in aliases[id(module)]:
             _set_submodule(model, alias, linear)
+    for fqn in param_lora_layers(model):
+        remove_parameter_lora(model, fqn)
     return model

@@ -13,6 +13,12 @@ from collections.abc import Mapping
 from torch import nn
 
 from tune.peft.dense_weight import dense_weight, is_tensor_subclass
+from tune.peft.expert_lora import (
+    merge_parameter,
+    param_lora_layers,
+    remove_parameter_lora,
+    unmerge_parameter,
+)
 from tune.peft.inject import _set_submodule, lora_modules
 
 
@@ -30,8 +36,13 @@ def _check_not_shared(model: nn.Module, layers: Mapping[str, nn.Module]) -> None
             )
 
 
+def _owner(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
+    owner, _, name = fqn.rpartition(".")
+    return model.get_submodule(owner), name
+
+
 def merge_adapters(model: nn.Module, *, keep_original: bool = True) -> list[str]:
-    """Fold every layer's active adapter into its base weight, in place.
+    """Fold every layer's (and stacked parameter's) active adapter into its base weight, in place.
 
     The merged model computes the same function with no adapter overhead. All layers are checked
     before any is changed: a quantized (tensor subclass) base weight or a weight tied to another
@@ -42,9 +53,19 @@ def merge_adapters(model: nn.Module, *, keep_original: bool = True) -> list[str]
         keep_original: Keep each base weight's copy so `unmerge_adapters` is bit-exact.
 
     Returns:
-        Names of the merged layers.
+        Names of the merged layers, then of the merged stacked parameters.
     """
     layers = {n: m for n, m in lora_modules(model).items() if m.active_adapter is not None}
+    stacked = {n: lora for n, lora in param_lora_layers(model).items() if lora.active}
+    for fqn, lora in stacked.items():
+        owner, name = _owner(model, fqn)
+        if lora.merged:
+            raise RuntimeError(f"{fqn}: adapter {lora.adapter_name!r} is already merged")
+        if is_tensor_subclass(owner._parameters[name]):  # type: ignore[arg-type]
+            raise TypeError(
+                f"cannot merge into {fqn} of type {type(owner._parameters[name]).__name__} in "
+                "place; use merge_and_unload(model, dequantize=True) for a dense merged model"
+            )
     for fqn, module in layers.items():
         if module.merged:
             raise RuntimeError(f"{fqn}: adapter {module.active_adapter!r} is already merged")
@@ -56,7 +77,9 @@ def merge_adapters(model: nn.Module, *, keep_original: bool = True) -> list[str]
     _check_not_shared(model, layers)
     for fqn, module in layers.items():
         module.merge(keep_original=keep_original, module_name=fqn)
-    return list(layers)
+    for fqn in stacked:
+        merge_parameter(*_owner(model, fqn), fqn, keep_original=keep_original)
+    return list(layers) + list(stacked)
 
 
 def unmerge_adapters(model: nn.Module) -> list[str]:
@@ -71,7 +94,10 @@ def unmerge_adapters(model: nn.Module) -> list[str]:
     layers = {n: m for n, m in lora_modules(model).items() if m.merged}
     for fqn, module in layers.items():
         module.unmerge(module_name=fqn)
-    return list(layers)
+    stacked = [n for n, lora in param_lora_layers(model).items() if lora.merged]
+    for fqn in stacked:
+        unmerge_parameter(*_owner(model, fqn), fqn)
+    return list(layers) + stacked
 
 
 def merge_and_unload(model: nn.Module, *, dequantize: bool = False) -> nn.Module:
@@ -86,6 +112,15 @@ def merge_and_unload(model: nn.Module, *, dequantize: bool = False) -> nn.Module
         `model`, without `LoRALinear` layers.
     """
     layers = lora_modules(model)
+    stacked = param_lora_layers(model)
+    for fqn in stacked:
+        owner, name = _owner(model, fqn)
+        weight = owner._parameters[name]
+        if weight is not None and is_tensor_subclass(weight) and not dequantize:
+            raise TypeError(
+                f"{fqn} is a {type(weight).__name__}; pass dequantize=True to merge into a dense "
+                "weight"
+            )
     for fqn, module in layers.items():
         if is_tensor_subclass(module.weight) and not dequantize:
             raise TypeError(
@@ -106,4 +141,14 @@ def merge_and_unload(model: nn.Module, *, dequantize: bool = False) -> nn.Module
         linear = module.to_linear()
         for alias in aliases[id(module)]:
             _set_submodule(model, alias, linear)
+    for fqn, lora in stacked.items():
+        owner, name = _owner(model, fqn)
+        weight = owner._parameters[name]
+        assert weight is not None
+        if is_tensor_subclass(weight):
+            owner._parameters[name] = nn.Parameter(dense_weight(weight), requires_grad=False)
+        if lora.active and not lora.merged:
+            merge_parameter(owner, name, fqn, keep_original=False)
+        lora.merged = False  # the merged weight is the new base: drop the adapter, not unmerge
+        remove_parameter_lora(model, fqn)
     return model

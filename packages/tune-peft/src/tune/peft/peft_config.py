@@ -43,6 +43,7 @@ def to_peft_config(
     *,
     task_type: str | None = "CAUSAL_LM",
     base_model_name_or_path: str | None = None,
+    target_parameters: list[str] | None = None,
 ) -> dict[str, Any]:
     """`config` in PEFT's `adapter_config.json` vocabulary.
 
@@ -53,8 +54,23 @@ def to_peft_config(
             contain globs. `export_peft_adapter` passes the exact set it adapted.
         task_type: PEFT task type (`"CAUSAL_LM"`), or None.
         base_model_name_or_path: Recorded for PEFT's loader; may be None.
+        target_parameters: PEFT's `target_parameters` (HF parameter names or suffixes); default
+            `config.target_parameters` (which must then be plain names).
     """
+    if target_parameters is None and config.target_parameters:
+        if any(
+            p.startswith(REGEX_PREFIX) or _GLOB_CHARS.intersection(p)
+            for p in config.target_parameters
+        ):
+            raise ValueError(
+                f"LoraConfig.target_parameters {list(config.target_parameters)} contain globs or "
+                "regexes, which PEFT cannot read; pass target_parameters (export_peft_adapter "
+                "computes it)"
+            )
+        target_parameters = list(config.target_parameters)
     exclude: list[str] | str | None = None
+    if target_modules is None and not config.targets and config.target_parameters:
+        target_modules = []
     if target_modules is None:
         patterns = [] if config.targets == ALL_LINEAR else list(config.targets)
         if any(_GLOB_CHARS.intersection(p) for p in [*patterns, *config.exclude]):
@@ -84,6 +100,7 @@ def to_peft_config(
         "lora_dropout": float(config.dropout),
         "target_modules": target_modules,
         "exclude_modules": exclude,
+        "target_parameters": target_parameters or None,
         "bias": config.bias,
         "use_rslora": config.use_rslora,
         "use_dora": config.use_dora,
@@ -202,14 +219,32 @@ def from_peft_config(adapter_config: AdapterConfigLike, *, source: str | None = 
     exclude = _peft_patterns(config.get("exclude_modules"), f"{where}: exclude_modules")
     if exclude == ALL_LINEAR:
         raise ValueError(f"{where}: exclude_modules: cannot be 'all-linear'")
-    return LoraConfig(
-        r=r,
-        alpha=config["lora_alpha"],
-        dropout=check_dropout(f"{where}: lora_dropout", _value(config, "lora_dropout", 0.0)),
-        targets=targets if targets else ALL_LINEAR,
-        exclude=exclude,
-        use_rslora=use_rslora,
-        use_dora=check_flag(f"{where}: use_dora", _value(config, "use_dora", False)),
-        init=init_name,  # type: ignore[arg-type]
-        bias=bias,
-    )
+    params = config.get("target_parameters")
+    if params is not None and (
+        not isinstance(params, list) or not all(isinstance(p, str) and p for p in params)
+    ):
+        raise ValueError(
+            f"{where}: target_parameters: expected a list of non-empty strings or null, got "
+            f"{params!r}"
+        )
+    if params and config.get("target_modules") in (None, []):
+        targets = ()  # experts only: PEFT adapts no linear layer then
+    elif not targets:
+        targets = ALL_LINEAR
+    dropout = check_dropout(f"{where}: lora_dropout", _value(config, "lora_dropout", 0.0))
+    use_dora = check_flag(f"{where}: use_dora", _value(config, "use_dora", False))
+    try:
+        return LoraConfig(
+            r=r,
+            alpha=config["lora_alpha"],
+            dropout=dropout,
+            targets=targets,
+            exclude=exclude,
+            target_parameters=tuple(params or ()),
+            use_rslora=use_rslora,
+            use_dora=use_dora,
+            init=init_name,  # type: ignore[arg-type]
+            bias=bias,
+        )
+    except ValueError as e:  # settings valid alone but not together (e.g. dropout with experts)
+        raise ValueError(f"{where}: {e}") from e

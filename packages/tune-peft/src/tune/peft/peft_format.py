@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tune.peft.expert_lora import CONTAINER
+from tune.peft.expert_peft_keys import peft_keys_of, stacked_from_peft, stacked_peft_tensors
 from tune.peft.inject import apply_lora, linear_module_names, lora_modules
 from tune.peft.module_patterns import REGEX_PREFIX, closest_names
 from tune.peft.peft_config import (
@@ -135,6 +137,10 @@ def export_peft_adapter(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The adapter as PEFT writes it: (tensors for `adapter_model.safetensors`, `adapter_config.json`).
 
+    Stacked expert parameters are written as PEFT's `target_parameters` (see
+    `tune.peft.expert_peft_keys`); `key_map` must map them to the transformers model's stacked
+    parameter names (e.g. `model.layers.0.mlp.experts.gate_up_proj`).
+
     Args:
         model: A model with LoRA layers.
         adapter_name: Which adapter; None for the active one.
@@ -155,8 +161,11 @@ def export_peft_adapter(
         for fqn, m in layers.items()
         if (m.active_adapter if adapter_name is None else adapter_name) in m.adapter_names
     ]
-    tensors: dict[str, torch.Tensor] = {}
+    tensors, target_parameters, stacked = stacked_peft_tensors(model, adapter_name, key_map)
+    stacked_keys = {k for k in native if f".{CONTAINER}." in f".{k}"}
     for key, value in native.items():
+        if key in stacked_keys:
+            continue
         if any(key.endswith("." + s) for s in ADAPTER_SUFFIXES):
             peft_key = PEFT_PREFIX + to_hf(key)
         elif key[: -len(".bias")] in layers:  # a bias of an adapted layer: PEFT's base_layer
@@ -166,12 +175,17 @@ def export_peft_adapter(
         else:
             peft_key = PEFT_PREFIX + key_map(key)
         tensors[peft_key] = value.contiguous()
-    config = layers[adapted[0]].adapter_config(adapter_name)
+    if adapted:
+        config = layers[adapted[0]].adapter_config(adapter_name)
+    else:
+        assert stacked is not None  # adapter_state_dict raised if the adapter were nowhere
+        config = stacked.config
     adapter_config = to_peft_config(
         config,
-        peft_target_modules(model, adapted, key_map),
+        peft_target_modules(model, adapted, key_map) if adapted else [],
         task_type=task_type,
         base_model_name_or_path=base_model_name_or_path,
+        target_parameters=target_parameters,
     )
     return tensors, adapter_config
 
@@ -206,7 +220,8 @@ def load_peft_adapter(
 ) -> list[str]:
     """Add the adapter a PEFT directory holds to `model` and load its tensors; it becomes active.
 
-    The layers adapted are exactly those the tensors name (after mapping back through `key_map`).
+    The layers adapted are exactly those the tensors name (after mapping back through `key_map`);
+    stacked expert parameters are those the config's `target_parameters` select that have tensors.
 
     Args:
         model: The native model (base weights already loaded).
@@ -218,7 +233,7 @@ def load_peft_adapter(
         source: Name of the config file for error messages (see `from_peft_config`).
 
     Returns:
-        Native names of the adapted layers.
+        Native names of the adapted layers, then of the adapted stacked parameters.
 
     Raises:
         AdapterMismatchError: a tensor names no linear layer of the model, or its shape does not
@@ -236,8 +251,13 @@ def load_peft_adapter(
         )
     hf_to_module, hf_to_bias = _native_names(model, key_map)
     modules = dict(model.named_modules())
-    native: dict[str, torch.Tensor] = {}
+    native, stacked = stacked_from_peft(
+        model, state_dict, tuple(config.target_parameters), key_map, config.r
+    )
+    stacked_keys = peft_keys_of(model, stacked, key_map)
     for key, value in sorted(state_dict.items()):
+        if key in stacked_keys:
+            continue
         if not key.startswith(PEFT_PREFIX):
             raise ValueError(f"PEFT adapter key {key!r} does not start with {PEFT_PREFIX!r}")
         hf_key = key[len(PEFT_PREFIX) :]
@@ -270,7 +290,7 @@ def load_peft_adapter(
         {k[: -len(".lora_A.weight")] for k in native if k.endswith(".lora_A.weight")},
         key=list(hf_to_module.values()).index,
     )
-    if not targets:
+    if not targets and not stacked:
         raise ValueError("PEFT adapter state dict has no '*.lora_A.weight' tensor")
     for fqn in targets:
         rank = native[f"{fqn}.lora_A.weight"].shape[0]
@@ -279,8 +299,11 @@ def load_peft_adapter(
                 f"{fqn}.lora_A.weight has rank {rank} but adapter_config.json says r={config.r}"
             )
     exact = tuple(REGEX_PREFIX + re.escape(t) for t in targets)
+    exact_params = tuple(REGEX_PREFIX + re.escape(t) for t in stacked)
     # The saved factors replace any init; PiSSA must not rewrite the base weight again here.
-    load_config = dataclasses.replace(config, targets=exact, exclude=(), init="default")
+    load_config = dataclasses.replace(
+        config, targets=exact, exclude=(), init="default", target_parameters=exact_params
+    )
     apply_lora(model, load_config, adapter_name, activate=True, freeze_base=freeze_base)
     load_adapter_state_dict(model, native, adapter_name)
-    return targets
+    return targets + stacked

@@ -9,6 +9,7 @@ from torch import nn
 
 from tune.peft.config import BIAS_MODES, BiasMode
 from tune.peft.dense_weight import is_tensor_subclass
+from tune.peft.expert_lora import factor_key, param_lora_layers
 from tune.peft.lora_linear import LoRALinear
 
 
@@ -96,6 +97,10 @@ def _adapter_tensors(model: nn.Module, adapter_name: str | None) -> dict[str, nn
         if adapter_name is None or adapter_name in module.adapter_names:
             for key, value in module.adapter_tensors(adapter_name).items():
                 tensors[f"{fqn}.{key}"] = value
+    for fqn, lora in param_lora_layers(model).items():
+        if lora.adapter_name == adapter_name or (adapter_name is None and lora.active):
+            tensors[factor_key(fqn, "lora_A")] = lora.lora_A
+            tensors[factor_key(fqn, "lora_B")] = lora.lora_B
     return tensors
 
 
@@ -104,13 +109,19 @@ def _adapter_bias_mode(model: nn.Module, adapter_name: str | None) -> str:
         name = module.active_adapter if adapter_name is None else adapter_name
         if name is not None and name in module.adapter_names:
             return module.adapter_config(name).bias
+    for lora in param_lora_layers(model).values():
+        if lora.adapter_name == adapter_name or (adapter_name is None and lora.active):
+            return lora.config.bias
     return "none"
 
 
 def _expected_adapter_state(model: nn.Module, adapter_name: str | None) -> dict[str, nn.Parameter]:
     tensors = _adapter_tensors(model, adapter_name)
     if not tensors:
-        known = sorted({a for m in _lora_layers(model).values() for a in m.adapter_names})
+        known = sorted(
+            {a for m in _lora_layers(model).values() for a in m.adapter_names}
+            | {lora.adapter_name for lora in param_lora_layers(model).values()}
+        )
         which = "no active adapter" if adapter_name is None else f"no adapter {adapter_name!r}"
         raise KeyError(f"the model has {which}; adapters present: {known}")
     params = dict(model.named_parameters())
@@ -125,8 +136,9 @@ def adapter_state_dict(
     """The adapter's tensors keyed by native name, e.g. `layers.0.attn.q_proj.lora_A.weight`.
 
     Includes `lora_A.weight` [r, in], `lora_B.weight` [out, r], DoRA's `lora_magnitude_vector`
-    [out] and, if the adapter trains biases, those biases. Tensors are detached and share storage
-    with the model (like `state_dict()`).
+    [out], the per-expert factors of stacked parameters (`<owner>.param_lora.<param>.lora_A`
+    [E, r, in], `.lora_B` [E, out, r]) and, if the adapter trains biases, those biases. Tensors
+    are detached and share storage with the model (like `state_dict()`).
 
     Args:
         model: A model with LoRA layers.

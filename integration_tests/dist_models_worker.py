@@ -1,7 +1,8 @@
 """Per-rank program for test_dist_models.py: tune.models models under tune.dist (torchrun, gloo).
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 dist_models_worker.py OUT_JSON
-For each model: the single-process loss and gradients vs TP (the model's own tp_plan) and FSDP.
+For each model: the single-process loss and gradients vs TP (the model's own tp_plan) and FSDP;
+for an MoE model (Qwen3-MoE), expert parallelism over every rank with FSDP2.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def tiny_config(name: str) -> dict[str, Any]:
     config = named_size_config(name)
     config.update(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=128)
     config.update(num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    if "num_experts" in config:
+        config.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     return config
 
 
@@ -55,6 +58,13 @@ def compare(name: str, parallel: str, mesh: Any, info: td.DistributedInfo) -> di
             plan["layers.*.attn.[qk]_norm"] = "head_sharded"
         td.apply_tp(model, mesh["tp"], plan)
         loss, grads = loss_and_grads(model, tokens)
+    elif parallel == "ep":
+        dp_mesh, expert_mesh = mesh["ep"]
+        ep_plan = {"layers.*.mlp.experts": "grouped_experts"}
+        td.parallelize(model, td.ParallelPlan(block="layers.*", mesh=dp_mesh, ep_plan=ep_plan,
+                                              expert_mesh=expert_mesh, fsdp=True))  # fmt: skip
+        plan = ep_plan
+        loss, grads = loss_and_grads(model, tokens)
     else:
         td.apply_fsdp(model, block_match="layers.*")
         # FSDP averages gradients over ranks; every rank has the same batch here.
@@ -78,6 +88,10 @@ def main() -> None:
         for name in ("qwen3-8b", "llama3.2-1b")
         for parallel in ("tp", "fsdp")
     }
+    if hasattr(td, "build_expert_mesh"):
+        dp_mesh = td.build_mesh(dp_shard=-1)
+        meshes = {"ep": (dp_mesh, td.build_expert_mesh(dp_mesh, info.world_size))}
+        results["qwen3-30b-a3b/ep"] = compare("qwen3-30b-a3b", "ep", meshes, info)
     gathered: list[Any] = [None] * info.world_size
     dist.all_gather_object(gathered, results)
     if info.rank == 0:

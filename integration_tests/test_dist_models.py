@@ -1,4 +1,5 @@
-"""tune.dist applies tune.models' own TP plans and FSDP to tune.models models (torchrun, gloo).
+"""tune.dist applies tune.models' own TP plans, FSDP and expert parallelism (Qwen3-MoE) to
+tune.models models (torchrun, gloo).
 
 Loss and every gradient equal a single-process run (1e-5): the models' attention derives local
 head counts from the projection outputs, the plan names real modules, tied embeddings stay tied.
@@ -62,3 +63,4 @@ def test_tune_models_under_tp_and_fsdp(tmp_path: Path) -> None:
     assert r0["llama3.2-1b/tp"]["plan_styles"] == ["colwise", "rowwise"]  # tied: plain plan
     assert r0["llama3.2-1b/tp"]["tied"] is True
     assert r0["llama3.2-1b/fsdp"]["tied"] is True
+    assert r0["qwen3-30b-a3b/ep"]["plan_styles"] == ["grouped_experts"]  # experts over 2 ranks

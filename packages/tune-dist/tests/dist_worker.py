@@ -18,6 +18,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from dist_ep_scenarios import (  # noqa: F401 (run by name from the command line)
+    scenario_ep,
+    scenario_ep_errors,
+    scenario_ep_fsdp,
+    scenario_ep_idle,
+    scenario_ep_resume,
+    scenario_ep_tp,
+)
 from dist_tiny_transformer import (
     IGNORE,
     build_model,

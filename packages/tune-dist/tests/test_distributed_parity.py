@@ -1,7 +1,9 @@
 """Distributed runs (gloo, torchrun) equal a single-process run of the same model and data.
 
 Several scenarios share one torchrun launch (importing torch in every rank costs seconds); each
-test below reads its scenario's numbers. Every launch has a hard timeout and its own port.
+test below (and in test_expert_parallel.py) reads its scenario's numbers from the session-wide
+``two_rank`` / ``four_rank`` launches (conftest.py). Every launch has a hard timeout and its own
+port.
 """
 
 from __future__ import annotations
@@ -13,24 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dist_launch import WORKER, free_port, run_scenarios, start, wait
+from dist_launch import WORKER, free_port, start, wait
 
 pytestmark = pytest.mark.distributed
 
 PARITY = 1e-5  # float32 losses and final parameters vs the single-process run
-TWO_RANK = ["env", "fsdp", "fsdp_lora", "fsdp_ac_offload", "fsdp_options", "tp", "tp_sp",
-            "tp_errors", "load", "stop", "data_parallel", "parallelize_tp_lora"]  # fmt: skip
-FOUR_RANK = ["fsdp_tp", "hsdp", "fsdp_tp_lora"]
-
-
-@pytest.fixture(scope="module")
-def two_rank(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run_scenarios(tmp_path_factory.mktemp("two_rank"), 2, TWO_RANK)
-
-
-@pytest.fixture(scope="module")
-def four_rank(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run_scenarios(tmp_path_factory.mktemp("four_rank"), 4, FOUR_RANK)
 
 
 def assert_parity(result: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from tune.dist.activation_checkpointing import CheckpointedModule
 from tune.dist.activation_offloading import OffloadedModule
 
 
-def test_order_is_tp_wrappers_compile_fsdp() -> None:
+def test_order_is_tp_ep_wrappers_compile_fsdp() -> None:
     assert td.PARALLELIZE_ORDER == (
         "tp",
+        "ep",
         "activation_checkpointing",
         "activation_offloading",
         "compile",

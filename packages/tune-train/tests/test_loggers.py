@@ -93,6 +93,13 @@ def test_stdout_logger_line_format() -> None:
     assert WANDB_SECRET not in out
 
 
+def test_stdout_logger_excludes_patterns() -> None:
+    stream = io.StringIO()
+    logger = StdoutLogger(stream, exclude=["moe/layer*"])
+    logger.log({"loss": 1.0, "moe/layer0/entropy": 0.5, "moe/entropy": 0.25}, step=3)
+    assert stream.getvalue() == "step 3 | loss 1 | moe/entropy 0.25\n"
+
+
 def test_multi_logger_fans_out(tmp_path: Path) -> None:
     stream = io.StringIO()
     multi = MultiLogger([StdoutLogger(stream), JsonlLogger(tmp_path / "m.jsonl")])

@@ -18,7 +18,7 @@ CONFIGS = Path(tune.recipes.__file__).parent / "configs"
 TINY_CONFIGS = sorted(CONFIGS.glob("*/tiny*.yaml"))
 # Every path those configs read (checked against them below).
 TINY_WORKSPACE = [
-    "checkpoints/tiny", "checkpoints/tiny_teacher", "checkpoints/tiny_student",
+    "checkpoints/tiny", "checkpoints/tiny_teacher", "checkpoints/tiny_student", "checkpoints/tiny_moe",
     "data/tiny_instructions.jsonl", "data/tiny_preferences.jsonl", "data/tiny_unpaired.jsonl",
     "data/arithmetic.jsonl",
 ]  # fmt: skip

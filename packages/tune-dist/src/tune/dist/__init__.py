@@ -1,4 +1,4 @@
-"""tune.dist: FSDP2, tensor parallel, activation checkpointing and offloading from plain torchrun environments.
+"""tune.dist: FSDP2, tensor and expert parallel, activation checkpointing and offloading from plain torchrun environments.
 
 ``parallelize(model, ParallelPlan(...))`` applies them in one documented order. Names are imported
 on first use (PEP 562), so a command line that imports ``tune.dist.launch`` does not import torch.
@@ -27,8 +27,16 @@ _EXPORTS = {
         "read_environment",
         "seed_everything",
     ),
+    "expert_parallel": (
+        "MOE_EP_PLAN",
+        "all_to_all_rows",
+        "apply_ep",
+        "apply_expert_fsdp",
+        "expert_parallel_modules",
+    ),
     "fsdp": ("apply_fsdp", "set_gradient_sync"),
     "mesh": (
+        "build_expert_mesh",
         "build_mesh",
         "data_parallel_mesh",
         "data_parallel_rank_and_size",
@@ -69,6 +77,13 @@ if TYPE_CHECKING:
         read_environment,
         seed_everything,
     )
+    from tune.dist.expert_parallel import (
+        MOE_EP_PLAN,
+        all_to_all_rows,
+        apply_ep,
+        apply_expert_fsdp,
+        expert_parallel_modules,
+    )
     from tune.dist.fsdp import apply_fsdp, set_gradient_sync
     from tune.dist.launch import (
         add_torchrun_arguments,
@@ -78,6 +93,7 @@ if TYPE_CHECKING:
         torchrun_args,
     )
     from tune.dist.mesh import (
+        build_expert_mesh,
         build_mesh,
         data_parallel_mesh,
         data_parallel_rank_and_size,
@@ -114,6 +130,7 @@ else:
 
 
 __all__ = [
+    "MOE_EP_PLAN",
     "PARALLELIZE_ORDER",
     "STYLES",
     "ActivationOffloader",
@@ -126,11 +143,15 @@ __all__ = [
     "add_torchrun_arguments",
     "all_reduce",
     "all_reduce_sum",
+    "all_to_all_rows",
     "any_rank",
     "apply_activation_checkpointing",
     "apply_activation_offloading",
+    "apply_ep",
+    "apply_expert_fsdp",
     "apply_fsdp",
     "apply_tp",
+    "build_expert_mesh",
     "build_mesh",
     "build_torchrun_argv",
     "count_target_tokens",
@@ -138,6 +159,7 @@ __all__ = [
     "data_parallel_rank_and_size",
     "default_backend",
     "destroy_distributed",
+    "expert_parallel_modules",
     "find_modules",
     "gather_full_optimizer_state_dict",
     "gather_full_state_dict",

@@ -1,4 +1,5 @@
-"""Device meshes with data-parallel replicate/shard and tensor-parallel dimensions."""
+"""Device meshes with data-parallel replicate/shard and tensor-parallel dimensions, and the
+expert mesh that expert parallelism carves out of the data-parallel shard dimension."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ DP_REPLICATE = "dp_replicate"
 DP_SHARD = "dp_shard"
 TP = "tp"
 MESH_DIMS = (DP_REPLICATE, DP_SHARD, TP)
+EXPERT_DP_SHARD = "expert_dp_shard"
+EP = "ep"
+EXPERT_MESH_DIMS = (DP_REPLICATE, EXPERT_DP_SHARD, EP, TP)
 
 
 def resolve_mesh_shape(
@@ -105,3 +109,37 @@ def data_parallel_rank_and_size(mesh: DeviceMesh) -> tuple[int, int]:
     replicate, shard = mesh[DP_REPLICATE], mesh[DP_SHARD]
     rank = replicate.get_local_rank() * shard.size() + shard.get_local_rank()
     return rank, replicate.size() * shard.size()
+
+
+def build_expert_mesh(mesh: DeviceMesh, ep: int) -> DeviceMesh:
+    """The mesh experts live on: ``("dp_replicate", "expert_dp_shard", "ep", "tp")``, same ranks.
+
+    Expert parallelism borrows its ranks from the data-parallel shard dimension: each group of
+    ``ep`` consecutive ``dp_shard`` ranks splits the experts between them (``mesh["ep"]``), and
+    the experts are FSDP-sharded over the ``dp_shard / ep`` groups (``mesh["expert_dp_shard"]``).
+    Tensor-parallel peers (``tp``, innermost as in ``build_mesh``) hold the same tokens, so each
+    keeps the same experts and runs its own all-to-all with the ranks of its ``tp`` index.
+    Collective: call once on every rank (it creates process groups), after ``build_mesh``.
+
+    Args:
+        mesh: the mesh from ``build_mesh``.
+        ep: expert-parallel degree; must divide ``mesh["dp_shard"].size()``.
+
+    Returns:
+        A 4-D DeviceMesh of shape (dp_replicate, dp_shard / ep, ep, tp).
+    """
+    if mesh.mesh_dim_names != MESH_DIMS:
+        raise ValueError(
+            f"mesh has dimensions {mesh.mesh_dim_names}; expected one built by build_mesh "
+            f"with {MESH_DIMS}"
+        )
+    replicate, shard, tp = (mesh[d].size() for d in MESH_DIMS)
+    if ep < 1 or shard % ep:
+        raise ValueError(f"expert-parallel degree ep={ep} must divide dp_shard={shard}")
+    if mesh.mesh.flatten().tolist() != list(range(mesh.size())):
+        raise ValueError("build_expert_mesh needs a mesh over ranks 0..world-1 in order")
+    shape = (replicate, shard // ep, ep, tp)
+    expert_mesh = init_device_mesh(mesh.device_type, shape, mesh_dim_names=EXPERT_MESH_DIMS)
+    if dist.get_rank() == 0:
+        logger.info("expert mesh %s = %s", EXPERT_MESH_DIMS, shape)
+    return expert_mesh

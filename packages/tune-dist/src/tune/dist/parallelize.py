@@ -5,16 +5,20 @@ The order (``PARALLELIZE_ORDER``) and why:
 1. ``tp`` — tensor parallel first: its styles need the plain ``nn.Linear`` / ``nn.Embedding``
    modules and their names, and they turn weights into DTensors on the ``tp`` mesh dimension;
    FSDP must then see those DTensors to shard them along the data-parallel dimension (2-D).
-2. ``activation_checkpointing`` — wraps each block's forward in non-reentrant checkpointing.
-3. ``activation_offloading`` — moves what each block still saves to host memory.
-4. ``compile`` — ``torch.compile`` per block after the wrappers, so each compiled region is one
+2. ``ep`` — expert parallel: the experts modules named by ``ep_plan`` keep ``E / ep`` experts
+   each (DTensors ``Shard(0)`` on ``expert_mesh["ep"]``) and exchange tokens with all-to-all.
+   Before FSDP, which then shards those experts over ``expert_mesh["expert_dp_shard"]`` in
+   groups of their own, ahead of the blocks (see ``tune.dist.expert_parallel``).
+3. ``activation_checkpointing`` — wraps each block's forward in non-reentrant checkpointing.
+4. ``activation_offloading`` — moves what each block still saves to host memory.
+5. ``compile`` — ``torch.compile`` per block after the wrappers, so each compiled region is one
    whole wrapped block (the compiler sees the checkpointed region and plans its recomputation).
-5. ``fsdp`` — FSDP2 last, per block then the root: it must see the final module tree and the
+6. ``fsdp`` — FSDP2 last, per block then the root: it must see the final module tree and the
    final (TP-sharded) parameters, and its all-gathers must surround everything a block runs.
 
-Expert, context and pipeline parallelism slot in later at their own steps (EP after TP on the
-experts' dimension, CP as a mesh dimension with a runtime context, PP first as a split of the
-model into stages), each with its own plan fields; a plan without them behaves as today.
+Context and pipeline parallelism slot in later at their own steps (CP as a mesh dimension with a
+runtime context, PP first as a split of the model into stages), each with its own plan fields; a
+plan without them behaves as today.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from tune.dist.activation_checkpointing import apply_activation_checkpointing
 from tune.dist.activation_offloading import apply_activation_offloading
-from tune.dist.mesh import TP, data_parallel_mesh
+from tune.dist.mesh import EP, TP, data_parallel_mesh
 from tune.dist.module_matching import ModuleMatch, describe, find_modules
 
 if TYPE_CHECKING:
+    from tune.dist.expert_parallel import EPPlan
     from tune.dist.tensor_parallel import TPPlan
 
 # FSDP2 and TP import torch.distributed.tensor (~0.5 s with the sympy it pulls in): they are
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PARALLELIZE_ORDER = ("tp", "activation_checkpointing", "activation_offloading", "compile", "fsdp")
+PARALLELIZE_ORDER = ("tp", "ep", "activation_checkpointing", "activation_offloading", "compile", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,12 @@ class ParallelPlan:
             on one device / for FSDP over the default process group.
         tp_plan: ``{module-name pattern: style}`` (see ``apply_tp``), applied on ``mesh["tp"]``
             when that dimension is larger than 1; None: no tensor parallel.
+        ep_plan: ``{module-name pattern: "grouped_experts"}`` (see ``apply_ep``), applied on
+            ``expert_mesh["ep"]`` when that dimension is larger than 1; needs ``fsdp`` (the
+            non-expert parameters are data-parallel over the EP ranks); None: no expert parallel.
+            With ``tp_plan`` the MoE input must be replicated over ``tp`` (no sequence-parallel
+            styles): tensor-parallel peers then keep the same experts.
+        expert_mesh: the mesh from ``build_expert_mesh(mesh, ep)``, for ``ep_plan``.
         activation_checkpointing: recompute every block's activations in backward.
         activation_offloading: keep what blocks save for backward in host memory.
         compile: ``torch.compile`` each block.
@@ -73,6 +84,8 @@ class ParallelPlan:
     block: ModuleMatch
     mesh: DeviceMesh | None = None
     tp_plan: TPPlan | None = None
+    ep_plan: EPPlan | None = None
+    expert_mesh: DeviceMesh | None = None
     activation_checkpointing: bool = False
     activation_offloading: bool = False
     compile: bool = False
@@ -100,6 +113,41 @@ def _apply_tp(model: nn.Module, plan: ParallelPlan) -> bool:
     from tune.dist.tensor_parallel import apply_tp
 
     apply_tp(model, plan.mesh[TP], plan.tp_plan)
+    return True
+
+
+# Styles that leave activations sharded along the sequence between blocks.
+_SEQUENCE_STYLES = frozenset(
+    {"sequence_parallel", "colwise_seq", "rowwise_seq", "colwise_seq_rep", "embedding_rowwise_seq"}
+)
+
+
+def _apply_ep(model: nn.Module, plan: ParallelPlan) -> bool:
+    if plan.ep_plan is None:
+        return False
+    if plan.expert_mesh is None:
+        raise ValueError(
+            "ParallelPlan.ep_plan needs expert_mesh=build_expert_mesh(mesh, ep) (an 'ep' dimension)"
+        )
+    if plan.expert_mesh[EP].size() == 1:
+        return False
+    if not plan.fsdp:
+        raise ValueError(
+            "ParallelPlan.ep_plan needs fsdp=True: the EP ranks read different data, so the "
+            "non-expert parameters need FSDP's gradient reduction"
+        )
+    sequence_styles = sorted(
+        {s for s in (plan.tp_plan or {}).values() if isinstance(s, str) and s in _SEQUENCE_STYLES}
+    )
+    if sequence_styles and _tp_size(plan) > 1:
+        raise ValueError(
+            f"ParallelPlan.ep_plan with tensor parallelism needs the MoE input replicated over "
+            f"tp; the tp_plan has sequence-parallel styles {sequence_styles}: use the plain "
+            f"(colwise/rowwise) plan"
+        )
+    from tune.dist.expert_parallel import apply_ep
+
+    apply_ep(model, plan.expert_mesh, plan.ep_plan)
     return True
 
 
@@ -131,9 +179,27 @@ def _apply_fsdp(model: nn.Module, plan: ParallelPlan) -> bool:
         return False
     from tune.dist.fsdp import apply_fsdp
 
+    dp_mesh = None if plan.mesh is None else data_parallel_mesh(plan.mesh)
+    if plan.expert_mesh is not None:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+        from tune.dist.expert_parallel import apply_expert_fsdp
+
+        apply_expert_fsdp(
+            model,
+            plan.expert_mesh,
+            reshard_after_forward=plan.reshard_after_forward,
+            mp_policy=MixedPrecisionPolicy(
+                param_dtype=plan.param_dtype, reduce_dtype=plan.reduce_dtype
+            ),
+            offload_policy=CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+            if plan.cpu_offload
+            else OffloadPolicy(),
+            ignored_params=set(plan.ignored_params) or None,
+        )
     apply_fsdp(
         model,
-        None if plan.mesh is None else data_parallel_mesh(plan.mesh),
+        dp_mesh,
         block_match=plan.block,
         reshard_after_forward=plan.reshard_after_forward,
         param_dtype=plan.param_dtype,
@@ -146,6 +212,7 @@ def _apply_fsdp(model: nn.Module, plan: ParallelPlan) -> bool:
 
 _STEPS: dict[str, Callable[[nn.Module, ParallelPlan], bool]] = {
     "tp": _apply_tp,
+    "ep": _apply_ep,
     "activation_checkpointing": _apply_checkpointing,
     "activation_offloading": _apply_offloading,
     "compile": _apply_compile,

@@ -1,5 +1,5 @@
 """tune.train: the run driver (``TrainingDriver``), losses (chunked and fused CE, preference,
-KD, GRPO), the training step of each objective (``tune.train.steps``), token-normalised
+KD, GRPO, MoE router losses), expert-load metrics, the training step of each objective (``tune.train.steps``), token-normalised
 accumulation, schedules, clipping, non-finite guards, metric loggers and meters.
 
 Names are imported on first use (PEP 562), so ``import tune.train.loggers.redaction`` does not
@@ -20,6 +20,7 @@ _EXPORTS = {
     ),
     "clipping": ("clip_grad_norm",),
     "driver": ("Cadence", "RunResult", "StepResult", "TrainingDriver"),
+    "expert_load": ("expert_load_metrics", "update_routing_bias"),
     "guards": ("NonFiniteError", "NonFiniteGuard", "NothingTrainedError"),
     "loggers": (
         "JsonlLogger",
@@ -50,9 +51,13 @@ _EXPORTS = {
         "kl_distillation_loss",
         "kto_loss",
         "kto_reference_point",
+        "load_balancing_loss",
         "orpo_loss",
         "policy_gradient_loss",
         "reference_free_dpo_loss",
+        "router_stats_of",
+        "router_z_loss",
+        "sequence_load_balancing_loss",
         "sequence_logprobs",
         "sequence_logprobs_from_hidden",
         "simpo_loss",
@@ -82,6 +87,7 @@ _EXPORTS = {
         "DistillLossSettings",
         "PolicyLossSettings",
         "PreferenceObjective",
+        "RouterObjective",
         "distill_micro_batch_loss",
         "evaluate_token_loss",
         "micro_batch_loss",
@@ -99,6 +105,7 @@ if TYPE_CHECKING:
     )
     from tune.train.clipping import clip_grad_norm
     from tune.train.driver import Cadence, RunResult, StepResult, TrainingDriver
+    from tune.train.expert_load import expert_load_metrics, update_routing_bias
     from tune.train.guards import NonFiniteError, NonFiniteGuard, NothingTrainedError
     from tune.train.loggers import (
         JsonlLogger,
@@ -129,9 +136,13 @@ if TYPE_CHECKING:
         kl_distillation_loss,
         kto_loss,
         kto_reference_point,
+        load_balancing_loss,
         orpo_loss,
         policy_gradient_loss,
         reference_free_dpo_loss,
+        router_stats_of,
+        router_z_loss,
+        sequence_load_balancing_loss,
         sequence_logprobs,
         sequence_logprobs_from_hidden,
         simpo_loss,
@@ -161,6 +172,7 @@ if TYPE_CHECKING:
         DistillLossSettings,
         PolicyLossSettings,
         PreferenceObjective,
+        RouterObjective,
         distill_micro_batch_loss,
         evaluate_token_loss,
         micro_batch_loss,
@@ -187,6 +199,7 @@ __all__ = [
     "PreferenceLoss",
     "PreferenceObjective",
     "RewardInputs",
+    "RouterObjective",
     "RunResult",
     "StdoutLogger",
     "StepResult",
@@ -210,6 +223,7 @@ __all__ = [
     "distributed_sum",
     "dpo_loss",
     "evaluate_token_loss",
+    "expert_load_metrics",
     "fused_linear_cross_entropy",
     "group_advantages",
     "implementation_options",
@@ -220,6 +234,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "linear_schedule_with_warmup",
+    "load_balancing_loss",
     "loggers_for_run",
     "loss_scale_for_step",
     "micro_batch_loss",
@@ -234,12 +249,16 @@ __all__ = [
     "redact_text",
     "reference_free_dpo_loss",
     "reset_peak_memory",
+    "router_stats_of",
+    "router_z_loss",
     "seconds_since_process_start",
+    "sequence_load_balancing_loss",
     "sequence_logprobs",
     "sequence_logprobs_from_hidden",
     "simpo_loss",
     "token_logprobs",
     "transformer_flops_per_token",
+    "update_routing_bias",
     "warmup_decay_factor",
     "warmup_stable_decay_factor",
     "warmup_stable_decay_schedule",

@@ -35,6 +35,7 @@ from tune.data.synthetic import (
 )
 from tune.models import build_from_hf_config, convert_native_to_hf
 from tune.models.llama import tiny_llama_config
+from tune.models.qwen3_moe import tiny_qwen3_moe_config
 
 # Linear layers whose sizes are multiples of 16,384 elements, so NF4 (QLoRA) applies to all.
 NF4_FRIENDLY_SIZES: dict[str, Any] = {
@@ -65,9 +66,10 @@ def make_tiny_checkpoint(
     tokenizer_text: Iterable[str] = (),
     tokenizer_dir: str | Path | None = None,
     overwrite: bool = False,
+    architecture: Literal["llama", "qwen3_moe"] = "llama",
     **model_sizes: Any,
 ) -> Path:
-    """Write a random-weight tiny Llama HF directory with a byte-level BPE tokenizer, offline.
+    """Write a random-weight tiny Llama (or Qwen3-MoE) HF directory with a byte-level BPE tokenizer, offline.
 
     ``config.json``, ``model.safetensors``, ``generation_config.json``, ``tokenizer.json`` and
     ``tokenizer_config.json``: ``transformers`` loads it as it is. The same seed gives the same
@@ -82,6 +84,7 @@ def make_tiny_checkpoint(
         tokenizer_dir: copy this directory's tokenizer instead of training one (a teacher and
             its student share one); ``template``, ``vocab_size`` and ``tokenizer_text`` are unused.
         overwrite: replace an existing non-empty ``directory`` whole.
+        architecture: "llama", or "qwen3_moe" (8 experts, top-2, in every layer).
         **model_sizes: arguments of ``tune.models.llama.tiny_llama_config`` (hidden_size, ...).
 
     Raises:
@@ -100,9 +103,8 @@ def make_tiny_checkpoint(
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
         tok = Tokenizer.from_dir(tmp)
         vocab = -(-tok.vocab_size // 64) * 64  # rounded up: the extra rows are never produced
-        config = tiny_llama_config(
-            vocab, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, **model_sizes
-        )
+        make_config = tiny_qwen3_moe_config if architecture == "qwen3_moe" else tiny_llama_config
+        config = make_config(vocab, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, **model_sizes)
         torch.manual_seed(seed)
         model = build_from_hf_config(config, device="cpu", dtype=torch.float32)
         model.init_weights()
@@ -156,6 +158,13 @@ def _student(path: Path, root: Path, force: bool) -> Path:
     )
 
 
+def _moe(path: Path, root: Path, force: bool) -> Path:
+    tokenizer = root / "checkpoints" / "tiny"
+    return make_tiny_checkpoint(
+        path, tokenizer_dir=tokenizer, overwrite=force, architecture="qwen3_moe", **TINY_SIZES
+    )
+
+
 def _rows(make: Callable[[], list[dict[str, Any]]]) -> Callable[[Path, Path, bool], Path]:
     return lambda path, root, force: write_rows_aside(make(), path)
 
@@ -166,6 +175,7 @@ TINY_WORKSPACE: dict[str, tuple[str, Callable[[Path, Path, bool], Path]]] = {
     "checkpoints/tiny": ("random tiny Llama (NF4-friendly sizes), BPE tokenizer", _base),
     "checkpoints/tiny_teacher": ("random tiny Llama, the distill configs' teacher", _teacher),
     "checkpoints/tiny_student": ("smaller random tiny Llama, their student", _student),
+    "checkpoints/tiny_moe": ("random tiny Qwen3-MoE, 8 experts, top-2 (the moe configs)", _moe),
     "data/tiny_instructions.jsonl": (
         "2000 instruction rows (sft, distill, eval)",
         _rows(lambda: synthetic_instruction_rows(2000, seed=0)),

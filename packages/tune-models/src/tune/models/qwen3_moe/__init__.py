@@ -10,6 +10,7 @@ from typing import Any
 
 from tune.models.decoder_config import common_fields
 from tune.models.hf_config import ConfigFields
+from tune.models.llama.sizes import tiny_llama_config
 from tune.models.moe_decoder import (
     MoEDecoderConfig,
     build_moe_decoder,
@@ -75,6 +76,44 @@ QWEN3_MOE_SIZES: dict[str, dict[str, Any]] = {
     "qwen3-235b-a22b": _qwen3_moe(4096, 12288, 1536, 94, 64),
 }
 
+
+def tiny_qwen3_moe_config(
+    vocab_size: int,
+    *,
+    num_experts: int = 8,
+    top_k: int = 2,
+    moe_intermediate_size: int = 64,
+    **sizes: Any,
+) -> dict[str, Any]:
+    """A complete Qwen3-MoE ``config.json`` for a small test model (every layer routed).
+
+    Args:
+        vocab_size: rows of the embedding (and LM head).
+        num_experts: routed experts per layer.
+        top_k: experts per token.
+        moe_intermediate_size: width of each expert's gated hidden layer.
+        **sizes: ``tune.models.llama.tiny_llama_config`` arguments (hidden_size, num_layers, ...).
+    """
+    config = tiny_llama_config(vocab_size, **sizes)
+    config.update(
+        architectures=["Qwen3MoeForCausalLM"],
+        model_type="qwen3_moe",
+        num_experts=num_experts,
+        num_experts_per_tok=top_k,
+        moe_intermediate_size=moe_intermediate_size,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        rms_norm_eps=1e-6,
+        use_sliding_window=False,
+        sliding_window=None,
+        router_aux_loss_coef=0.001,
+        output_router_logits=False,
+    )
+    config.pop("mlp_bias")
+    return config
+
+
 QWEN3_MOE = register_family(
     ModelFamily(
         name="qwen3_moe",
@@ -87,4 +126,4 @@ QWEN3_MOE = register_family(
     )
 )
 
-__all__ = ["QWEN3_MOE", "QWEN3_MOE_SIZES", "qwen3_moe_config"]
+__all__ = ["QWEN3_MOE", "QWEN3_MOE_SIZES", "qwen3_moe_config", "tiny_qwen3_moe_config"]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from tune.train.loggers.protocol import prepare_metrics
@@ -22,10 +23,13 @@ class StdoutLogger:
 
     Args:
         stream: where to write (default `sys.stdout`, looked up at each call).
+        exclude: `fnmatch` patterns of metric names left off the line (they still reach the
+            other loggers), e.g. `["moe/layer*"]` for the per-layer expert-load metrics.
     """
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, exclude: Sequence[str] = ()) -> None:
         self._stream = stream
+        self.exclude = tuple(exclude)
 
     @property
     def stream(self) -> TextIO:
@@ -35,7 +39,9 @@ class StdoutLogger:
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Write one line for this step."""
         parts = [f"step {step}"] + [
-            f"{k} {_format(v)}" for k, v in prepare_metrics(metrics).items()
+            f"{k} {_format(v)}"
+            for k, v in prepare_metrics(metrics).items()
+            if not any(fnmatch.fnmatchcase(k, pattern) for pattern in self.exclude)
         ]
         self.stream.write(" | ".join(parts) + "\n")
         self.stream.flush()

@@ -1,4 +1,5 @@
-"""Losses that return sums plus counts, so accumulation can normalise by the whole step."""
+"""Losses that return sums plus counts, so accumulation can normalise by the whole step, and
+the router losses of mixture-of-experts models."""
 
 from tune.train.losses.cross_entropy import (
     IGNORE_INDEX,
@@ -25,11 +26,19 @@ from tune.train.losses.preference import (
     reference_free_dpo_loss,
     simpo_loss,
 )
+from tune.train.losses.router import (
+    RouterStatsLike,
+    load_balancing_loss,
+    router_stats_of,
+    router_z_loss,
+    sequence_load_balancing_loss,
+)
 
 __all__ = [
     "IGNORE_INDEX",
     "PolicyLoss",
     "PreferenceLoss",
+    "RouterStatsLike",
     "TokenLoss",
     "chunked_cross_entropy",
     "cross_entropy",
@@ -41,9 +50,13 @@ __all__ = [
     "kl_distillation_loss",
     "kto_loss",
     "kto_reference_point",
+    "load_balancing_loss",
     "orpo_loss",
     "policy_gradient_loss",
     "reference_free_dpo_loss",
+    "router_stats_of",
+    "router_z_loss",
+    "sequence_load_balancing_loss",
     "sequence_logprobs",
     "sequence_logprobs_from_hidden",
     "simpo_loss",

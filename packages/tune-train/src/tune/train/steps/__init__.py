@@ -8,6 +8,8 @@ PyTorch loop can ``backward()``; nothing here owns a loop, a device mesh or a ch
 - ``preference``: DPO, IPO, SimPO, ORPO, KTO and reference-free DPO on chosen+rejected rows in
   one forward, with the reference log-probs from a callable.
 - ``distillation``: cross-entropy mixed with a forward, reverse or symmetric KL to a teacher.
+- ``router``: a MoE model's router losses (added by the token and preference steps), expert-load
+  metrics and routing-bias update (``RouterObjective``).
 - ``grpo``: rollouts as a padded batch, group advantages and the clipped policy-gradient update
   (with sampling, rewards and rollout metrics, also in ``tune.train.rl``).
 """
@@ -38,6 +40,7 @@ from tune.train.steps.preference import (
     micro_batch_preference,
     preference_stats,
 )
+from tune.train.steps.router import RouterObjective
 from tune.train.steps.token import evaluate_token_loss, micro_batch_loss
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "PreferenceObjective",
     "ReferenceLogprobs",
     "RolloutBatch",
+    "RouterObjective",
     "batch_logprobs",
     "distill_micro_batch_loss",
     "evaluate_distillation",

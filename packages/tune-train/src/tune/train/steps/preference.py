@@ -37,6 +37,7 @@ from tune.train.losses import (
     sequence_logprobs_from_hidden,
     simpo_loss,
 )
+from tune.train.steps.router import RouterObjective, real_token_mask
 
 PREFERENCE_LOSSES = ("dpo", "ipo", "simpo", "orpo", "kto", "reference_free_dpo")
 # Losses on length-averaged log-probs (the others sum them).
@@ -166,6 +167,7 @@ def micro_batch_preference(
     reference: ReferenceLogprobs | None,
     fused: bool,
     softcap: float | None = None,
+    router: RouterObjective | None = None,
 ) -> PreferenceLoss:
     """The objective's per-pair losses and rewards on one concatenated micro-batch.
 
@@ -177,6 +179,8 @@ def micro_batch_preference(
             reference-free losses.
         fused: chunked projection from hidden states.
         softcap: final-logit soft-capping.
+        router: a MoE policy's router losses and load metrics (``RouterObjective``): its
+            penalty (from the policy's forward over all 2B rows) is added to every pair's loss.
     """
     ref = None
     if objective.needs_reference:
@@ -185,7 +189,15 @@ def micro_batch_preference(
         with torch.no_grad():
             ref = reference(batch)
     policy = batch_logprobs(model, batch, average=objective.average, fused=fused, softcap=softcap)
-    return objective.loss(policy, ref, batch.get("desirable"))
+    result = objective.loss(policy, ref, batch.get("desirable"))
+    if router is not None:
+        penalty = router.penalty(
+            model, units=result.losses.shape[0], batch_size=batch["tokens"].shape[0],
+            attention_mask=real_token_mask(batch),
+        )  # fmt: skip
+        if penalty is not None:
+            result = result._replace(losses=result.losses + penalty)
+    return result
 
 
 def preference_stats(result: PreferenceLoss, desirable: Tensor | None = None) -> dict[str, Tensor]:

@@ -13,6 +13,7 @@ from tune.train.losses import (
     cross_entropy,
     fused_linear_cross_entropy,
 )
+from tune.train.steps.router import RouterObjective, real_token_mask
 
 
 def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -25,6 +26,7 @@ def micro_batch_loss(
     *,
     fused: bool,
     softcap: float | None = None,
+    router: RouterObjective | None = None,
 ) -> TokenLoss:
     """Summed token cross-entropy of a batch and its count of trained tokens.
 
@@ -35,16 +37,27 @@ def micro_batch_loss(
             ``positions``, ``document_ids`` (packed) or ``attention_mask`` (padded).
         fused: apply the output projection inside a chunked CE (never builds [B*T, V] logits).
         softcap: final-logit soft-capping (Gemma 2), applied inside the loss.
+        router: a MoE model's router losses and load metrics (``RouterObjective``): its penalty
+            times the trained tokens is added to the summed loss (see ``tune.train.steps.router``).
     """
     labels = batch["labels"]
     if fused:
         hidden = model(batch["tokens"], **_model_inputs(batch), return_hidden=True)  # [B, T, D]
         weight = cast(nn.Linear, model.get_submodule("output")).weight  # [V, D]
-        return fused_linear_cross_entropy(
+        loss = fused_linear_cross_entropy(
             hidden.flatten(0, 1), weight, labels.flatten(), softcap=softcap
         )
-    logits = model(batch["tokens"], **_model_inputs(batch))  # [B, T, V], already soft-capped
-    return cross_entropy(logits, labels)
+    else:
+        logits = model(batch["tokens"], **_model_inputs(batch))  # [B, T, V], already soft-capped
+        loss = cross_entropy(logits, labels)
+    if router is not None:
+        penalty = router.penalty(
+            model, units=loss.num_tokens, batch_size=batch["tokens"].shape[0],
+            attention_mask=real_token_mask(batch),
+        )  # fmt: skip
+        if penalty is not None:
+            loss = TokenLoss(loss.loss_sum + penalty * loss.num_tokens, loss.num_tokens)
+    return loss
 
 
 @torch.no_grad()

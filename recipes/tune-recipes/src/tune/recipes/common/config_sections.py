@@ -48,9 +48,22 @@ class TrainedModelConfig(ModelConfig):
             needs the ``transformers`` package; no tensor parallel or QAT; plain, unfused
             cross-entropy) or ``auto`` (native when tune.models builds the checkpoint's
             ``config.json``, else transformers).
+        router_aux_loss_coef: weight of a MoE model's load-balancing loss (0: logged, not
+            trained). transformers adds ``router_aux_loss_coef`` from ``config.json`` only with
+            ``output_router_logits: true``, which published configs leave off; set it here.
+        router_aux_loss: ``global`` (Mixtral, Qwen-MoE, OLMoE, gpt-oss: transformers'
+            ``load_balancing_loss_func``) or ``sequence`` (DeepSeek-V3's sequence-wise loss).
+        router_z_loss_coef: weight of the router z-loss (0: logged, not trained).
+        routing_bias_update_rate: auxiliary-loss-free balancing: after each step, every MoE
+            block's ``routing_bias`` moves by this much towards a balanced load (DeepSeek-V3:
+            0.001; 0: off).
     """
 
     implementation: Literal["native", "transformers", "auto"] = "auto"
+    router_aux_loss_coef: float = 0.0
+    router_aux_loss: Literal["global", "sequence"] = "global"
+    router_z_loss_coef: float = 0.0
+    routing_bias_update_rate: float = 0.0
 
 
 @dataclass
@@ -188,6 +201,9 @@ class LoRAConfig:
         dropout: dropout on the adapter input.
         targets: module-name patterns to adapt (checked against the model when it loads).
         exclude: module-name patterns never to adapt.
+        target_parameters: parameter-name patterns of stacked 3-D MoE expert weights to adapt
+            with per-expert factors (PEFT's ``target_parameters``), e.g.
+            ``[experts.gate_up_proj, experts.down_proj]``; no dropout with these.
         use_rslora: rank-stabilised scaling.
         init: ``default`` (A Kaiming-uniform, B zeros), ``gaussian`` (A normal, B zeros) or
             ``pissa`` (from the base weight's top singular vectors), as in tune-peft.
@@ -198,6 +214,7 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     exclude: list[str] = field(default_factory=list)
+    target_parameters: list[str] = field(default_factory=list)
     use_rslora: bool = False
     init: Literal["default", "gaussian", "pissa"] = "default"
 

@@ -19,11 +19,12 @@ def lora_config_from(method: str, lora: Any) -> LoraConfig:
     Args:
         method: ``lora``, ``qlora`` or ``dora``.
         lora: the ``training.lora`` section (``r``, ``alpha``, ``dropout``, ``targets``,
-            ``exclude``, ``use_rslora``, ``init``).
+            ``exclude``, ``target_parameters``, ``use_rslora``, ``init``).
     """
     return LoraConfig(
         r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=list(lora.targets),
-        exclude=[*lora.exclude, _HEAD_PATTERN], use_rslora=lora.use_rslora,
+        exclude=[*lora.exclude, _HEAD_PATTERN], target_parameters=list(lora.target_parameters),
+        use_rslora=lora.use_rslora,
         use_dora=method == "dora", init=lora.init,
     )  # fmt: skip
 

@@ -42,6 +42,8 @@ def build_loggers(
             kwargs.setdefault("path", jsonl_path)
         if factory is StdoutLogger:
             kwargs.setdefault("stream", DummyTqdmFile(sys.stdout))
+            # Per-layer expert loads (3 per MoE layer) go to the files, not the console line.
+            kwargs.setdefault("exclude", ["moe/layer*"])
         parts.append((factory, kwargs))
     return loggers_for_run(parts, output_dir=output_dir, start_step=start_step)
 

@@ -143,6 +143,8 @@ def check_model(cfg: Any, c: Checks) -> None:
     check_dtype(c, "model.dtype", cfg.model.dtype, cfg.device)
     if hasattr(cfg.model, "implementation"):
         check_implementation(cfg, c)
+        for key in ("router_aux_loss_coef", "router_z_loss_coef", "routing_bias_update_rate"):
+            c.non_negative(f"model.{key}", getattr(cfg.model, key))
     if (teacher := getattr(cfg, "teacher", None)) is not None:
         check_checkpoint_dir(c, "teacher.checkpoint_dir", teacher.checkpoint_dir)
         check_dtype(c, "teacher.dtype", teacher.dtype, cfg.device)

@@ -41,6 +41,7 @@ from tune.train.steps.preference import (
     preference_stats,
     summarize_stats,
 )
+from tune.train.steps.router import RouterObjective
 
 
 def run(config: PreferenceConfig) -> dict[str, Any]:
@@ -88,6 +89,11 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
     ref_fn = reference_logprobs_fn(model, reference, obj, fused=fused, softcap=softcap)
     batches = iter(loader)
+    m = cfg.model  # a MoE policy's router losses, expert-load metrics and routing-bias update
+    router = RouterObjective(
+        aux_loss_coef=m.router_aux_loss_coef, z_loss_coef=m.router_z_loss_coef,
+        aux_loss=m.router_aux_loss, bias_update_rate=m.routing_bias_update_rate,
+    )  # fmt: skip
 
     # ---- one optimizer step; the unit of accumulation is the pair (KTO: the example) ----------
     def step_fn(step: int) -> StepResult:
@@ -96,7 +102,7 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
 
         def loss(mb: dict[str, Any]) -> Any:
             result = micro_batch_preference(
-                model, mb, obj, reference=ref_fn, fused=fused, softcap=softcap
+                model, mb, obj, reference=ref_fn, fused=fused, softcap=softcap, router=router
             )
             stats[0] = add_stats(stats[0], preference_stats(result, mb.get("desirable")))
             return result.losses.sum()
@@ -104,6 +110,7 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
         step_metrics = driver.accumulate(mbs, loss, count=lambda mb: mb["tokens"].shape[0] // 2)
         metrics = {**summarize_stats(stats[0], dp.reduce), "loss": step_metrics["loss"],
                    "num_pairs": step_metrics["num_tokens"]}  # fmt: skip
+        metrics.update(router.finish_step(model, dp.reduce))
         metrics.update(driver.optimizer_step(step + 1))
         run.extra["pairs_seen"] = int(run.extra.get("pairs_seen", 0)) + int(metrics["num_pairs"])
         tokens = sum(count_nonpadding_tokens(mb["tokens"], mb["attention_mask"]) for mb in mbs)

@@ -26,6 +26,7 @@ from tune.recipes.common.training_run import (
     start_run,
 )
 from tune.recipes.sft.config import SFTConfig
+from tune.train.steps.router import RouterObjective
 from tune.train.steps.token import evaluate_token_loss, micro_batch_loss
 
 
@@ -70,14 +71,20 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
     # A sharded output weight needs plain CE; so does an HF head (it may scale its logits).
     fused = t.fused_ce and not dp.distributed and ckpt.implementation == "native"
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
+    m = cfg.model  # a MoE model's router losses, expert-load metrics and routing-bias update
+    router = RouterObjective(
+        aux_loss_coef=m.router_aux_loss_coef, z_loss_coef=m.router_z_loss_coef,
+        aux_loss=m.router_aux_loss, bias_update_rate=m.routing_bias_update_rate,
+    )  # fmt: skip
 
     # ---- one optimizer step: token-normalised accumulation over micro-batches ----------------
     def step_fn(step: int) -> StepResult:
         mbs, tokens = data.next_micro_batches(accum)
         metrics = driver.accumulate(
-            mbs, lambda mb: micro_batch_loss(model, mb, fused=fused, softcap=softcap),
+            mbs, lambda mb: micro_batch_loss(model, mb, fused=fused, softcap=softcap, router=router),
             count=lambda mb: (mb["labels"] != -100).sum(),
         )  # fmt: skip
+        metrics.update(router.finish_step(model, dp.reduce))
         metrics.update(driver.optimizer_step(step + 1))
         run.extra["tokens_seen"] = run.extra.get("tokens_seen", 0) + tokens
         return StepResult(metrics, tokens)

@@ -1,0 +1,326 @@
+"""Expert parallelism: stacked experts sharded over an ``ep`` mesh dimension, tokens exchanged
+with all-to-all.
+
+Each rank of an EP group keeps ``E / ep`` consecutive experts (its slice along dim 0 of every
+stacked expert parameter, a DTensor ``Shard(0)`` on ``mesh["ep"]``, so full state dicts and DCP
+checkpoints see whole ``[E, ...]`` tensors and reshard across EP degrees). An expert-parallel
+forward, for the ``N`` tokens of this rank and their ``k`` chosen experts::
+
+    order    = argsort(selected_experts.flatten())     # (token, slot) pairs grouped by expert
+    counts   = all_to_all(tokens_per_expert)           # how many rows each peer sends my experts
+    x_recv   = all_to_all(x[order // k])               # rows for my experts, peer-major
+    y_recv   = experts_local(x_recv, local ids, weights 1)
+    y_sorted = all_to_all(y_recv)                      # back to the ranks that own the tokens
+    out      = sum_k weights * unsort(y_sorted)        # [N, dim]
+
+Both all-to-alls are differentiable (backward sends gradients the reverse way), so an expert's
+gradient sums the contributions of every EP peer's tokens.
+
+Which ranks see which data: the EP ranks are data-parallel ranks (each reads its own batch), so
+the non-expert parameters (attention, router, embeddings) are FSDP-sharded over all ``D``
+data-parallel ranks as usual (their gradients are averaged over ``D``), and the experts over the
+``D / ep`` data-parallel ranks outside their EP group (``mesh["expert_dp_shard"]``, see
+``build_expert_mesh``), whose FSDP groups average over ``D / ep``. Since an expert's local
+gradient already sums its ``ep`` peers' contributions, the forward scales it by ``1 / ep``
+(``sum / ep / (D / ep) = sum / D``): every parameter then holds the gradient of the mean over the
+data-parallel ranks' losses, as without EP. (A scale in the graph, not FSDP's gradient divide
+factor, which gloo cannot apply and a one-rank FSDP group skips.) Tensor-parallel peers (TP for
+attention, no sequence parallelism) read the same tokens: they keep the same experts and each
+exchanges tokens with the ranks of its own ``tp`` index.
+
+The experts module protocol (duck-typed; ``tune.models.GroupedExperts`` follows it):
+
+- direct parameters stacked over experts on dim 0 (``gate_up_proj`` [E, 2H, D],
+  ``down_proj`` [E, D, H], any others with a leading ``E``), and ``num_experts`` = E;
+- ``forward(x [N, D], selected_experts [N, k] int64, weights [N, k], tokens_per_expert [E])
+  -> [N, D]``, the weighted sum of the selected experts' outputs, reading its parameters as
+  attributes (so the local shards can stand in for them during the call).
+
+An EP plan is plain data like a TP plan: ``{module-name pattern: "grouped_experts"}``, e.g.
+``{"layers.*.mlp.experts": "grouped_experts"}`` (``MOE_EP_PLAN``) for the MoE families whose
+blocks keep their experts at ``layers.<i>.mlp.experts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+from tune.dist.mesh import DP_REPLICATE, EP, EXPERT_DP_SHARD
+from tune.dist.module_matching import name_matches
+
+logger = logging.getLogger(__name__)
+
+EP_STYLES = ("grouped_experts",)
+EPPlan = Mapping[str, str]
+MOE_EP_PLAN: dict[str, str] = {"layers.*.mlp.experts": "grouped_experts"}
+
+
+class _AllToAllRows(torch.autograd.Function):
+    """``dist.all_to_all_single`` over dim 0 with uneven splits; backward sends grads back."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any
+    ) -> torch.Tensor:
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x.new_empty((sum(out_splits), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        out_splits, in_splits = ctx.splits
+        grad_in = grad.new_empty((sum(in_splits), *grad.shape[1:]))
+        dist.all_to_all_single(grad_in, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        return grad_in, None, None, None
+
+
+def all_to_all_rows(
+    x: torch.Tensor, output_split_sizes: list[int], input_split_sizes: list[int], group: Any
+) -> torch.Tensor:
+    """Differentiable all-to-all of the rows of ``x`` [R, ...]: row block i goes to peer i.
+
+    Args:
+        x: [sum(input_split_sizes), ...] rows to send, grouped by destination peer.
+        output_split_sizes: rows received from each peer.
+        input_split_sizes: rows sent to each peer.
+        group: the process group.
+
+    Returns:
+        [sum(output_split_sizes), ...] the received rows, grouped by source peer.
+    """
+    out: torch.Tensor = _AllToAllRows.apply(x, output_split_sizes, input_split_sizes, group)
+    return out
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+@contextlib.contextmanager
+def _local_parameters(module: nn.Module, names: tuple[str, ...], grad_scale: float) -> Iterator[None]:
+    """Let ``module`` read the local shards (differentiable ``to_local``) of its DTensor params,
+    their gradients scaled by ``grad_scale``."""
+    saved = {name: module._parameters[name] for name in names}
+    try:
+        for name, param in saved.items():
+            assert param is not None
+            local = param.to_local() if isinstance(param, DTensor) else param
+            # Plain tensors in _parameters for the call only (what functional_call does).
+            module._parameters[name] = _ScaleGrad.apply(local, grad_scale)  # type: ignore[assignment]
+        yield
+    finally:
+        module._parameters.update(saved)
+
+
+class ExpertParallel:
+    """Marker base of the expert-parallel classes ``apply_ep`` swaps experts modules into."""
+
+    _ep_base: type[nn.Module]
+    _ep_group: Any
+    _ep_size: int
+    _ep_param_names: tuple[str, ...]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        selected_experts: torch.Tensor,
+        weights: torch.Tensor,
+        tokens_per_expert: torch.Tensor,
+    ) -> torch.Tensor:
+        """Expert-parallel forward of the experts protocol (see the module docstring).
+
+        Args:
+            x: [N, dim] this rank's tokens.
+            selected_experts: [N, k] int64 global expert indices.
+            weights: [N, k] routing weights, in the dtype of ``x``.
+            tokens_per_expert: [E] int64 counts of ``selected_experts`` per global expert.
+
+        Returns:
+            [N, dim].
+        """
+        ep, group = self._ep_size, self._ep_group
+        n, k = selected_experts.shape
+        num_experts = tokens_per_expert.shape[0]
+        local = num_experts // ep
+        # Stable: each expert's rows stay in token order, as in the single-device experts.
+        order = torch.argsort(selected_experts.reshape(-1), stable=True)  # [N*k]
+        x_sorted = x[order // k]  # [N*k, dim], grouped by expert, hence by owning peer
+        send_counts = tokens_per_expert.to(torch.int64).contiguous()  # [E] = [ep, local]
+        recv_counts = torch.empty_like(send_counts)  # [ep, local]: peer p's rows for my experts
+        dist.all_to_all_single(recv_counts, send_counts, group=group)
+        # One host sync for the split sizes (the all-to-all needs them on the host).
+        send_split = send_counts.view(ep, local).sum(dim=1).tolist()
+        recv_by_peer = recv_counts.view(ep, local)
+        recv_split = recv_by_peer.sum(dim=1).tolist()
+        x_recv = all_to_all_rows(x_sorted, recv_split, send_split, group)  # [M, dim]
+        local_ids = torch.arange(local, device=x.device).repeat(ep)  # [ep * local]
+        local_ids = torch.repeat_interleave(local_ids, recv_counts)  # [M], peer-major
+        ones = x_recv.new_ones(x_recv.shape[0], 1)
+        # 1 / ep: the local expert gradient sums the ep peers' tokens (see the module docstring).
+        with _local_parameters(self, self._ep_param_names, 1.0 / ep):  # type: ignore[arg-type]
+            if sum(recv_split):
+                y_recv = self._ep_base.forward(
+                    self, x_recv, local_ids.unsqueeze(1), ones, recv_by_peer.sum(dim=0)
+                )  # [M, dim]
+            else:
+                # No rows came (experts modules need not take zero tokens). The local experts
+                # still get a zero gradient, as a single process gives the unused experts'
+                # slices of its stacked parameters: FSDP peers then reduce the same parameters,
+                # and the optimizer steps (weight decay) every shard alike.
+                unused = sum(getattr(self, n).sum() for n in self._ep_param_names)
+                y_recv = x_recv + 0.0 * unused  # [0, dim]
+        y_sorted = all_to_all_rows(y_recv, send_split, recv_split, group)  # [N*k, dim]
+        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, -1)
+        return (y * weights.unsqueeze(-1)).sum(dim=1)
+
+
+_EP_CLASSES: dict[type, type] = {}
+
+
+def _ep_class(cls: type[nn.Module]) -> type:
+    if cls not in _EP_CLASSES:
+        _EP_CLASSES[cls] = type(
+            f"ExpertParallel{cls.__name__}", (ExpertParallel, cls), {"_ep_base": cls}
+        )
+    return _EP_CLASSES[cls]
+
+
+def _ep_dim(mesh: DeviceMesh) -> DeviceMesh:
+    names = mesh.mesh_dim_names or ()
+    if EP in names:
+        return mesh[EP]
+    if mesh.ndim == 1:
+        return mesh
+    raise ValueError(f"expert mesh has dimensions {names}; expected an {EP!r} dimension")
+
+
+def _check_experts(name: str, module: nn.Module, ep: int) -> tuple[str, ...]:
+    num_experts = getattr(module, "num_experts", None)
+    if not isinstance(num_experts, int):
+        raise ValueError(
+            f"{name}: {type(module).__name__} has no integer num_experts; an EP-sharded experts "
+            f"module stacks its experts on dim 0 (see tune.dist.expert_parallel)"
+        )
+    if num_experts % ep:
+        raise ValueError(
+            f"{name}: num_experts={num_experts} is not divisible by the expert-parallel degree {ep}"
+        )
+    params = {n: p for n, p in module._parameters.items() if p is not None}
+    bad = {n: list(p.shape) for n, p in params.items() if p.shape[:1] != (num_experts,)}
+    if not params or bad:
+        raise ValueError(
+            f"{name}: expert parameters must be stacked with a leading num_experts={num_experts} "
+            f"dimension; got {bad or 'no parameters'}"
+        )
+    if any(True for _ in module.children()):
+        raise ValueError(
+            f"{name}: {type(module).__name__} holds submodules "
+            f"({[n for n, _ in module.named_children()]}); only modules whose parameters are all "
+            f"stacked experts can be expert-parallel"
+        )
+    return tuple(params)
+
+
+def apply_ep(model: nn.Module, mesh: DeviceMesh, plan: EPPlan) -> list[str]:
+    """Shard the experts modules named by ``plan`` over ``mesh["ep"]`` and make them dispatch.
+
+    Every matched module keeps its name and parameter names; its stacked parameters become
+    DTensors ``Shard(0)`` on the ``ep`` dimension (rank i keeps experts
+    ``[i * E / ep, (i + 1) * E / ep)``) and its class a subclass with the expert-parallel forward.
+    Call on every rank with the same (identically initialised) model; rank 0's values are sent.
+
+    Args:
+        model: a plain single-device model, before FSDP.
+        mesh: the expert mesh from ``build_expert_mesh`` (or any mesh with an ``ep`` dimension, or
+            a 1-D mesh).
+        plan: ``{module-name pattern: "grouped_experts"}`` (fnmatch, or ``"re:<regex>"``).
+
+    Returns:
+        The names of the modules made expert-parallel.
+    """
+    ep_mesh = _ep_dim(mesh)
+    ep = ep_mesh.size()
+    for pattern, style in plan.items():
+        if style not in EP_STYLES:
+            raise ValueError(f"EP plan {pattern!r}: unknown style {style!r}; expected {EP_STYLES}")
+    matched = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and any(name_matches(p, name) for p in plan)
+    ]
+    if not matched:
+        raise ValueError(
+            f"EP plan patterns {sorted(plan)} matched no module of {type(model).__name__}"
+        )
+    for name, module in matched:
+        if isinstance(module, ExpertParallel):
+            raise ValueError(f"{name} is already expert-parallel")
+        names = _check_experts(name, module, ep)
+        for pname in names:
+            param = module._parameters[pname]
+            assert param is not None
+            dtensor = distribute_tensor(param.detach(), ep_mesh, [Shard(0)])
+            module.register_parameter(
+                pname, nn.Parameter(dtensor, requires_grad=param.requires_grad)
+            )
+        module.__class__ = _ep_class(type(module))
+        module._ep_group = ep_mesh.get_group()  # type: ignore[assignment]
+        module._ep_size = ep  # type: ignore[assignment]
+        module._ep_param_names = names  # type: ignore[assignment]
+    logger.debug("expert parallel over %d ranks: %s", ep, [n for n, _ in matched])
+    return [n for n, _ in matched]
+
+
+def expert_parallel_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` that ``apply_ep`` made expert-parallel, with their names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ExpertParallel)]  # type: ignore[misc]
+
+
+def apply_expert_fsdp(model: nn.Module, mesh: DeviceMesh, **fully_shard_kwargs: Any) -> int:
+    """``fully_shard`` every expert-parallel module over the expert data-parallel dimension(s).
+
+    Call before ``apply_fsdp`` (which then leaves those parameters to these groups).
+
+    Args:
+        model: a model after ``apply_ep``.
+        mesh: the expert mesh from ``build_expert_mesh``.
+        fully_shard_kwargs: passed to ``fully_shard`` (``reshard_after_forward``, ``mp_policy``,
+            ``offload_policy``, ``ignored_params``).
+
+    Returns:
+        The number of modules sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    names = mesh.mesh_dim_names or ()
+    if EXPERT_DP_SHARD not in names:
+        raise ValueError(
+            f"expert mesh has dimensions {names}; expected one from build_expert_mesh"
+        )
+    if DP_REPLICATE in names and mesh[DP_REPLICATE].size() > 1:
+        dp_mesh = mesh[DP_REPLICATE, EXPERT_DP_SHARD]
+    else:
+        dp_mesh = mesh[EXPERT_DP_SHARD]
+    modules = expert_parallel_modules(model)
+    for _name, module in modules:
+        fully_shard(module, mesh=dp_mesh, **fully_shard_kwargs)
+    return len(modules)

@@ -144,6 +144,14 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 
 @pytest.fixture(scope="session")
+def moe_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny random Qwen3-MoE checkpoint (8 experts, top-2) and 240 instruction rows."""
+    from tune_testing import make_tiny_assets
+
+    return make_tiny_assets(tmp_path_factory.mktemp("moe_assets"), architecture="qwen3_moe")
+
+
+@pytest.fixture(scope="session")
 def tied_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """``tiny_assets`` with the LM head tied to the embedding (Llama 3.2, Qwen2.5, SmolLM2):
     the distributed tests run on it, so a tied alias of a frozen weight cannot slip through."""

@@ -37,10 +37,12 @@ def _tune_logits(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tenso
         return model(tokens, positions=positions, attention_mask=mask)
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("method", ["lora", "dora", "moe_lora"])
 def test_adapter_and_merged_outputs_load_in_peft_and_transformers(
-    method: str, tiny_assets: TinyAssets, tmp_path: Path
+    method: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    # moe_lora: a Qwen3-MoE with adapters on attention and on every expert (target_parameters)
+    tiny_assets = request.getfixturevalue("moe_assets" if "moe" in method else "tiny_assets")
     out = tmp_path / method
     summary = run_in_process(
         "sft", f"sft/tiny_cpu_{method}",

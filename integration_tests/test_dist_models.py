@@ -1,5 +1,7 @@
-"""tune.dist applies tune.models' own TP plans, FSDP and expert parallelism (Qwen3-MoE) to
-tune.models models (torchrun, gloo).
+"""tune.dist applies tune.models' own TP plans, FSDP, expert parallelism (Qwen3-MoE) and context
+parallelism (ring attention over an 8192-token row, plain and packed) and pipeline parallelism
+(a tied Llama cut into stages, packed rows, 1F1B / interleaved 1F1B / ZBV) to tune.models models
+(torchrun, gloo).
 
 Loss and every gradient equal a single-process run (1e-5): the models' attention derives local
 head counts from the projection outputs, the plan names real modules, tied embeddings stay tied.
@@ -64,3 +66,11 @@ def test_tune_models_under_tp_and_fsdp(tmp_path: Path) -> None:
     assert r0["llama3.2-1b/tp"]["tied"] is True
     assert r0["llama3.2-1b/fsdp"]["tied"] is True
     assert r0["qwen3-30b-a3b/ep"]["plan_styles"] == ["grouped_experts"]  # experts over 2 ranks
+    # MoE: plain attention plan (no sequence parallel), experts not in the TP plan
+    assert r0["qwen3-30b-a3b/tp"]["plan_styles"] == ["colwise", "head_sharded", "rowwise"]
+    assert r0["qwen1.5-moe-a2.7b/tp"]["plan_styles"] == ["colwise", "rowwise"]
+    for case in ("llama3.2-1b/cp", "llama3.2-1b/cp_packed"):  # checked above: errors < 1e-5
+        assert r0[case]["grad_max"] > 1e-4, r0[case]  # gradients large enough to be wrong
+    # pipeline parallel: every parameter's gradient (the LM head's tied copy too) checked above
+    for schedule in ("1f1b", "interleaved_1f1b", "zbv_zero_bubble"):
+        assert r0[f"llama3.2-1b/pp_{schedule}"]["tied"] is True  # the model itself stays tied

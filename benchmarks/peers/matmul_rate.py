@@ -1,11 +1,13 @@
-"""The fp32 matmul rate of this CPU on one thread (the MFU denominator), printed as JSON.
+"""The fp32 matmul rate of this CPU (the MFU denominator), printed as JSON.
 
-Best of several 2048 x 2048 x 2048 float32 matmuls, after a warm-up.
+Usage: python matmul_rate.py [THREADS] (default 1). Best of several 2048 x 2048 x 2048 float32
+matmuls, after a warm-up.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import torch
@@ -24,5 +26,5 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     print(json.dumps({"flops_per_s": matmul_flops_per_s(), "threads": torch.get_num_threads()}))

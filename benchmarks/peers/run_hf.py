@@ -4,7 +4,9 @@ Each dataset item is one whole saved batch (``per_device_train_batch_size=1``, a
 unwraps it, sequential sampling), so the Trainer trains on the saved batches in their order.
 Labels go in as ``shift_labels`` (the saved labels are already aligned with the tokens). Packed
 batches pass ``position_ids`` that restart per document, which transformers turns into a
-block-causal mask (its padding-free path). A step is timed from ``on_step_begin`` to
+block-causal mask (its padding-free path). With ``--flat`` (unpacked rows) each padded batch goes
+in as one row of its real tokens with restarting ``position_ids``: the layout of
+``DataCollatorWithFlattening``, transformers' padding-free path. A step is timed from ``on_step_begin`` to
 ``on_step_end`` (forward, backward, clipping, optimizer and scheduler step).
 """
 
@@ -25,9 +27,10 @@ from runner_support import (
     MAX_GRAD_NORM,
     WEIGHT_DECAY,
     batch_digest,
+    flatten_batch,
     load_batches,
     runner_args,
-    single_thread,
+    set_threads,
     write_result,
 )
 
@@ -47,7 +50,7 @@ def to_hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
-    single_thread()
+    set_threads(args.threads)
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     saved = load_batches(args.fixture, args.packed, args.steps)
@@ -63,14 +66,16 @@ def main() -> None:
         )  # fmt: skip
         model = get_peft_model(model, config)
 
-    items = [to_hf_inputs(b) for b in saved["batches"]]
+    if args.flat and args.packed:
+        raise SystemExit("--flat applies to unpacked batches only")
+    items = [(b, to_hf_inputs(flatten_batch(b) if args.flat else b)) for b in saved["batches"]]
     digests: list[str] = []
 
-    def collate(features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        (inputs,) = features  # one saved batch per dataset item
-        digests.append(
-            batch_digest({"tokens": inputs["input_ids"], "labels": inputs["shift_labels"]})
-        )
+    def collate(
+        features: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+    ) -> dict[str, torch.Tensor]:
+        ((batch, inputs),) = features  # one saved batch per dataset item
+        digests.append(batch_digest(batch))  # the saved (padded) batch this step trains on
         return inputs
 
     losses: list[float] = []
@@ -132,7 +137,7 @@ def main() -> None:
         losses=losses,
         step_times=times,
         digests=digests,
-        notes="Trainer, sdpa, adamw_torch",
+        notes="Trainer, sdpa, adamw_torch" + (", padding-free rows" if args.flat else ""),
     )
 
 

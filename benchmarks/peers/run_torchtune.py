@@ -7,7 +7,9 @@ single-device recipes do per step, written out here so it can take the fixture's
 ``CEWithChunkedOutputLoss`` (8 chunks, as its configs use), ``torch.optim.AdamW(fused=True)`` as
 its configs set, and ``clip_grad_norm_``. Packed batches pass a dense block-causal ``mask`` and
 ``input_pos`` (what its packed collate builds on a CPU). The saved labels are already aligned with
-the tokens, so the recipe's label shift is not applied again.
+the tokens, so the recipe's label shift is not applied again. A checkpoint with a tied LM head
+(SmolLM2, Qwen2.5-0.5B shapes) gets ``TiedLinear(tok_embeddings)`` as its output, as torchtune's
+Llama-3.2 and Qwen2.5 builders do; RoPE stays the plain one of the ``llama3`` builder.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from runner_support import (
     block_causal_mask,
     load_batches,
     runner_args,
-    single_thread,
+    set_threads,
     write_result,
 )
 
@@ -38,7 +40,7 @@ CHUNKS = 8
 
 def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
-    single_thread()
+    set_threads(args.threads)
     from safetensors.torch import load_file
     from torchtune.models.convert_weights import hf_to_tune
     from torchtune.models.llama3 import llama3, lora_llama3
@@ -67,6 +69,11 @@ def main() -> None:
         )  # fmt: skip
     else:
         model = llama3(**sizes)
+    if cfg.get("tie_word_embeddings", False):
+        from torchtune.modules import TiedLinear
+
+        del model.output  # an nn.Linear submodule; TiedLinear is a plain callable
+        model.output = TiedLinear(model.tok_embeddings)
     state = hf_to_tune(
         load_file(str(args.fixture / "model" / "model.safetensors")),
         num_heads=sizes["num_heads"], num_kv_heads=sizes["num_kv_heads"], dim=sizes["embed_dim"],

@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from runner_support import batch_digest, load_batches, runner_args, single_thread, write_result
+from runner_support import batch_digest, load_batches, runner_args, set_threads, write_result
 
 CONFIG = Path(__file__).resolve().parent / "tune_sft_bench.yaml"
 
@@ -38,7 +38,7 @@ class DigestingLoader:
 
 def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
-    single_thread()
+    set_threads(args.threads)
     import tune.recipes.common.token_data as token_data  # where the sft recipe builds loaders
     from tune_testing import run_in_process
 
@@ -53,8 +53,10 @@ def main() -> None:
     saved = load_batches(args.fixture, args.packed, args.steps)
     out = args.work_dir / "run"
     shutil.rmtree(out, ignore_errors=True)  # the jsonl logger appends to an existing file
+    fixture = json.loads((args.fixture / "fixture.json").read_text())
     overrides = [
         f"model.checkpoint_dir={args.fixture / 'model'}",
+        f"data.max_seq_len={fixture.get('max_seq_len', 512)}",
         f"data.source={args.fixture / 'data.jsonl'}",
         f"data.packing={'true' if args.packed else 'false'}",
         f"training.method={args.method}",

@@ -25,10 +25,10 @@ LR, BETAS, EPS, WEIGHT_DECAY = 2e-4, (0.9, 0.999), 1e-8, 0.0
 MAX_GRAD_NORM = 1.0
 
 
-def single_thread() -> None:
-    """One intra-op and one inter-op thread (the runner's whole process)."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
+def set_threads(threads: int = 1) -> None:
+    """``threads`` intra-op threads and one inter-op thread (the runner's whole process)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
 
@@ -41,6 +41,9 @@ def runner_args(description: str) -> argparse.Namespace:
     parser.add_argument("--packed", action="store_true")
     parser.add_argument("--steps", type=int, required=True, help="warm-up + measured steps")
     parser.add_argument("--work-dir", type=Path, required=True, help="scratch + result.json")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    parser.add_argument("--flat", action="store_true",
+                        help="padding-free: each padded batch as one row of its real tokens")  # fmt: skip
     return parser.parse_args()
 
 
@@ -59,6 +62,18 @@ def batch_digest(batch: dict[str, torch.Tensor]) -> str:
     for key in ("tokens", "labels"):
         h.update(batch[key].contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def flatten_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A padded batch as one [1, real tokens] row: the rows' real tokens end to end, positions
+    restarting per row (the layout of transformers' ``DataCollatorWithFlattening``). The labels
+    are already aligned with the tokens, so each row keeps its own targets."""
+    keep = batch["attention_mask"].bool()
+    return {
+        "tokens": batch["tokens"][keep].unsqueeze(0),
+        "labels": batch["labels"][keep].unsqueeze(0),
+        "positions": batch["positions"][keep].unsqueeze(0),
+    }
 
 
 def block_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:

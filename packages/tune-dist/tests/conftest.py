@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 # Uniquely named helper modules (dist_launch, dist_tiny_transformer, dist_tiny_moe, dist_worker,
-# dist_ep_scenarios) live here; the tests never import tune.models.
+# dist_ep_scenarios, dist_pp_scenarios) live here; the tests never import tune.models.
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dist_launch import run_scenarios
@@ -17,8 +17,9 @@ from dist_launch import run_scenarios
 # One torchrun launch per world size for the whole session (each launch costs ~10 s).
 TWO_RANK = ["env", "fsdp", "fsdp_lora", "fsdp_ac_offload", "fsdp_options", "tp", "tp_sp",
             "tp_errors", "load", "stop", "data_parallel", "parallelize_tp_lora",
-            "ep", "ep_errors", "ep_idle"]  # fmt: skip
-FOUR_RANK = ["fsdp_tp", "hsdp", "fsdp_tp_lora", "ep_fsdp", "ep_resume", "ep_tp"]
+            "ep", "ep_errors", "ep_idle", "pp", "cp"]  # fmt: skip
+FOUR_RANK = ["fsdp_tp", "hsdp", "fsdp_tp_lora", "ep_fsdp", "ep_resume", "ep_tp", "pp_dp", "pp_dcp",
+             "cp"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

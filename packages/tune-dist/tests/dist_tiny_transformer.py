@@ -6,6 +6,8 @@ the convention that lets colwise-sharded q/k/v run ``n_heads / tp`` heads unchan
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,9 +40,22 @@ class LoRALinear(nn.Linear):
         return F.linear(x, self.weight) + self.scale * self.lora_B(self.lora_A(x))
 
 
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of x [B, h, T, hd] at positions [B, T] (theta 10000)."""
+    half = x.shape[-1] // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)  # (hd/2,)
+    angles = positions[:, None, :, None].float() * freqs  # (B, 1, T, hd/2)
+    cos, sin = angles.cos().repeat(1, 1, 1, 2), angles.sin().repeat(1, 1, 1, 2)
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
 class Attention(nn.Module):
+    """``attention_fn(q, k, v, mask, scale)`` (like tune.models') replaces the causal SDPA core."""
+
     def __init__(self, qk_norm: bool = False) -> None:
         super().__init__()
+        self.attention_fn: Callable[..., torch.Tensor] | None = None
         self.head_dim = DIM // N_HEADS
         # Per-head norms (Qwen3-style): under TP they see only the local heads.
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
@@ -50,7 +65,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(DIM, N_KV_HEADS * self.head_dim, bias=False)
         self.o_proj = nn.Linear(N_HEADS * self.head_dim, DIM, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, h, hd)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, kv, hd)
@@ -58,7 +73,12 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, h, T, hd), (B, kv, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if positions is not None:
+            q, k = rotate(q, positions), rotate(k, positions)
+        if self.attention_fn is not None:
+            y = self.attention_fn(q, k, v, None, self.head_dim**-0.5)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -81,34 +101,46 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(DIM, eps=1e-6)
         self.mlp = MLP()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class TinyTransformer(nn.Module):
-    def __init__(self, tie_embeddings: bool = False, qk_norm: bool = False) -> None:
+    """Runs as a pipeline stage too: hidden states in when ``tok_embeddings`` is None, out when
+    ``output`` is None (tune.dist.pipeline's contract)."""
+
+    def __init__(
+        self, tie_embeddings: bool = False, qk_norm: bool = False, n_layers: int = N_LAYERS
+    ) -> None:
         super().__init__()
-        self.tok_embeddings = nn.Embedding(VOCAB, DIM)
-        self.layers = nn.ModuleDict({str(i): Block(qk_norm) for i in range(N_LAYERS)})
-        self.norm = nn.RMSNorm(DIM, eps=1e-6)
-        self.output = nn.Linear(DIM, VOCAB, bias=False)
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(VOCAB, DIM)
+        self.layers = nn.ModuleDict({str(i): Block(qk_norm) for i in range(n_layers)})
+        self.norm: nn.Module | None = nn.RMSNorm(DIM, eps=1e-6)
+        self.output: nn.Linear | None = nn.Linear(DIM, VOCAB, bias=False)
         if tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.tok_embeddings(tokens)  # (B, T, D)
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens  # (B, T, D)
         for layer in self.layers.values():
-            h = layer(h)
-        return self.output(self.norm(h))  # (B, T, V)
+            h = layer(h) if positions is None else layer(h, positions)  # RoPE only with positions
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.output(h) if self.output is not None else h  # (B, T, V) or (B, T, D)
 
 
 def build_model(
-    seed: int = 0, *, tie_embeddings: bool = False, lora: bool = False, qk_norm: bool = False
+    seed: int = 0,
+    *,
+    tie_embeddings: bool = False,
+    lora: bool = False,
+    qk_norm: bool = False,
+    n_layers: int = N_LAYERS,
 ) -> TinyTransformer:
     """The test model with deterministic weights; ``lora`` freezes the base and adds adapters."""
     torch.manual_seed(seed)
-    model = TinyTransformer(tie_embeddings=tie_embeddings, qk_norm=qk_norm)
+    model = TinyTransformer(tie_embeddings=tie_embeddings, qk_norm=qk_norm, n_layers=n_layers)
     for p in model.parameters():
         if p.dim() > 1:
             nn.init.normal_(p, std=0.05)

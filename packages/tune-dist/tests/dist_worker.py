@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from dist_cp_scenarios import scenario_cp  # noqa: F401 (run by name from the command line)
 from dist_ep_scenarios import (  # noqa: F401 (run by name from the command line)
     scenario_ep,
     scenario_ep_errors,
@@ -25,6 +26,12 @@ from dist_ep_scenarios import (  # noqa: F401 (run by name from the command line
     scenario_ep_idle,
     scenario_ep_resume,
     scenario_ep_tp,
+)
+from dist_pp_scenarios import (  # noqa: F401 (run by name from the command line)
+    scenario_pp,
+    scenario_pp_dcp,
+    scenario_pp_dp,
+    scenario_pp_dp_tp,
 )
 from dist_tiny_transformer import (
     IGNORE,

@@ -146,6 +146,60 @@ TINY_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "OlmoeForCausalLM",
         {"intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 3},
     ),
+    # Attention sinks, alternating sliding/full layers, biased router and experts, and a clamped
+    # SwiGLU whose small limit clamps gate and up on both sides with these weights.
+    "gpt_oss": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        {
+            "head_dim": 16,
+            "intermediate_size": 32,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 5,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "swiglu_limit": 0.5,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 32,
+            },
+        },
+    ),
+    # Multi-head latent attention (query latent, interleaved partial rope, v width != q/k width,
+    # yarn with mscale_all_dim), one dense layer, then grouped sigmoid routing + shared expert.
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        {
+            "num_key_value_heads": 4,
+            "moe_intermediate_size": 32,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_group": 4,
+            "topk_group": 2,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 2.5,
+            "first_k_dense_replace": 1,
+            "q_lora_rank": 48,
+            "kv_lora_rank": 32,
+            "qk_nope_head_dim": 16,
+            "qk_rope_head_dim": 8,
+            "v_head_dim": 12,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        },
+    ),
 }
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -167,6 +221,9 @@ def make_hf_model(family: str, seed: int = 0) -> Any:
                 p.copy_(torch.randn_like(p) * 0.1)
             else:
                 p.copy_(torch.randn_like(p) * 0.08)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3 routing bias
+                buffer.copy_(torch.randn_like(buffer) * 0.1)
     return model
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
+import pytest
 import torch
 
 from tune.models import build_from_hf_config, build_named_size, named_size_config, tp_plan
@@ -75,3 +76,46 @@ def test_tp_plans_cover_every_projection_and_match_real_modules() -> None:
     # q/k norms see the local heads only: their gradients need summing over TP ranks.
     assert tp_plan(named_size_config("qwen3-8b"))["layers.*.attn.q_norm"] == "head_sharded"
     assert "layers.*.attn.q_norm" not in untied
+
+
+def _tiny_moe(name: str, **fields: object) -> dict:
+    config = _tiny(name)
+    config.update(fields)
+    return config
+
+
+def test_moe_plans_shard_attention_and_name_only_the_routed_experts() -> None:
+    from tune.models import ep_plan, routed_expert_counts
+
+    # Qwen3-MoE with a dense first layer (mlp_only_layers): its GatedMLP gets the MLP styles.
+    config = _tiny_moe("qwen3-30b-a3b", mlp_only_layers=[0])
+    model = build_from_hf_config(config, device="meta")
+    plan = tp_plan(model)
+    matched = _modules_matched(model, plan)
+    assert all(matched.values()), plan
+    assert set(plan.values()) == {"colwise", "rowwise", "head_sharded"}  # no sequence parallel
+    covered = set().union(*matched.values())
+    assert {"layers.0.mlp.gate_proj", "layers.0.mlp.down_proj", "layers.1.attn.q_proj"} <= covered
+    assert not any(".experts" in n or ".router" in n for n in covered)
+    eplan = ep_plan(config)
+    assert eplan == {"layers.*.mlp.experts": "grouped_experts"}
+    assert set().union(*_modules_matched(model, eplan).values()) == {"layers.1.mlp.experts"}
+    assert routed_expert_counts(model) == [128]
+    # Every layer sparse: no MLP pattern (a pattern matching nothing is an error in tune.dist).
+    for name in ("qwen3-30b-a3b", "mixtral-8x7b", "qwen1.5-moe-a2.7b"):
+        model = build_from_hf_config(_tiny(name), device="meta")
+        plan = tp_plan(model)
+        assert all(_modules_matched(model, plan).values()), (name, plan)
+        assert not any("mlp" in p for p in plan), (name, plan)
+        assert ep_plan(model) == {"layers.*.mlp.experts": "grouped_experts"}
+    assert routed_expert_counts(named_size_config("mixtral-8x7b")) == [8]
+    # Dense families have no experts.
+    assert ep_plan(named_size_config("llama3.2-1b")) == {}
+    assert routed_expert_counts(named_size_config("qwen3-8b")) == []
+
+
+def test_tp_plan_is_refused_for_moe_attention_without_a_style() -> None:
+    with pytest.raises(ValueError, match="all heads at once"):
+        tp_plan(_tiny("olmoe-1b-7b"))
+    with pytest.raises(ValueError, match="attention sinks"):
+        tp_plan(_tiny_moe("gpt-oss-20b", layer_types=["sliding_attention", "full_attention"]))

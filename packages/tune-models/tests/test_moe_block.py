@@ -10,7 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from tune.models import GatedMLP, MoEFeedForward, load_balancing_loss, router_z_loss
+from tune.models import (
+    GatedMLP,
+    MoEFeedForward,
+    clamped_swiglu,
+    load_balancing_loss,
+    router_z_loss,
+)
 
 DIM, HIDDEN, EXPERTS, TOP_K = 16, 8, 4, 2
 
@@ -293,3 +299,115 @@ def test_group_limited_routing_arguments_are_checked():
         MoEFeedForward(DIM, HIDDEN, 8, 2, num_groups=3)
     with pytest.raises(ValueError, match="topk_groups=5"):
         MoEFeedForward(DIM, HIDDEN, 8, 2, num_groups=4, topk_groups=5)
+
+
+def _gpt_oss_block(limit: float = 0.6) -> MoEFeedForward:
+    torch.manual_seed(2)
+    block = MoEFeedForward(
+        DIM,
+        HIDDEN,
+        EXPERTS,
+        TOP_K,
+        router_bias=True,
+        expert_bias=True,
+        glu="clamped_swiglu",
+        swiglu_limit=limit,
+    )
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+    return block
+
+
+@pytest.mark.parametrize("impl", ["sorted", "grouped_mm"])
+def test_biased_clamped_experts_every_path_equals_loop(impl):
+    block = _gpt_oss_block()
+    x, grad_out = torch.randn(3, 7, DIM), torch.randn(3, 7, DIM)
+    fast, loop = copy.deepcopy(block), copy.deepcopy(block)
+    fast.experts.implementation = impl  # type: ignore[assignment]
+    loop.experts.implementation = "loop"
+    try:
+        got = _run(fast, x, grad_out)
+    except RuntimeError as error:  # the CPU grouped kernel is not in every torch build
+        pytest.skip(f"torch._grouped_mm unavailable on CPU: {error}")
+    want = _run(loop, x, grad_out)
+    assert {"experts.gate_up_proj_bias.grad", "experts.down_proj_bias.grad"} <= set(got)
+    assert all(g is not None for g in got.values())
+    diffs = _max_diffs(got, want)
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+def test_clamped_swiglu_values_and_its_clamps_are_used():
+    gate = torch.tensor([-2.0, 0.3, 9.0])
+    up = torch.tensor([-9.0, 0.5, 9.0])
+    got = clamped_swiglu(gate, up, alpha=1.702, limit=7.0)
+    g = torch.tensor([-2.0, 0.3, 7.0])  # gate clamped above only, up on both sides
+    u = torch.tensor([-7.0, 0.5, 7.0])
+    assert torch.allclose(got, (u + 1) * g * torch.sigmoid(1.702 * g), rtol=0, atol=1e-6)
+    # in the block test above, some gate and up values fall outside the limit (the clamp matters)
+    block = _gpt_oss_block()
+    x = torch.randn(21, DIM)
+    h = torch.einsum("nd,ehd->neh", x, block.experts.gate_up_proj)
+    h = h + block.experts.gate_up_proj_bias
+    assert (h.abs() > 0.6).float().mean() > 0.2
+
+
+def test_gpt_oss_router_equals_softmax_over_the_top_k_logits():
+    block = _gpt_oss_block()
+    x = torch.randn(10, DIM)
+    weights, stats = block.route(x)
+    logits = block.router(x)  # with its bias
+    top = torch.topk(logits, TOP_K, dim=-1)
+    assert torch.equal(stats.selected_experts, top.indices)
+    assert torch.allclose(weights, torch.softmax(top.values, dim=-1), rtol=0, atol=1e-6)
+
+
+def test_biased_module_names_are_stable():
+    keys = set(_gpt_oss_block().state_dict())
+    assert keys == {
+        "router.weight",
+        "router.bias",
+        "experts.gate_up_proj",
+        "experts.gate_up_proj_bias",
+        "experts.down_proj",
+        "experts.down_proj_bias",
+    }
+    block = _gpt_oss_block()
+    assert block.experts.gate_up_proj_bias is not None
+    assert block.experts.gate_up_proj_bias.shape == (EXPERTS, 2 * HIDDEN)
+    assert block.experts.down_proj_bias is not None
+    assert block.experts.down_proj_bias.shape == (EXPERTS, DIM)
+    with pytest.raises(ValueError, match="'geglu'"):
+        MoEFeedForward(DIM, HIDDEN, EXPERTS, 2, glu="geglu")  # type: ignore[arg-type]
+
+
+def test_compiled_block_equals_eager_on_cpu_float32():
+    # torch._grouped_mm's compile-time check takes bf16 only: compiled fp32 runs the sorted path
+    torch._dynamo.reset()
+    block = _block("softmax", True, "gated", False)
+    x = torch.randn(2, 5, DIM)
+    grad_out = torch.randn(2, 5, DIM)
+    want = _run(block, x, grad_out)
+    compiled = copy.deepcopy(block)
+    compiled.zero_grad(set_to_none=True)
+    compiled.compile(backend="eager")
+    diffs = _max_diffs(_run(compiled, x, grad_out), want)
+    torch._dynamo.reset()
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+@pytest.mark.parametrize("impl", ["sorted", "grouped_mm", "loop"])
+def test_experts_take_an_empty_batch(impl):
+    # an expert-parallel rank may receive no rows at all
+    experts = _block("softmax", True, "none", False).experts
+    experts.implementation = impl
+    x = torch.zeros(0, DIM, requires_grad=True)
+    out = experts(
+        x,
+        torch.zeros(0, TOP_K, dtype=torch.long),
+        torch.zeros(0, TOP_K),
+        torch.zeros(EXPERTS, dtype=torch.long),
+    )
+    assert out.shape == (0, DIM)
+    out.sum().backward()
+    assert x.grad is not None

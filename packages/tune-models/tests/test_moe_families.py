@@ -30,7 +30,7 @@ from tune.models import (
     supported_model_types,
 )
 
-MOE = ["mixtral", "olmoe", "qwen2_moe", "qwen3_moe"]
+MOE = ["deepseek_v3", "mixtral", "olmoe", "qwen2_moe", "qwen3_moe"]
 PER_EXPERT = re.compile(r"model\.layers\.\d+\.(mlp|block_sparse_moe)\.experts\.\d+\.\w+\.weight")
 
 
@@ -169,6 +169,7 @@ SIZES = {
     "mixtral-8x7b": (46_702_792_704, 12_879_925_248),
     "mixtral-8x22b": (140_620_634_112, 39_152_031_744),
     "olmoe-1b-7b": (6_919_161_856, 1_282_017_280),
+    "deepseek-v3": (671_026_404_352, 37_552_282_624),
 }
 
 

@@ -53,6 +53,10 @@ PUBLISHED = {
     "mixtral-8x7b": 46_702_792_704,
     "mixtral-8x22b": 140_620_634_112,
     "olmoe-1b-7b": 6_919_161_856,
+    "gpt-oss-20b": 20_914_757_184,
+    "gpt-oss-120b": 116_829_156_672,
+    # The 671B of the model card; the checkpoint's 14B multi-token-prediction layer is not built.
+    "deepseek-v3": 671_026_404_352,
 }
 
 

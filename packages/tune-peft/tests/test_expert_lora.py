@@ -275,3 +275,59 @@ def test_expert_lora_over_nf4_stacks(tiny_moe, tokens, helpers) -> None:
     merge_and_unload(tiny_moe, dequantize=True)
     assert type(tiny_moe.model.layers[0].mlp.experts.gate_up_proj) is nn.Parameter
     assert (helpers.logits_of(tiny_moe, tokens) - adapted).abs().max() < 1e-5
+
+
+def test_adapted_weight_is_read_only_inside_the_forward(tiny_moe, tokens, helpers) -> None:
+    apply_lora(tiny_moe, CONFIG)
+    helpers.randomize_adapters(tiny_moe)
+    experts = tiny_moe.model.layers[0].mlp.experts
+    lora = experts.param_lora.gate_up_proj
+    # Outside the owner's forward the attribute is the stored Parameter (FSDP2, DCP and state-dict
+    # code read it with getattr), never a computed tensor.
+    assert experts.gate_up_proj is experts._parameters["gate_up_proj"]
+    seen: list[torch.Tensor] = []
+    handle = experts.register_forward_pre_hook(lambda m, *_: seen.append(m.gate_up_proj))
+    helpers.logits_of(tiny_moe, tokens)
+    handle.remove()
+    want = experts._parameters["gate_up_proj"] + lora.delta(torch.float32)
+    assert len(seen) == 1
+    assert seen[0] is not experts._parameters["gate_up_proj"]
+    torch.testing.assert_close(seen[0], want, atol=1e-6, rtol=0)
+    assert experts.gate_up_proj is experts._parameters["gate_up_proj"]
+
+
+def test_fsdp2_trains_and_gathers_expert_lora(tiny_moe, tokens, helpers, tmp_path) -> None:
+    """One gloo rank in this process: FSDP2 shards the stacks and their factors (DTensors); the
+    forward, backward and the full state dict gather equal the unsharded model."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already up in this process")
+    apply_lora(tiny_moe, CONFIG)
+    helpers.randomize_adapters(tiny_moe)
+    reference = copy.deepcopy(tiny_moe).train()
+    ref_loss = reference(input_ids=tokens, labels=tokens).loss
+    ref_loss.backward()
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        for layer in tiny_moe.model.layers:
+            fully_shard(layer)
+        fully_shard(tiny_moe)
+        tiny_moe.train()
+        loss = tiny_moe(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=0)
+        lora_a = tiny_moe.model.layers[0].mlp.experts.param_lora.gate_up_proj.lora_A
+        want_grad = reference.model.layers[0].mlp.experts.param_lora.gate_up_proj.lora_A.grad
+        torch.testing.assert_close(lora_a.grad.full_tensor(), want_grad, atol=1e-6, rtol=0)
+        full = get_model_state_dict(
+            tiny_moe, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    finally:
+        dist.destroy_process_group()
+    want = reference.state_dict()
+    assert full.keys() == want.keys()
+    assert all(torch.equal(full[k], want[k]) for k in want)

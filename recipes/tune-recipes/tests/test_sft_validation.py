@@ -89,6 +89,40 @@ def test_global_batch_must_divide_by_data_parallel_size_times_micro_batch(sft_ya
     ]
 
 
+def test_expert_parallel_degree_is_checked_against_ranks_model_and_method(
+    sft_yaml, moe_assets, tiny_assets
+) -> None:
+    path = sft_yaml()  # tiny dense Llama, LoRA on attention, global 8, micro 4
+    moe = [f"model.checkpoint_dir={moe_assets.checkpoint_dir}", "training.micro_batch_size=1"]
+    load_config(path, SFTConfig, [*moe, "distributed.ep_size=2"], world_size=4)  # 8 experts
+    errors = _errors(path, [*moe, "distributed.ep_size=3", "training.global_batch_size=12"], 6)
+    assert errors == ["error: distributed.ep_size: 3 does not divide the model's 8 routed experts"]
+    errors = _errors(path, [*moe, "distributed.ep_size=4", "distributed.tp_size=2"], world_size=4)
+    assert errors == [
+        "error: distributed.ep_size: 4 does not divide the data-parallel size 2 (world size 4 / "
+        "tp_size 2)"
+    ]
+    dense = tiny_assets.checkpoint_dir
+    errors = _errors(path, [f"model.checkpoint_dir={dense}", "distributed.ep_size=2"], 2)
+    assert errors == [
+        f"error: distributed.ep_size: {dense} is a dense model (no routed experts): use ep_size=1"
+    ]
+    errors = _errors(path, [*moe, "distributed.ep_size=2", "distributed.fsdp=false"], world_size=2)
+    assert errors[0].startswith("error: distributed.ep_size: needs distributed.fsdp=true")
+    errors = _errors(path, [*moe, "distributed.ep_size=2", "training.lora.target_parameters="
+                            "[experts.gate_up_proj]"], world_size=2)  # fmt: skip
+    assert errors == [
+        "error: training.lora.target_parameters: LoRA on expert weights cannot be "
+        "expert-parallel (distributed.ep_size=2): adapt attention only (training.lora.targets), "
+        "or use ep_size=1"
+    ]
+    cfg = load_config(path, SFTConfig, [*moe, "distributed.ep_size=2"], validate=False)
+    warnings = validate_config(cfg, ValidationContext(world_size=1))
+    assert [str(w) for w in warnings] == [
+        "warning: distributed.ep_size: 2 has no effect with one process (the experts stay whole)"
+    ]
+
+
 def test_world_size_comes_from_the_environment(sft_yaml, monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ConfigValidationError, match="data-parallel size 4"):
@@ -141,11 +175,22 @@ def test_every_bundled_config_validates(name: str) -> None:
     # Bundled configs are templates: checkpoints and data are not on this machine.
     path = CONFIG_DIR / f"{name}.yaml"
     cfg = load_config(path, SFTConfig, recipe="sft", validate=False)
-    world_sizes = {"tiny_cpu_lora_2proc": [1, 2], "llama3_1_8b_full_8gpu": [1, 8]}.get(name, [1])
+    world_sizes = {
+        "tiny_cpu_lora_2proc": [1, 2], "llama3_1_8b_full_8gpu": [1, 8],
+        "qwen3_30b_a3b_lora": [1, 8], "mixtral_8x7b_qlora": [1, 2], "tiny_cpu_moe_ep_2proc": [2],
+    }.get(name, [1])  # fmt: skip
     for world_size in world_sizes:
         warnings = validate_config(cfg, ValidationContext(world_size, missing_paths="warn"))
         assert all(w.severity == "warning" for w in warnings)
         assert {w.key for w in warnings} <= {"model.checkpoint_dir", "data.source"}
+
+
+def test_bundled_moe_config_validates_expert_parallel_with_attention_lora() -> None:
+    # The header's expert-parallel variant of the Qwen3-30B-A3B config, on 8 ranks.
+    overrides = ["distributed.ep_size=8", "training.lora.target_parameters=[]"]
+    cfg = load_config(CONFIG_DIR / "qwen3_30b_a3b_lora.yaml", SFTConfig, overrides, validate=False)
+    warnings = validate_config(cfg, ValidationContext(8, missing_paths="warn"))
+    assert {w.key for w in warnings} <= {"model.checkpoint_dir", "data.source"}
 
 
 def test_bundled_set_covers_methods_and_families() -> None:
@@ -154,7 +199,8 @@ def test_bundled_set_covers_methods_and_families() -> None:
         for n in BUNDLED
     }
     assert methods == {"full", "lora", "qlora", "dora"}
-    for family in ("llama3_1", "llama3_2", "qwen2_5", "qwen3", "mistral", "gemma2"):
+    for family in ("llama3_1", "llama3_2", "qwen2_5", "qwen3", "mistral", "gemma2", "qwen3_30b_a3b",
+                   "gpt_oss", "mixtral"):  # fmt: skip
         assert any(n.startswith(family) for n in BUNDLED), family
 
 

@@ -44,7 +44,12 @@ from tune.checkpoint.errors import (
 )
 from tune.checkpoint.fingerprints import Fingerprints, changed_inputs
 from tune.checkpoint.resume_policy import ResumePolicy, changed_settings, check_resume_compatible
-from tune.checkpoint.training_state import CheckpointManager, TrainingState
+from tune.checkpoint.training_state import (
+    MODEL_DIR,
+    SHARDED_DIR,
+    CheckpointManager,
+    TrainingState,
+)
 
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
@@ -258,6 +263,12 @@ def load_training_state(
     """
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     base_lrs = getattr(scheduler, "base_lrs", None)
+    if not distributed:
+        # A step written by several ranks holds DCP shards only; DCP reads them into one
+        # process's plain model as well (no process group needed).
+        step_dir = manager.resolve(path)
+        distributed = not (step_dir / MODEL_DIR).is_dir() and (step_dir / SHARDED_DIR).is_dir()
+        path = step_dir
     if distributed:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 

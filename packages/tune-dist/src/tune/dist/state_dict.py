@@ -15,6 +15,18 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+class _SequentialGatherNotice(logging.Filter):
+    """Drops torch's notice that a 2-D-sharded DTensor (experts: EP x FSDP) is gathered in two
+    all-gathers. Gathering a full copy is exact whatever the order; the notice came once per
+    tensor of every save."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sequential all_gather" not in record.getMessage()
+
+
+logging.getLogger("torch.distributed.tensor._redistribute").addFilter(_SequentialGatherNotice())
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

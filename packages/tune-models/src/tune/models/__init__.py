@@ -2,8 +2,10 @@
 
 # Importing the family folders registers them by HF model_type.
 from tune.models import (  # noqa: F401
+    deepseek_v3,
     gemma2,
     gemma3,
+    gpt_oss,
     llama,
     mistral,
     mixtral,
@@ -16,7 +18,7 @@ from tune.models import (  # noqa: F401
     smollm2,
 )
 from tune.models._version import __version__
-from tune.models.attention import Attention, softcapped_attention
+from tune.models.attention import Attention, sink_attention, softcapped_attention
 from tune.models.attention_mask import build_attention_mask
 from tune.models.build import (
     build_from_hf_config,
@@ -32,9 +34,12 @@ from tune.models.checkpoint_model import (
 )
 from tune.models.decoder_builder import assemble_decoder
 from tune.models.decoder_config import DecoderConfig, common_fields, layer_windows
+from tune.models.deepseek_v3 import DeepseekV3Config
+from tune.models.ep_plan import ep_plan, routed_expert_counts
 from tune.models.gemma2 import Gemma2Config
 from tune.models.gemma3 import Gemma3TextConfig
 from tune.models.generation import generate, sample_next_token
+from tune.models.gpt_oss import GptOssConfig
 from tune.models.hf_config import ConfigFields, UnsupportedConfigError, load_hf_config
 from tune.models.hf_keys import (
     convert_hf_to_native,
@@ -47,11 +52,13 @@ from tune.models.key_map import GEMMA_KEY_MAP, LLAMA_KEY_MAP, KeyMap
 from tune.models.kv_cache import KVCache, cache_length, setup_kv_cache, teardown_kv_cache
 from tune.models.llama import LlamaConfig
 from tune.models.mistral import MistralConfig
+from tune.models.mla_attention import MLAttention
 from tune.models.mlp import GatedMLP
 from tune.models.moe import (
     GroupedExperts,
     MoEFeedForward,
     RouterStats,
+    clamped_swiglu,
     load_balancing_loss,
     moe_experts_reference,
     router_z_loss,
@@ -65,6 +72,7 @@ from tune.models.moe_keys import (
     stack_experts,
     unstack_experts,
 )
+from tune.models.mxfp4 import dequantize_mxfp4
 from tune.models.named_sizes import build_named_size, named_size_config, named_sizes
 from tune.models.param_count import active_param_count, param_count
 from tune.models.phi3 import Phi3Config
@@ -102,14 +110,17 @@ __all__ = [
     "Completion",
     "ConfigFields",
     "DecoderConfig",
+    "DeepseekV3Config",
     "ExpertKeyLayout",
     "GatedMLP",
     "Gemma2Config",
     "Gemma3TextConfig",
+    "GptOssConfig",
     "GroupedExperts",
     "KVCache",
     "KeyMap",
     "LlamaConfig",
+    "MLAttention",
     "MistralConfig",
     "MoEDecoderConfig",
     "MoEFeedForward",
@@ -140,10 +151,13 @@ __all__ = [
     "build_transformers_model",
     "cache_length",
     "checkpoint_eos_ids",
+    "clamped_swiglu",
     "common_fields",
     "config_from_hf",
     "convert_hf_to_native",
     "convert_native_to_hf",
+    "dequantize_mxfp4",
+    "ep_plan",
     "finish_completion",
     "generate",
     "hf_to_native_key",
@@ -160,9 +174,11 @@ __all__ = [
     "register_family",
     "resolve_config",
     "resolve_implementation",
+    "routed_expert_counts",
     "router_z_loss",
     "sample_next_token",
     "setup_kv_cache",
+    "sink_attention",
     "softcapped_attention",
     "stack_experts",
     "state_dict_converters",

@@ -16,6 +16,8 @@ class KVCache(nn.Module):
         head_dim: per-head width.
         dtype: cache dtype (the model's).
         device: cache device (the model's).
+        value_dim: per-head width of the values when it differs from the keys' (MLA caches its
+            latent as keys and its rotary key part as values).
     """
 
     k_cache: torch.Tensor
@@ -29,15 +31,17 @@ class KVCache(nn.Module):
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        value_dim: int | None = None,
     ) -> None:
         super().__init__()
         shape = (batch_size, num_kv_heads, max_seq_len, head_dim)
+        v_shape = (*shape[:3], head_dim if value_dim is None else value_dim)
         # Not part of the model's state: never saved with a checkpoint.
         self.register_buffer(
             "k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
         )
         self.register_buffer(
-            "v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False
+            "v_cache", torch.zeros(v_shape, dtype=dtype, device=device), persistent=False
         )
         self.max_seq_len = max_seq_len
         self.length = 0
@@ -66,7 +70,7 @@ class KVCache(nn.Module):
             # Tensor parallel: this rank holds only its share of the key/value heads.
             shape = (k.shape[0], k.shape[1], self.max_seq_len, k.shape[3])
             self.k_cache = self.k_cache.new_zeros(shape)
-            self.v_cache = self.v_cache.new_zeros(shape)
+            self.v_cache = self.v_cache.new_zeros((*shape[:3], v.shape[3]))
         self.k_cache[:, :, start : start + steps] = k
         self.v_cache[:, :, start : start + steps] = v
         self.length = start + steps
@@ -85,7 +89,8 @@ def setup_kv_cache(
 
     Args:
         model: a model whose attention modules have ``num_kv_heads``, ``head_dim`` and a
-            ``kv_cache`` attribute (``tune.models.Attention``).
+            ``kv_cache`` attribute (``tune.models.Attention``), and optionally
+            ``cache_value_dim`` (``MLAttention``).
         batch_size: rows decoded together.
         max_seq_len: longest prompt plus new tokens.
         dtype: cache dtype; defaults to the model's first floating-point parameter's.
@@ -102,6 +107,7 @@ def setup_kv_cache(
                 int(module.head_dim),  # type: ignore[arg-type]
                 dtype or reference.dtype,
                 device or reference.device,
+                value_dim=getattr(module, "cache_value_dim", None),
             )
             found += 1
     if not found:

@@ -13,7 +13,13 @@ optional shared expert that sees every token)::
 Expert weights are stacked 3-D parameters, ``[E, out, in]`` like ``nn.Linear``:
 ``experts.gate_up_proj`` [E, 2 * hidden_dim, dim] holds the gate rows first, then the up rows
 (one matmul per expert instead of two, the layout transformers 5 keeps for Qwen3-MoE, Qwen2-MoE,
-Mixtral and OLMoE), and ``experts.down_proj`` [E, dim, hidden_dim].
+Mixtral and OLMoE), and ``experts.down_proj`` [E, dim, hidden_dim]. gpt-oss adds a bias to the
+router (``router.bias`` [E]) and to both expert projections (``experts.gate_up_proj_bias``
+[E, 2 * hidden_dim], gate then up like the weight rows; ``experts.down_proj_bias`` [E, dim]) and
+replaces ``act(gate) * up`` by its clamped SwiGLU (``glu="clamped_swiglu"``)::
+
+    gate = min(gate, limit);  up = clamp(up, -limit, limit)
+    h    = (up + 1) * gate * sigmoid(alpha * gate)
 
 Dispatch is capacity-free (no token is dropped): the ``N * k`` (token, expert) pairs are sorted
 by expert so every expert reads one contiguous slice. That slice runs through
@@ -39,8 +45,21 @@ from torch import nn
 from tune.models.mlp import ACTIVATIONS
 
 ExpertsImplementation = Literal["auto", "grouped_mm", "sorted", "loop"]
+GluKind = Literal["gated", "clamped_swiglu"]
 _IMPLEMENTATIONS = ("auto", "grouped_mm", "sorted", "loop")
+_GLU_KINDS = ("gated", "clamped_swiglu")
 _SCORE_FUNCS = ("softmax", "sigmoid")
+GatedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def clamped_swiglu(
+    gate: torch.Tensor, up: torch.Tensor, alpha: float = 1.702, limit: float = 7.0
+) -> torch.Tensor:
+    """gpt-oss's expert activation ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)``
+    with ``g = min(gate, limit)``; ``gate`` and ``up`` are [..., hidden_dim]."""
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * (gate * torch.sigmoid(alpha * gate))
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,8 @@ def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor, hidden_dim: int) -
     if not hasattr(torch, "_grouped_mm") or x.dtype != weight.dtype:
         return False
     if x.device.type == "cpu":  # torch 2.13 loops over the groups in C++ (fp32, bf16, fp16)
+        if torch.compiler.is_compiling():  # but its meta function accepts bf16 only
+            return x.dtype == torch.bfloat16
         return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
     # The CUDA kernel wants bf16 operands (autocast does not cast them) and rows whose strides
     # are multiples of 16 bytes.
@@ -77,6 +98,10 @@ def moe_experts_reference(
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
     act: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
+    gated: GatedFn | None = None,
 ) -> torch.Tensor:
     """Per-expert loop (reference): each expert gathers its tokens by mask and adds its output.
 
@@ -86,7 +111,10 @@ def moe_experts_reference(
         weights: [N, k] routing weights of those experts.
         gate_up_proj: [E, 2 * hidden_dim, dim] stacked gate and up rows.
         down_proj: [E, dim, hidden_dim].
-        act: the gate activation.
+        act: the gate activation (``act(gate) * up``).
+        gate_up_bias: optional [E, 2 * hidden_dim] bias of the gate and up rows.
+        down_bias: optional [E, dim] bias of the down projection.
+        gated: ``(gate, up) -> hidden`` replacing ``act(gate) * up`` (e.g. ``clamped_swiglu``).
 
     Returns:
         [N, dim] the weighted sum of the selected experts' outputs.
@@ -94,8 +122,11 @@ def moe_experts_reference(
     out = torch.zeros_like(x)
     for expert in range(gate_up_proj.shape[0]):
         token_idx, slot = torch.where(selected_experts == expert)  # [n_e], [n_e]
-        gate, up = F.linear(x[token_idx], gate_up_proj[expert]).chunk(2, dim=-1)
-        y = F.linear(act(gate) * up, down_proj[expert])  # [n_e, dim]
+        b1 = None if gate_up_bias is None else gate_up_bias[expert]
+        b2 = None if down_bias is None else down_bias[expert]
+        gate, up = F.linear(x[token_idx], gate_up_proj[expert], b1).chunk(2, dim=-1)
+        h = act(gate) * up if gated is None else gated(gate, up)
+        y = F.linear(h, down_proj[expert], b2)  # [n_e, dim]
         out = out.index_add(0, token_idx, y * weights[token_idx, slot, None])
     return out
 
@@ -103,15 +134,23 @@ def moe_experts_reference(
 class GroupedExperts(nn.Module):
     """``E`` gated MLPs stored stacked, applied to tokens grouped by expert.
 
+    Parameters: ``gate_up_proj`` [E, 2 * hidden_dim, dim] (gate rows, then up rows),
+    ``down_proj`` [E, dim, hidden_dim] and, with ``bias``, ``gate_up_proj_bias``
+    [E, 2 * hidden_dim] and ``down_proj_bias`` [E, dim].
+
     Args:
         dim: model width.
         hidden_dim: width of each expert's gated hidden layer.
         num_experts: number of experts ``E``.
-        activation: one of ``tune.models.mlp.ACTIVATIONS``.
+        activation: one of ``tune.models.mlp.ACTIVATIONS`` (the gate's, for ``glu="gated"``).
         implementation: "auto" (``grouped_mm`` where usable, else ``sorted``; on CPU in fp32 the
             grouped path is usable), "grouped_mm"
             (``torch._grouped_mm`` on the sorted tokens), "sorted" (a loop over the sorted
             slices) or "loop" (``moe_experts_reference``). All give the same results.
+        bias: add the expert biases (gpt-oss).
+        glu: "gated" (``act(gate) * up``) or "clamped_swiglu" (gpt-oss, see ``clamped_swiglu``).
+        swiglu_alpha: sigmoid gain of the clamped SwiGLU.
+        swiglu_limit: its clamp.
     """
 
     def __init__(
@@ -121,6 +160,11 @@ class GroupedExperts(nn.Module):
         num_experts: int,
         activation: str = "silu",
         implementation: ExpertsImplementation = "auto",
+        *,
+        bias: bool = False,
+        glu: GluKind = "gated",
+        swiglu_alpha: float = 1.702,
+        swiglu_limit: float = 7.0,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -132,19 +176,37 @@ class GroupedExperts(nn.Module):
                 f"unsupported experts implementation {implementation!r}; "
                 f"expected one of {_IMPLEMENTATIONS}"
             )
+        if glu not in _GLU_KINDS:
+            raise ValueError(f"unsupported experts glu {glu!r}; expected one of {_GLU_KINDS}")
         self.dim, self.hidden_dim, self.num_experts = dim, hidden_dim, num_experts
         self.activation = activation
         self._act = ACTIVATIONS[activation]
         self.implementation: ExpertsImplementation = implementation
+        self.glu: GluKind = glu
+        self.swiglu_alpha, self.swiglu_limit = swiglu_alpha, swiglu_limit
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * hidden_dim, dim))
         self.down_proj = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
+        self.gate_up_proj_bias: nn.Parameter | None = None
+        self.down_proj_bias: nn.Parameter | None = None
+        if bias:
+            self.gate_up_proj_bias = nn.Parameter(torch.empty(num_experts, 2 * hidden_dim))
+            self.down_proj_bias = nn.Parameter(torch.empty(num_experts, dim))
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Random init: normal(0, std) expert weights."""
+        """Random init: normal(0, std) expert weights, zero biases."""
         nn.init.normal_(self.gate_up_proj, mean=0.0, std=std)
         nn.init.normal_(self.down_proj, mean=0.0, std=std)
+        for bias in (self.gate_up_proj_bias, self.down_proj_bias):
+            if bias is not None:
+                nn.init.zeros_(bias)
+
+    def _gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """Gate and up [n, hidden_dim] each -> the hidden activations [n, hidden_dim]."""
+        if self.glu == "clamped_swiglu":
+            return clamped_swiglu(gate, up, self.swiglu_alpha, self.swiglu_limit)
+        return self._act(gate) * up
 
     def forward(
         self,
@@ -167,44 +229,60 @@ class GroupedExperts(nn.Module):
         impl = self.implementation
         if impl == "loop":
             return moe_experts_reference(
-                x, selected_experts, weights, self.gate_up_proj, self.down_proj, self._act
+                x,
+                selected_experts,
+                weights,
+                self.gate_up_proj,
+                self.down_proj,
+                self._act,
+                gate_up_bias=self.gate_up_proj_bias,
+                down_bias=self.down_proj_bias,
+                gated=self._gated,
             )
         if impl == "auto":
             usable = _grouped_mm_usable(x, self.gate_up_proj, self.hidden_dim)
             impl = "grouped_mm" if usable else "sorted"
         n, k = selected_experts.shape
         # Stable sort keeps each expert's tokens in token order (deterministic results).
-        order = torch.argsort(selected_experts.reshape(-1), stable=True)  # [N*k]
+        flat_experts = selected_experts.reshape(-1)
+        order = torch.argsort(flat_experts, stable=True)  # [N*k]
         x_sorted = x[order // k]  # [N*k, dim], grouped by expert
         if impl == "grouped_mm":
-            y_sorted = self._grouped_mm(x_sorted, tokens_per_expert)
+            y_sorted = self._grouped_mm(x_sorted, tokens_per_expert, flat_experts[order])
         else:
             y_sorted = self._sorted_loop(x_sorted, tokens_per_expert)
         # Unsort into [N, k, dim] and reduce over k: no atomics, unlike index_add on CUDA.
-        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, -1)
+        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, self.dim)
         return (y * weights.unsqueeze(-1)).sum(dim=1)
 
-    def _grouped_mm(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+    def _grouped_mm(
+        self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor, sorted_experts: torch.Tensor
+    ) -> torch.Tensor:
         offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)  # [E] end of each group
         h = torch._grouped_mm(x_sorted, self.gate_up_proj.transpose(-2, -1), offs=offsets)
+        if self.gate_up_proj_bias is not None:  # row r belongs to expert sorted_experts[r]
+            h = h + self.gate_up_proj_bias[sorted_experts]
         gate, up = h.chunk(2, dim=-1)  # [N*k, hidden_dim] each
-        return torch._grouped_mm(
-            self._act(gate) * up, self.down_proj.transpose(-2, -1), offs=offsets
-        )
+        y = torch._grouped_mm(self._gated(gate, up), self.down_proj.transpose(-2, -1), offs=offsets)
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias[sorted_experts]
+        return y
 
     def _sorted_loop(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
         counts = tokens_per_expert.tolist()  # one host sync; the grouped_mm path has none
         # unbind, not indexing: the backward of E selects would write E zero-filled [E, out, in]
         # gradients (quadratic in E); unbind's backward stacks the E slices once.
         gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
-        outputs = []
+        no_bias: list[torch.Tensor | None] = [None] * self.num_experts
+        b1 = no_bias if self.gate_up_proj_bias is None else self.gate_up_proj_bias.unbind(0)
+        b2 = no_bias if self.down_proj_bias is None else self.down_proj_bias.unbind(0)
+        outputs: list[torch.Tensor] = []
         for expert, chunk in enumerate(torch.split(x_sorted, counts)):
-            if counts[expert] == 0:
-                continue
-            gate, up = F.linear(chunk, gate_up[expert]).chunk(2, dim=-1)
-            outputs.append(F.linear(self._act(gate) * up, down[expert]))
-        if not outputs:
-            return x_sorted.new_zeros(0, self.dim)
+            if counts[expert] == 0 and (outputs or expert < self.num_experts - 1):
+                continue  # (no token at all: the last expert runs on the empty input, so the
+                # output stays in the graph of x and the weights)
+            gate, up = F.linear(chunk, gate_up[expert], b1[expert]).chunk(2, dim=-1)
+            outputs.append(F.linear(self._gated(gate, up), down[expert], b2[expert]))
         return torch.cat(outputs)
 
 
@@ -213,7 +291,9 @@ class MoEFeedForward(nn.Module):
 
     Module names (state-dict keys): ``router.weight`` [E, dim], ``experts.gate_up_proj``
     [E, 2 * hidden_dim, dim], ``experts.down_proj`` [E, dim, hidden_dim], ``shared_expert.*``
-    (the module given), ``shared_expert_gate.weight`` [1, dim] and the buffer ``routing_bias`` [E].
+    (the module given), ``shared_expert_gate.weight`` [1, dim] and the buffer ``routing_bias`` [E];
+    with ``router_bias`` ``router.bias`` [E], with ``expert_bias`` ``experts.gate_up_proj_bias``
+    [E, 2 * hidden_dim] and ``experts.down_proj_bias`` [E, dim] (gpt-oss).
 
     Args:
         dim: model width.
@@ -236,6 +316,14 @@ class MoEFeedForward(nn.Module):
             (DeepSeek-V3's ``topk_group``).
         activation: expert gate activation, one of ``tune.models.mlp.ACTIVATIONS``.
         implementation: how the experts run, see ``GroupedExperts``.
+        router_bias: a bias on the router's linear layer (gpt-oss).
+        expert_bias: biases on the experts' projections (gpt-oss).
+        glu: the experts' gated activation, "gated" or "clamped_swiglu" (gpt-oss).
+        swiglu_alpha: sigmoid gain of the clamped SwiGLU.
+        swiglu_limit: its clamp.
+
+    gpt-oss's router (softmax over the top-k logits) is ``score_func="softmax"`` with
+    ``norm_topk_prob=True``: ``exp(l_i) / sum_topk exp(l_j)`` either way.
     """
 
     def __init__(
@@ -255,6 +343,11 @@ class MoEFeedForward(nn.Module):
         topk_groups: int = 1,
         activation: str = "silu",
         implementation: ExpertsImplementation = "auto",
+        router_bias: bool = False,
+        expert_bias: bool = False,
+        glu: GluKind = "gated",
+        swiglu_alpha: float = 1.702,
+        swiglu_limit: float = 7.0,
     ):
         super().__init__()
         if not 1 <= top_k <= num_experts:
@@ -281,8 +374,18 @@ class MoEFeedForward(nn.Module):
         self.score_func = score_func
         self.norm_topk_prob = norm_topk_prob
         self.routed_scale = routed_scale
-        self.router = nn.Linear(dim, num_experts, bias=False)
-        self.experts = GroupedExperts(dim, hidden_dim, num_experts, activation, implementation)
+        self.router = nn.Linear(dim, num_experts, bias=router_bias)
+        self.experts = GroupedExperts(
+            dim,
+            hidden_dim,
+            num_experts,
+            activation,
+            implementation,
+            bias=expert_bias,
+            glu=glu,
+            swiglu_alpha=swiglu_alpha,
+            swiglu_limit=swiglu_limit,
+        )
         self.shared_expert = shared_expert
         self.shared_expert_gate = nn.Linear(dim, 1, bias=False) if shared_expert_gate else None
         self.routing_bias: torch.Tensor | None

@@ -68,6 +68,12 @@ class Transformer(nn.Module):
     Module names are public API: ``tok_embeddings``, ``layers.<i>`` (a ``ModuleDict``),
     ``norm``, ``output``; ``rotary`` holds parameter-free rotary tables.
 
+    Pipeline stages (tune.dist.pipeline_stages) keep a subset of ``layers`` and set the modules
+    of other stages to None: without ``tok_embeddings`` the forward takes hidden states
+    [B, T, dim] instead of token ids; without ``norm`` / ``output`` it returns hidden states.
+    Positions, document ids and masks are keyword arguments, so every stage rebuilds its own
+    rotary tables and masks.
+
     Args:
         tok_embeddings: [vocab, dim] embedding.
         layers: the blocks, in order.
@@ -118,7 +124,10 @@ class Transformer(nn.Module):
         for layer in layers:
             window = layer.attn.sliding_window
             plain = window is None and layer.attn.logit_softcap is None
+            plain = plain and getattr(layer.attn, "sinks", None) is None  # gpt-oss sinks
             self._mask_kinds[window] = self._mask_kinds.get(window, True) and plain
+        # Sinks run on dense boolean masks (sink_attention); FlexAttention has no sink term here.
+        self._has_sinks = any(getattr(layer.attn, "sinks", None) is not None for layer in layers)
 
     def _blocks(self) -> list[TransformerBlock]:
         # No isinstance filter: blocks may be wrapped from outside (compile, checkpointing).
@@ -141,7 +150,7 @@ class Transformer(nn.Module):
         kv_len = cache.max_seq_len if cache is not None else T
         needs_dense = cache is not None or attention_mask is not None or document_ids is not None
         use_flex = tokens.is_cuda and document_ids is not None and cache is None
-        use_flex = use_flex and attention_mask is None
+        use_flex = use_flex and attention_mask is None and not self._has_sinks
         use_layout = document_ids is not None and not use_flex and cache is None
         use_layout = use_layout and attention_mask is None and any(self._mask_kinds.values())
         # Data-dependent (documents per batch): eager only; a compiled forward keeps the mask.
@@ -182,7 +191,8 @@ class Transformer(nn.Module):
         """Logits [B, T, vocab] (float32) or final normed hidden states [B, T, dim].
 
         Args:
-            tokens: [B, T] token ids.
+            tokens: [B, T] token ids, or [B, T, dim] hidden states on a pipeline stage without
+                ``tok_embeddings``.
             positions: [B, T] rotary positions; default ``arange`` after any cached tokens.
                 Packed rows restart positions per document.
             document_ids: [B, T] packed-document index; tokens attend only within their document.
@@ -190,32 +200,36 @@ class Transformer(nn.Module):
             return_hidden: return the normed hidden states instead of logits (for a fused loss
                 that applies ``output.weight`` in chunks; apply ``final_logit_softcap`` too if set).
         """
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
+        embed = self.tok_embeddings is not None  # False on a later pipeline stage
+        if tokens.dim() != (2 if embed else 3):
+            expected = "[batch, seq]" if embed else "[batch, seq, dim] hidden states (no embedding)"
+            raise ValueError(f"tokens must be {expected}, got shape {tuple(tokens.shape)}")
         for name, extra in (("positions", positions), ("document_ids", document_ids)):
-            if extra is not None and extra.shape != tokens.shape:
+            if extra is not None and extra.shape != tokens.shape[:2]:
                 raise ValueError(
-                    f"{name} shape {tuple(extra.shape)} must equal tokens shape {tuple(tokens.shape)}"
+                    f"{name} shape {tuple(extra.shape)} must equal tokens shape "
+                    f"{tuple(tokens.shape[:2])}"
                 )
         if attention_mask is not None and attention_mask.shape[0] != tokens.shape[0]:
             raise ValueError(
                 f"attention_mask batch {attention_mask.shape[0]} != tokens batch {tokens.shape[0]}"
             )
         cache = self._cache()
-        B, T = tokens.shape
+        B, T = tokens.shape[:2]
         if positions is None:
             offset = cache.length if cache is not None else 0
             positions = (torch.arange(T, device=tokens.device) + offset).expand(B, T)
-        h = self.tok_embeddings(tokens)  # (B, T, dim)
-        if self.embed_scale is not None:
+        h = self.tok_embeddings(tokens) if embed else tokens  # (B, T, dim)
+        if embed and self.embed_scale is not None:
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype, device=h.device)
         tables = {key: rope(positions) for key, rope in self.rotary.items()}
         masks = self._masks(tokens, cache, attention_mask, document_ids)
         for layer in self._blocks():
             cos, sin = tables[layer.attn.rope_key]
             h = layer(h, cos, sin, masks[layer.attn.sliding_window])
-        h = self.norm(h)
-        if return_hidden:
+        if self.norm is not None:  # None on all but the last pipeline stage
+            h = self.norm(h)
+        if return_hidden or self.output is None:
             return h
         logits = self.output(h).float()  # (B, T, vocab)
         if self.final_logit_softcap is not None:
@@ -239,7 +253,7 @@ class Transformer(nn.Module):
 
     def tie_weights(self) -> None:
         """Make ``output.weight`` the embedding Parameter when embeddings are tied."""
-        if self.tie_word_embeddings:
+        if self.tie_word_embeddings and self.output is not None and self.tok_embeddings is not None:
             self.output.weight = self.tok_embeddings.weight
 
     @torch.no_grad()
@@ -249,9 +263,10 @@ class Transformer(nn.Module):
         Call after ``to_empty`` or ``load_state_dict(..., assign=True)`` of a meta-device model.
 
         Args:
-            device: defaults to the embedding weight's device.
+            device: defaults to the first parameter's (the embedding's) device.
         """
-        device = device if device is not None else self.tok_embeddings.weight.device
+        if device is None:  # a pipeline stage may have no embedding
+            device = next(self.parameters()).device
         for rope in self.rotary.values():
             if isinstance(rope, RotaryEmbedding):
                 rope.reset_buffers(device)
@@ -270,6 +285,8 @@ class Transformer(nn.Module):
                 module.reset_parameters()
             elif isinstance(module, GroupedExperts):
                 module.reset_parameters(std)
+            elif isinstance(module, Attention) and module.sinks is not None:
+                nn.init.normal_(module.sinks, mean=0.0, std=std)
         for name, buffer in self.named_buffers():
             if name.endswith("routing_bias"):
                 buffer.zero_()

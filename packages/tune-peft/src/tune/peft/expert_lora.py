@@ -3,8 +3,8 @@
 An MoE block keeps its experts as 3-D Parameters used directly in its forward, e.g.
 ``experts.gate_up_proj`` [E, 2 * hidden, dim] and ``experts.down_proj`` [E, dim, hidden]
 (``[E, out, in]``, like ``nn.Linear``). There is no ``nn.Linear`` to wrap, so the adapter acts on
-the weight: every read of ``experts.gate_up_proj`` (inside the block's forward or anywhere else)
-returns ``W + s * B @ A`` with per-expert factors ``A`` [E, r, in] and ``B`` [E, out, r]::
+the weight: every read of ``experts.gate_up_proj`` inside the owner's forward returns
+``W + s * B @ A`` with per-expert factors ``A`` [E, r, in] and ``B`` [E, out, r]::
 
     W'[e] = W[e] + s * B[e] @ A[e]        # s = alpha / r (rsLoRA: alpha / sqrt(r))
 
@@ -14,8 +14,12 @@ does, except that the Parameter stays where it was: ``state_dict()``, ``named_pa
 and FSDP see ``experts.gate_up_proj`` unchanged, so a base checkpoint loads the same with or
 without the adapter. The factors live at ``<owner>.param_lora.<param>.lora_A`` / ``.lora_B``.
 While the owner's forward runs, each adapted weight is computed once and reused (the block may
-index it per expert). A base weight that is a tensor subclass (torchao NF4, QLoRA) is
-dequantized in the forward only; the adapter's factors stay in float.
+index it per expert). Outside it the property returns the Parameter itself, as PEFT's
+``ParamWrapper`` (which parametrizes only during the forward): FSDP2 (``reset_sharded_param``),
+``get_model_state_dict`` and DCP look parameters up with ``getattr`` and must get the stored,
+possibly sharded, tensor; inside the forward FSDP2 has unsharded the weight and its factors (both
+belong to the owner), so the sum mixes no DTensor with a plain tensor. A base weight that is a
+tensor subclass (torchao NF4, QLoRA) is dequantized in the forward only; the factors stay in float.
 
 Input dropout has no meaning for an update added to the weight (PEFT refuses it as well), and
 neither DoRA nor PiSSA are defined here: `LoraConfig` rejects them with `target_parameters`.
@@ -135,15 +139,16 @@ class StackedLoRA(nn.Module):
 
 def _adapted_weight(module: nn.Module, name: str) -> Any:
     base = module._parameters[name]
+    cache = module.__dict__.get(_CACHE)
+    if cache is None:  # outside the owner's forward: the Parameter itself (FSDP, DCP, state dicts)
+        return base
+    if name in cache:
+        return cache[name]
     lora = module._modules[CONTAINER]._modules.get(name)  # type: ignore[union-attr]
     if base is None or not isinstance(lora, StackedLoRA) or not lora.applies():
         return base
-    cache = module.__dict__.get(_CACHE)
-    if cache is not None and name in cache:
-        return cache[name]
     weight = lora.adapted(base)
-    if cache is not None:
-        cache[name] = weight
+    cache[name] = weight
     return weight
 
 

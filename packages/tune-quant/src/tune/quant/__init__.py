@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tune.quant._version import __version__
 
 _EXPORTS = {
+    "decode_int8": ("DECODE_SCHEMES", "Int8DecodeLinear", "quantize_for_decode"),
     "float8": ("FLOAT8_RECIPES", "apply_float8_training", "check_float8_supported"),
     "hf_config": (
         "hf_quantization_config",
@@ -25,6 +26,14 @@ _EXPORTS = {
         "nf4_storage_bytes",
         "to_nf4_linear_weights",
         "unshardable_nf4_params",
+    ),
+    "nf4_experts": (
+        "NF4_EXPERT_SAFE_GLOBALS",
+        "NF4ExpertTensor",
+        "is_nf4_experts",
+        "select_expert_params",
+        "to_nf4_expert_weights",
+        "to_nf4_experts",
     ),
     "ptq": ("is_quantized_weight", "quantize_model", "validate_modules_for_scheme"),
     "qat": ("convert_qat", "prepare_qat", "qat_prepared_modules"),
@@ -55,9 +64,11 @@ _EXPORTS = {
     ),
 }
 _OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
-_WITHOUT_TORCHAO = frozenset({"memory", "module_filter", "nf4"})  # nf4 imports it when used
+# nf4 and nf4_experts import it when used
+_WITHOUT_TORCHAO = frozenset({"decode_int8", "memory", "module_filter", "nf4", "nf4_experts"})
 
 if TYPE_CHECKING:
+    from tune.quant.decode_int8 import DECODE_SCHEMES, Int8DecodeLinear, quantize_for_decode
     from tune.quant.float8 import FLOAT8_RECIPES, apply_float8_training, check_float8_supported
     from tune.quant.hf_config import (
         hf_quantization_config,
@@ -72,6 +83,14 @@ if TYPE_CHECKING:
         nf4_storage_bytes,
         to_nf4_linear_weights,
         unshardable_nf4_params,
+    )
+    from tune.quant.nf4_experts import (
+        NF4_EXPERT_SAFE_GLOBALS,
+        NF4ExpertTensor,
+        is_nf4_experts,
+        select_expert_params,
+        to_nf4_expert_weights,
+        to_nf4_experts,
     )
     from tune.quant.ptq import is_quantized_weight, quantize_model, validate_modules_for_scheme
     from tune.quant.qat import convert_qat, prepare_qat, qat_prepared_modules
@@ -121,12 +140,16 @@ else:
 
 __all__ = [
     "ADAPTER_PATTERNS",
+    "DECODE_SCHEMES",
     "FLOAT8_RECIPES",
     "MANIFEST_VERSION",
+    "NF4_EXPERT_SAFE_GLOBALS",
     "QUANTIZATION_MANIFEST",
     "SCHEMES",
     "DeviceSupport",
+    "Int8DecodeLinear",
     "ModuleFilter",
+    "NF4ExpertTensor",
     "NF4Stats",
     "QuantScheme",
     "QuantizationManifest",
@@ -140,6 +163,7 @@ __all__ = [
     "convert_qat",
     "get_scheme",
     "hf_quantization_config",
+    "is_nf4_experts",
     "is_quantized_dir",
     "is_quantized_weight",
     "load_quantized",
@@ -150,13 +174,17 @@ __all__ = [
     "nf4_storage_bytes",
     "prepare_qat",
     "qat_prepared_modules",
+    "quantize_for_decode",
     "quantize_model",
     "read_hf_quantization_config",
     "read_quantization_manifest",
     "save_quantized",
     "save_quantized_dir",
+    "select_expert_params",
     "select_linear_modules",
     "tensor_storage_bytes",
+    "to_nf4_expert_weights",
+    "to_nf4_experts",
     "to_nf4_linear_weights",
     "to_safetensors_format",
     "unshardable_nf4_params",

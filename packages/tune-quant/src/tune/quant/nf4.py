@@ -71,12 +71,17 @@ def nf4_shardable(weight: torch.Tensor, num_shards: int) -> bool:
     Every inner tensor (codes, first-level scales, second-level factors) must split evenly: a
     weight of fewer than ``num_shards * block_size * scaler_block_size`` elements cannot. Such a
     frozen weight can stay whole on every rank (``fully_shard(..., ignored_params=...)``).
-    Plain tensors are always shardable.
+    Plain tensors are always shardable; a stacked ``NF4ExpertTensor`` never is (it has no FSDP2
+    all-gather hooks), so it stays whole, 4-bit, on every rank.
 
     Args:
-        weight: a parameter's data, ``[out_features, in_features]``.
+        weight: a parameter's data, ``[out_features, in_features]`` (or ``[E, out, in]``).
         num_shards: data-parallel world size.
     """
+    from tune.quant.nf4_experts import is_nf4_experts
+
+    if is_nf4_experts(weight):
+        return False
     if not is_nf4(weight):
         return True
     if weight.size(0) % num_shards:
@@ -87,9 +92,10 @@ def nf4_shardable(weight: torch.Tensor, num_shards: int) -> bool:
 def unshardable_nf4_params(model: nn.Module, num_shards: int) -> list[nn.Parameter]:
     """Frozen NF4 weights of ``model`` that FSDP2 cannot split over ``num_shards`` ranks.
 
-    Pass them as ``fully_shard(..., ignored_params=...)``: they stay whole on every rank. Only
-    weights of fewer than ``num_shards * block_size * scaler_block_size`` elements (16,384 per
-    shard with the defaults) qualify, so keeping them whole costs little memory.
+    Pass them as ``fully_shard(..., ignored_params=...)``: they stay whole on every rank. Linear
+    weights qualify only below ``num_shards * block_size * scaler_block_size`` elements (16,384
+    per shard with the defaults), so keeping them whole costs little memory; stacked expert
+    weights (``NF4ExpertTensor``) always qualify and are replicated at 4 bits.
     """
     kept = [
         (name, p)
@@ -98,7 +104,8 @@ def unshardable_nf4_params(model: nn.Module, num_shards: int) -> list[nn.Paramet
     ]
     if kept:
         logger.info(
-            "%d NF4 weights too small to split over %d ranks stay whole on each (%s...)",
+            "%d NF4 weights FSDP2 cannot split over %d ranks (small, or expert stacks) stay "
+            "whole on each (%s...)",
             len(kept), num_shards, ", ".join(n for n, _ in kept[:3]),
         )  # fmt: skip
     return [p for _, p in kept]

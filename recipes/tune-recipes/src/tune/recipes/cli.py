@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 from tune.config import ConfigError, ConfigValidationError
 from tune.recipes._version import __version__
-from tune.recipes.commands import cat, cp, download, gguf, init, ls, run, validate
+from tune.recipes.commands import cat, cp, download, gguf, init, ls, plan, run, validate
 from tune.train.loggers.redaction import redact_message
 
-COMMANDS = (ls, cp, cat, init, validate, run, download, gguf)
+COMMANDS = (ls, cp, cat, init, validate, plan, run, download, gguf)
 # Mistakes a user fixes from the message alone: one clean error on stderr, exit status 2, no
 # traceback. Library errors about inputs (a bad row, tensor, file, checkpoint) are ValueErrors
 # or OSErrors that name what is wrong; ImportError is a missing optional dependency.

@@ -161,8 +161,9 @@ def _student(path: Path, root: Path, force: bool) -> Path:
 def _moe(path: Path, root: Path, force: bool) -> Path:
     tokenizer = root / "checkpoints" / "tiny"
     return make_tiny_checkpoint(
-        path, tokenizer_dir=tokenizer, overwrite=force, architecture="qwen3_moe", **TINY_SIZES
-    )
+        path, tokenizer_dir=tokenizer, overwrite=force, architecture="qwen3_moe",
+        **NF4_FRIENDLY_SIZES,  # QLoRA (training.method=qlora) quantizes its experts too
+    )  # fmt: skip
 
 
 def _rows(make: Callable[[], list[dict[str, Any]]]) -> Callable[[Path, Path, bool], Path]:
@@ -175,7 +176,7 @@ TINY_WORKSPACE: dict[str, tuple[str, Callable[[Path, Path, bool], Path]]] = {
     "checkpoints/tiny": ("random tiny Llama (NF4-friendly sizes), BPE tokenizer", _base),
     "checkpoints/tiny_teacher": ("random tiny Llama, the distill configs' teacher", _teacher),
     "checkpoints/tiny_student": ("smaller random tiny Llama, their student", _student),
-    "checkpoints/tiny_moe": ("random tiny Qwen3-MoE, 8 experts, top-2 (the moe configs)", _moe),
+    "checkpoints/tiny_moe": ("random tiny Qwen3-MoE (NF4-friendly), 8 experts, top-2", _moe),
     "data/tiny_instructions.jsonl": (
         "2000 instruction rows (sft, distill, eval)",
         _rows(lambda: synthetic_instruction_rows(2000, seed=0)),

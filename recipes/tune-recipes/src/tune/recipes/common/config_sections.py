@@ -327,6 +327,9 @@ class DistributedConfig:
     Args:
         fsdp: shard parameters, gradients and optimizer state with FSDP2.
         tp_size: tensor-parallel degree (divides the world size; data parallel = world / tp).
+        ep_size: expert-parallel degree of a mixture-of-experts model: each group of ``ep_size``
+            data-parallel ranks splits the routed experts and exchanges tokens (all-to-all);
+            divides the data-parallel size and the expert count; needs ``fsdp``.
         reshard_after_forward: free gathered parameters after forward (less memory, more comms).
         cpu_offload: keep sharded parameters on the CPU (FSDP only).
         backend: process-group backend (``auto``: nccl on CUDA, gloo on CPU).
@@ -334,6 +337,7 @@ class DistributedConfig:
 
     fsdp: bool = True
     tp_size: int = 1
+    ep_size: int = 1
     reshard_after_forward: bool = True
     cpu_offload: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"

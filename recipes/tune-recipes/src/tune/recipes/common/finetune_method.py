@@ -11,12 +11,15 @@ from torch import nn
 
 from tune.models import CheckpointModel
 from tune.peft import LoraConfig, apply_lora, count_parameters
-from tune.quant import to_nf4_linear_weights
+from tune.quant import to_nf4_expert_weights, to_nf4_linear_weights
 from tune.recipes.common.config_sections import ADAPTER_METHODS
 from tune.recipes.common.lora_settings import HEAD_NAMES, lora_config_from
 from tune.recipes.common.model_loading import load_pretrained
 
 logger = logging.getLogger(__name__)
+# Kept in float under QLoRA: the LM heads and the MoE routers (native `router`, HF `mlp.gate`,
+# Qwen2-MoE's `shared_expert_gate`), small layers that pick the experts.
+_FLOAT_IN_QLORA = (*HEAD_NAMES, "*.router", "*.mlp.gate", "*.shared_expert_gate")
 
 
 def prepare_for_method(model: nn.Module, method: str, lora: LoraConfig | None) -> list[str]:
@@ -24,7 +27,8 @@ def prepare_for_method(model: nn.Module, method: str, lora: LoraConfig | None) -
 
     Args:
         model: the loaded model (native, or transformers').
-        method: ``full``, ``lora``, ``qlora`` (NF4 base weights, then LoRA) or ``dora``.
+        method: ``full``, ``lora``, ``qlora`` (NF4 base weights and expert stacks, then LoRA) or
+            ``dora``.
         lora: adapter settings (required for the adapter methods).
     """
     if method == "full":
@@ -35,7 +39,8 @@ def prepare_for_method(model: nn.Module, method: str, lora: LoraConfig | None) -
             raise ValueError(f"training.method {method!r} needs training.lora settings")
         if method == "qlora":
             model.requires_grad_(False)  # NF4 weights are frozen by construction
-            logger.info("QLoRA: %s", to_nf4_linear_weights(model, exclude=list(HEAD_NAMES)))
+            logger.info("QLoRA: %s", to_nf4_linear_weights(model, exclude=_FLOAT_IN_QLORA))
+            to_nf4_expert_weights(model)  # stacked MoE experts [E, out, in], if any
         adapted = apply_lora(model, lora)
     counts = count_parameters(model)
     logger.info(

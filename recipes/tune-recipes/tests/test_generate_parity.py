@@ -182,6 +182,29 @@ def test_int8_weight_only_equals_its_dequantized_float_twin(trained: dict[str, P
     assert _ids(result["records"]) == generate(twin, prompts, max_new_tokens=10)
 
 
+def test_int8_decode_equals_its_dequantized_float_twin(trained: dict[str, Path]) -> None:
+    from tune.data import Tokenizer
+    from tune.models import generate
+    from tune.quant import Int8DecodeLinear, quantize_for_decode
+    from tune.recipes.common.generation_model import load_generation_model
+
+    common = [f"model.checkpoint_dir={trained['base']}", f"prompts.items={RAW}",
+              "prompts.chat=false", "sampling.max_new_tokens=10", "sampling.stop_at_eos=false"]  # fmt: skip
+    result = _generate([*common, "sampling.quantize=int8"])
+    twin = load_generation_model(trained["base"], dtype=torch.float32,
+                                 device=torch.device("cpu")).checkpoint.model  # fmt: skip
+    swapped = quantize_for_decode(twin, use_kernel=False)
+    assert "output" in swapped
+    assert len(swapped) == 15
+    for name in swapped:  # the dequantized weights as plain Linears: the float reference
+        parent, _, child = name.rpartition(".")
+        linear = twin.get_submodule(name)
+        assert isinstance(linear, Int8DecodeLinear)
+        setattr(twin.get_submodule(parent) if parent else twin, child, linear.to_linear())
+    prompts = [Tokenizer.from_dir(trained["base"]).encode(text) for text in RAW]
+    assert _ids(result["records"]) == generate(twin, prompts, max_new_tokens=10)
+
+
 @pytest.mark.parametrize("use_dora", [False, True])
 def test_adapter_written_by_peft_generates_as_peft_does(
     trained: dict[str, Path], tmp_path: Path, use_dora: bool

@@ -2,10 +2,10 @@
 
 Decoding one token per row reads every weight once per step, so its speed is set by memory
 bandwidth: int8 weights read a quarter of float32's bytes. torch's own int8/int4 weight-only CPU
-kernels (``aten._weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) and torchao's configs built
-on them run 2-10x *slower* than a float32 matmul on an AVX2 CPU, so the few-row product here is a
-small C kernel (``int8_cpu_kernel``): it reads each int8 weight row once, converts it to float in
-registers and accumulates the dot products of several input rows at once.
+kernels (``aten._weight_int8pack_mm``, ``_weight_int4pack_mm_for_cpu``) and torchao's configs
+built on them ran 2-10x *slower* than a float32 matmul on the development CPU (1 thread), so the
+few-row product here is a small C kernel (``int8_cpu_kernel``): it reads each int8 weight row
+once, converts it to float in registers and accumulates the dot products of several input rows.
 
     model = quantize_for_decode(model)          # every Linear, the LM head included
     generate(model, prompts, max_new_tokens=64)

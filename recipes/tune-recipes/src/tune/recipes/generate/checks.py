@@ -54,6 +54,14 @@ def _check_sampling(cfg: GenerateConfig, c: Checks) -> None:
     for i, text in enumerate(s.stop_strings):
         c.require(bool(text), f"sampling.stop_strings.{i}", "must not be empty")
     c.positive("batch_size", cfg.batch_size)
+    if s.quantize != "none":
+        c.require(
+            cfg.model.quantize is None,
+            "sampling.quantize",
+            f"{s.quantize} cannot be combined with model.quantize={cfg.model.quantize}; set one",
+        )
+        if cfg.model.adapter_dir is not None and not cfg.model.merge_adapter:
+            c.warn("sampling.quantize", "adapted layers stay float; set model.merge_adapter=true")
 
 
 def _check_output(cfg: GenerateConfig, c: Checks) -> None:

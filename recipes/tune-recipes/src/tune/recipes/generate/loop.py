@@ -15,6 +15,7 @@ import torch
 from tune.data import PromptInputError, Tokenizer, collect_prompts, encode_prompt, resolve_template
 from tune.dist import seed_everything
 from tune.models import build_stop_rules, checkpoint_eos_ids, finish_completion, generate
+from tune.quant import quantize_for_decode
 from tune.recipes.common.generation_model import load_configured_model
 from tune.recipes.common.outputs import write_report
 from tune.recipes.common.recipe_run import run_in_one_process
@@ -87,6 +88,8 @@ def _generate(cfg: GenerateConfig, rt: Any) -> dict[str, Any]:
 
     # ---- model: checkpoint, adapter, quantization; stop rules --------------------------------
     loaded = load_configured_model(cfg, rt, tokenizer)
+    if sampling.quantize != "none":  # int8 weights read 4x fewer bytes per decoded token
+        quantize_for_decode(loaded.checkpoint.model, sampling.quantize)
     context = loaded.checkpoint.config.max_position_embeddings
     for e in encoded:
         if len(e.tokens) + sampling.max_new_tokens > context:

@@ -288,6 +288,21 @@ def test_accumulated_step_weights_penalties_by_tokens_and_reduces_metrics() -> N
     assert router.finish_step(model) == {}  # reset for the next step
 
 
+def test_a_skipped_step_reports_loads_but_keeps_the_routing_bias() -> None:
+    torch.manual_seed(0)
+    model = TinyLM()
+    router = RouterObjective(bias_update_rate=0.01)
+    micro_batch_loss(model, _batch(1), fused=False, router=router).loss_sum.backward()
+    bias = model.layers[0].routing_bias
+    assert bias is not None
+    metrics = router.finish_step(model, update_bias=False)
+    assert metrics["moe/layer0/tokens"] > 0
+    assert torch.equal(bias, torch.zeros(4))
+    micro_batch_loss(model, _batch(1), fused=False, router=router)
+    router.finish_step(model)  # an applied step moves it
+    assert bias.abs().sum() > 0
+
+
 def test_preference_step_adds_the_penalty_to_every_pair() -> None:
     torch.manual_seed(0)
     model, batch = TinyLM(), _batch(3, rows=4)

@@ -170,6 +170,7 @@ class TrainingDriver:
         self.guard = guard if guard is not None else NonFiniteGuard("skip")
         self.accumulator = accumulator if accumulator is not None else GradientAccumulator()
         self.max_grad_norm, self.gradient_sync = max_grad_norm, gradient_sync
+        self.step_applied = True  # whether the last optimizer_step stepped (not skipped)
         self.save, self.evaluate, self.should_stop = save, evaluate, should_stop
         self.sink, self.progress, self.postfix = sink, progress, tuple(postfix)
         self.meter = meter if meter is not None else ThroughputMeter()
@@ -210,13 +211,15 @@ class TrainingDriver:
             loss: the step's loss for the guard (default: the last ``accumulate``'s).
 
         Returns:
-            ``{"grad_norm": total norm before clipping, "lr": the LR the step used}``.
+            ``{"grad_norm": total norm before clipping, "lr": the LR the step used}``;
+            ``step_applied`` then says whether the optimizer stepped (False: skipped as
+            non-finite).
         """
         if loss is None:
             loss = self._last.get("loss")
         grad_norm = clip_grad_norm(self.params, self.max_grad_norm)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        self.guard.step(
+        self.step_applied = self.guard.step(
             self.optimizer, step=guard_step, loss=loss, grad_norm=grad_norm,
             scheduler=self.scheduler,
         )  # fmt: skip

@@ -172,13 +172,19 @@ class RouterObjective:
         self._sums = sums if self._sums is None else self._sums + sums
 
     def finish_step(
-        self, model: nn.Module, reduce: Callable[[Tensor], Tensor] | None = None
+        self,
+        model: nn.Module,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+        *,
+        update_bias: bool = True,
     ) -> dict[str, float]:
         """The step's router metrics, after the routing-bias update; resets for the next step.
 
         Args:
             model: the model (its blocks' ``routing_bias`` are updated when the rate is > 0).
             reduce: sums a tensor over the data-parallel ranks (None: one process).
+            update_bias: False for a step the optimizer skipped (non-finite): the loads are
+                reported but the routing bias stays as it was, like the weights.
 
         Returns:
             ``moe/aux_loss``, ``moe/z_loss`` (unit-weighted means) and ``expert_load_metrics``'
@@ -195,7 +201,7 @@ class RouterObjective:
         units = max(sums[2], 1.0)
         metrics = {"moe/aux_loss": sums[0] / units, "moe/z_loss": sums[1] / units}
         metrics.update(expert_load_metrics(summed, per_expert=self.per_expert_metrics))
-        if self.bias_update_rate > 0:
+        if self.bias_update_rate > 0 and update_bias:
             updated = update_routing_bias(model, summed, rate=self.bias_update_rate)
             if updated == 0 and not self._warned:
                 self._warned = True

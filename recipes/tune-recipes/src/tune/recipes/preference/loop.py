@@ -110,8 +110,9 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
         step_metrics = driver.accumulate(mbs, loss, count=lambda mb: mb["tokens"].shape[0] // 2)
         metrics = {**summarize_stats(stats[0], dp.reduce), "loss": step_metrics["loss"],
                    "num_pairs": step_metrics["num_tokens"]}  # fmt: skip
-        metrics.update(router.finish_step(model, dp.reduce))
-        metrics.update(driver.optimizer_step(step + 1))
+        applied = driver.optimizer_step(step + 1)  # the bias moves only when the weights do
+        metrics.update(router.finish_step(model, dp.reduce, update_bias=driver.step_applied))
+        metrics.update(applied)
         run.extra["pairs_seen"] = int(run.extra.get("pairs_seen", 0)) + int(metrics["num_pairs"])
         tokens = sum(count_nonpadding_tokens(mb["tokens"], mb["attention_mask"]) for mb in mbs)
         return StepResult(metrics, tokens)

@@ -84,8 +84,9 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
             mbs, lambda mb: micro_batch_loss(model, mb, fused=fused, softcap=softcap, router=router),
             count=lambda mb: (mb["labels"] != -100).sum(),
         )  # fmt: skip
-        metrics.update(router.finish_step(model, dp.reduce))
-        metrics.update(driver.optimizer_step(step + 1))
+        applied = driver.optimizer_step(step + 1)  # the bias moves only when the weights do
+        metrics.update(router.finish_step(model, dp.reduce, update_bias=driver.step_applied))
+        metrics.update(applied)
         run.extra["tokens_seen"] = run.extra.get("tokens_seen", 0) + tokens
         return StepResult(metrics, tokens)
 

@@ -1,9 +1,12 @@
 """Expert parallelism in the sft recipe (``sft/tiny_cpu_moe_ep_2proc``): a tiny Qwen3-MoE
-(8 experts, top-2) fully fine-tuned on 2 gloo ranks with ``distributed.ep_size=2`` (4 experts per
-rank, tokens exchanged all-to-all, load-balancing loss on) records the losses of one process
-(``ep_size=1``, 1e-5); its DCP step checkpoint,
-written with the experts sharded over the EP ranks, resumes in one process (``ep_size=1``, the
-experts whole) and continues with the same losses.
+(8 experts, top-2) trained with LoRA on attention and on the stacked expert weights
+(``training.lora.target_parameters``, per-expert factors) on 2 gloo ranks with
+``distributed.ep_size=2`` (4 experts and their factors per rank, tokens exchanged all-to-all,
+load-balancing loss on) records the losses of one process (``ep_size=1``, 1e-5) and writes the
+same PEFT adapter; its DCP step checkpoint, written with the factors sharded over the EP ranks,
+resumes in one process (``ep_size=1``, the experts whole) and continues with the same losses.
+(Full fine-tuning under EP, DCP resharding of the expert weights included, is tested in
+tune-dist's ``test_expert_parallel.py``.)
 
 One 2-rank launch; the one-process runs run in this process.
 """
@@ -14,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from tune.data.synthetic import synthetic_instruction_rows, write_jsonl
 from tune.dist.testing import run_to_end
@@ -33,8 +37,10 @@ CONFIG = "sft/tiny_cpu_moe_ep_2proc"
 STEPS, SAVE_AT = 4, 2
 PARITY = 1e-5
 SETTINGS = (
+    "training.method=lora", "checkpointing.save_adapter=true",
+    "training.lora.target_parameters=[experts.gate_up_proj,experts.down_proj]",
     f"training.max_steps={STEPS}", f"checkpointing.save_every_n_steps={SAVE_AT}",
-    "training.lr_schedule.warmup_steps=1", "training.optimizer.lr=1e-3",
+    "training.lr_schedule.warmup_steps=1", "training.optimizer.lr=3e-3",
     # One row per micro-batch: the load-balancing loss of a micro-batch is not a sum over its
     # rows, so the runs must group rows alike (2 ranks x 2 micro-batches = 1 process x 4).
     "training.global_batch_size=4", "training.micro_batch_size=1",
@@ -73,6 +79,12 @@ def test_ep2_equals_one_process_and_its_checkpoint_resumes_at_ep1(
         for step, value in values.items():
             assert experts[key][step] == pytest.approx(value, abs=PARITY), (key, step)
     assert reference["loss"][STEPS] < reference["loss"][1] - 0.05  # it trains
+    # The adapter gathered from the EP ranks' factor shards is the one-process adapter.
+    adapters = [load_file(d / "adapter" / "adapter_model.safetensors") for d in (one, ep2)]
+    assert sorted(adapters[0]) == sorted(adapters[1])
+    assert any(".mlp.experts." in k for k in adapters[0]), sorted(adapters[0])[:8]
+    adapter_err = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
+    assert adapter_err < PARITY
 
     # Resume the EP=2 run's DCP step in one process (experts whole), from step 2.
     resumed = tmp_path / "resumed"
@@ -86,4 +98,5 @@ def test_ep2_equals_one_process_and_its_checkpoint_resumes_at_ep1(
         assert after[step] == pytest.approx(reference["loss"][step], abs=PARITY), step
     deltas = [abs(experts["loss"][s] - reference["loss"][s]) for s in reference["loss"]]
     deltas += [abs(after[s] - reference["loss"][s]) for s in range(SAVE_AT + 1, STEPS + 1)]
-    print(f"max |dloss| EP=2 vs one process and resumed at EP=1: {max(deltas):.2e}")
+    print(f"max |dloss| EP=2 vs one process and resumed at EP=1: {max(deltas):.2e}; "
+          f"adapter: {adapter_err:.2e}")  # fmt: skip

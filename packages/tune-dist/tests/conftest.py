@@ -17,7 +17,7 @@ from dist_launch import run_scenarios
 # One torchrun launch per world size for the whole session (each launch costs ~10 s).
 TWO_RANK = ["env", "fsdp", "fsdp_lora", "fsdp_ac_offload", "fsdp_options", "tp", "tp_sp",
             "tp_errors", "load", "stop", "data_parallel", "parallelize_tp_lora",
-            "ep", "ep_errors", "ep_idle", "pp", "cp"]  # fmt: skip
+            "ep", "ep_errors", "ep_idle", "ep_lora", "pp", "cp"]  # fmt: skip
 FOUR_RANK = ["fsdp_tp", "hsdp", "fsdp_tp_lora", "ep_fsdp", "ep_resume", "ep_tp", "pp_dp", "pp_dcp",
              "cp"]  # fmt: skip
 

@@ -16,7 +16,9 @@ import torch.distributed.checkpoint as dcp
 from dist_tiny_moe import (
     AUX_COEF,
     IGNORE,
+    LORA_RANK,
     N_EXPERTS,
+    add_expert_lora,
     build_moe,
     make_batches,
     make_optimizer,
@@ -45,9 +47,9 @@ def loss_error(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
-def parallel_moe(ep: int, seed: int = 0) -> nn.Module:
+def parallel_moe(ep: int, seed: int = 0, model: nn.Module | None = None) -> nn.Module:
     """The tiny MoE on every rank: experts over ``ep`` ranks, FSDP2 over the rest."""
-    model = build_moe(seed)
+    model = build_moe(seed) if model is None else model
     mesh = td.build_mesh(dp_shard=-1)
     expert_mesh = td.build_expert_mesh(mesh, ep)
     plan = td.ParallelPlan(
@@ -140,6 +142,36 @@ def scenario_ep(info: td.DistributedInfo, ep: int = 2, save: bool = False) -> di
         grad_max=max(g.abs().max().item() for g in ref[2].values()),
         experts=local_experts(model),
     )
+
+
+def scenario_ep_lora(info: td.DistributedInfo) -> dict[str, Any]:
+    """EP=2 with LoRA factors on the frozen stacked expert weights (tune-peft's layout): the
+    factors are sharded and their gradients scaled like the experts."""
+    ref = train_moe_reference(add_expert_lora(build_moe()), make_batches(STEPS), info.world_size)
+    model = parallel_moe(2, model=add_expert_lora(build_moe()))
+    grads: dict[str, torch.Tensor] = {}
+    losses = train(model, make_optimizer(model), STEPS, None, grads)
+    out = compare(model, losses, ref)
+    factors = [k for k in ref[1] if ".param_lora." in k]
+    experts = model.get_submodule("layers.0.mlp.experts")
+    lora_a = experts.param_lora.gate_up_proj.lora_A
+    out.update(
+        factor_keys=len(factors),
+        factor_grad_err=max((grads[k] - ref[2][k]).abs().max().item() for k in factors),
+        factor_grad_max=min(ref[2][k].abs().max().item() for k in factors),
+        factor_placements=[str(p) for p in lora_a.placements],
+        factor_local_shape=list(lora_a.to_local().shape),
+        base_grad=[k for k in grads if ".param_lora." not in k and "experts" in k],
+    )
+    full = td.gather_full_state_dict(model)  # a collective: on every rank
+    if dist.get_rank() == 0:
+        out["factor_err"] = max((full[k] - ref[1][k]).abs().max().item() for k in factors)
+        out["factor_moved"] = min(
+            (ref[1][k] - add_expert_lora(build_moe()).state_dict()[k]).abs().max().item()
+            for k in factors
+        )
+        out["lora_rank"] = LORA_RANK
+    return out
 
 
 def scenario_ep_idle(info: td.DistributedInfo) -> dict[str, Any]:
@@ -236,6 +268,9 @@ def scenario_ep_errors(info: td.DistributedInfo) -> dict[str, Any]:
     odd = build_moe()
     odd.get_submodule("layers.0.mlp.experts").num_experts = 3
     expect("indivisible", lambda: td.apply_ep(odd, expert_mesh, td.MOE_EP_PLAN))
+    child = build_moe()
+    child.get_submodule("layers.0.mlp.experts").add_module("norm", nn.RMSNorm(32))
+    expect("unstacked_child", lambda: td.apply_ep(child, expert_mesh, td.MOE_EP_PLAN))
     twice = build_moe()
     td.apply_ep(twice, expert_mesh, td.MOE_EP_PLAN)
     expect("twice", lambda: td.apply_ep(twice, expert_mesh, td.MOE_EP_PLAN))

@@ -4,9 +4,15 @@
 ``tune.models.GroupedExperts`` does (stacked ``gate_up_proj`` [E, 2H, D] and ``down_proj``
 [E, D, H]; ``forward(x, selected_experts, weights, tokens_per_expert)``); ``MoE`` routes like
 ``tune.models.MoEFeedForward`` (softmax, top-k, normalised) and keeps ``router_stats``.
+``add_expert_lora`` adapts the stacked weights the way tune-peft's expert LoRA lays them out
+(factors at ``experts.param_lora.<param>.lora_A`` [E, r, in] / ``lora_B`` [E, out, r], the
+owner's class swapped for one whose property returns ``W + s * B @ A`` inside its forward),
+without importing tune-peft.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +110,56 @@ class TinyMoE(nn.Module):
         return torch.stack(losses).mean()
 
 
+LORA_RANK, LORA_SCALE = 4, 2.0
+
+
+class StackedFactors(nn.Module):
+    """Per-expert factors of one stacked weight [E, out, in]: A [E, r, in], B [E, out, r]."""
+
+    def __init__(self, out_features: int, in_features: int) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.randn(N_EXPERTS, LORA_RANK, in_features) * 0.1)
+        self.lora_B = nn.Parameter(torch.randn(N_EXPERTS, out_features, LORA_RANK) * 0.1)
+
+
+def _adapted(name: str) -> property:
+    def weight(self: nn.Module) -> torch.Tensor:
+        base = self._parameters[name]
+        assert base is not None
+        if not self.__dict__.get("_adapting"):  # outside the forward: the Parameter (FSDP, DCP)
+            return base
+        f = self._modules["param_lora"]._modules[name]  # type: ignore[index]
+        return torch.baddbmm(base, f.lora_B, f.lora_A, alpha=LORA_SCALE)  # [E, out, in]
+
+    return property(weight)
+
+
+class LoRAExperts(Experts):
+    gate_up_proj = _adapted("gate_up_proj")  # type: ignore[assignment]
+    down_proj = _adapted("down_proj")  # type: ignore[assignment]
+
+
+def _adapting(flag: bool) -> Any:
+    def hook(module: nn.Module, *args: Any) -> None:
+        module.__dict__["_adapting"] = flag
+
+    return hook
+
+
+def add_expert_lora(model: TinyMoE) -> TinyMoE:
+    """Freeze the stacked expert weights and adapt them with random (non-zero) factors."""
+    for block in model.layers.values():
+        experts = block.mlp.experts
+        factors = {n: StackedFactors(*p.shape[1:]) for n, p in experts.named_parameters()}
+        for p in experts.parameters():
+            p.requires_grad_(False)
+        experts.add_module("param_lora", nn.ModuleDict(factors))
+        experts.register_forward_pre_hook(_adapting(True))
+        experts.register_forward_hook(_adapting(False), always_call=True)
+        experts.__class__ = LoRAExperts
+    return model
+
+
 def build_moe(seed: int = 0) -> TinyMoE:
     torch.manual_seed(seed)
     model = TinyMoE()
@@ -144,7 +200,9 @@ def train_moe_reference(
             ce, aux = shard_loss(model, batch, rank, dp_size, count)
             total = total + ce + AUX_COEF * aux / dp_size
         total.backward()
-        grads = grads or {n: p.grad.clone() for n, p in model.named_parameters()}
+        grads = grads or {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
         opt.step()
         opt.zero_grad()
         losses.append(total.item())

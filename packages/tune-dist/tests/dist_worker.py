@@ -24,6 +24,7 @@ from dist_ep_scenarios import (  # noqa: F401 (run by name from the command line
     scenario_ep_errors,
     scenario_ep_fsdp,
     scenario_ep_idle,
+    scenario_ep_lora,
     scenario_ep_resume,
     scenario_ep_tp,
 )

@@ -1,6 +1,6 @@
-"""Expert parallelism (gloo, torchrun): EP=2, EP=2 x FSDP2=2 and EP=2 x TP=2 (attention) equal
-one process, with the load-balancing auxiliary loss on; a DCP checkpoint saved at EP=2 resumes at
-EP=4 and EP=1.
+"""Expert parallelism (gloo, torchrun): EP=2, EP=2 with LoRA factors on the stacked experts,
+EP=2 x FSDP2=2 and EP=2 x TP=2 (attention) equal one process, with the load-balancing auxiliary
+loss on; a DCP checkpoint saved at EP=2 resumes at EP=4 and EP=1.
 
 The scenarios (dist_ep_scenarios.py) run inside the shared 2- and 4-rank launches (conftest.py).
 """
@@ -51,6 +51,20 @@ def test_ep2_with_fsdp2_matches_one_process(four_rank: dict[str, Any]) -> None:
     assert_ep_parity(four_rank["ep_fsdp"], local_experts=1)
 
 
+def test_ep2_with_expert_lora_factors_matches_one_process(two_rank: dict[str, Any]) -> None:
+    r0 = two_rank["ep_lora"]["rank0"]
+    # Factors [E, r, in] sharded like the experts: 2 of the 4 experts' factors on each rank.
+    assert r0["factor_placements"][-1] == "S(0)"
+    assert r0["factor_local_shape"] == [2, r0["lora_rank"], 64]
+    assert r0["factor_keys"] == 8  # 2 layers x 2 stacked weights x (A, B), whole in the state dict
+    assert r0["base_grad"] == []  # the stacked base weights stay frozen
+    # The factors' gradients get the experts' 1 / ep scale (unscaled they are 0.15 off).
+    assert r0["factor_grad_err"] < GRAD_PARITY < r0["factor_grad_max"]
+    assert r0["loss_err"] < PARITY, r0["losses"]
+    assert r0["factor_err"] < PARITY < r0["factor_moved"]
+    assert r0["param_err"] < PARITY
+
+
 def test_rank_receiving_no_tokens_still_matches(two_rank: dict[str, Any]) -> None:
     r0 = two_rank["ep_idle"]["rank0"]
     # Ties pick one EP rank's two experts for every token: the other rank receives no rows.
@@ -92,6 +106,10 @@ def test_ep_misconfigurations_are_named(two_rank: dict[str, Any]) -> None:
     assert "layers.0.mlp.router: Linear has no integer num_experts" in errors["not_experts"]
     assert "num_experts=3 is not divisible by the expert-parallel degree 2" in errors["indivisible"]
     assert "layers.0.mlp.experts is already expert-parallel" in errors["twice"]
+    assert (
+        "sub-modules' included, must be stacked with a leading num_experts=4 dimension; got "
+        "{'norm.weight': [32]}" in errors["unstacked_child"]
+    )
     assert "ep=3 must divide dp_shard=2" in errors["ep_degree"]
 
 

@@ -109,12 +109,13 @@ def test_expert_parallel_degree_is_checked_against_ranks_model_and_method(
     ]
     errors = _errors(path, [*moe, "distributed.ep_size=2", "distributed.fsdp=false"], world_size=2)
     assert errors[0].startswith("error: distributed.ep_size: needs distributed.fsdp=true")
-    errors = _errors(path, [*moe, "distributed.ep_size=2", "training.lora.target_parameters="
-                            "[experts.gate_up_proj]"], world_size=2)  # fmt: skip
+    # LoRA factors on the stacked experts are split with them; NF4 expert stacks are not.
+    lora_experts = [*moe, "distributed.ep_size=2", "training.lora.target_parameters=[experts.gate_up_proj]"]  # fmt: skip
+    load_config(path, SFTConfig, lora_experts, world_size=2)
+    errors = _errors(path, [*lora_experts, "training.method=qlora"], world_size=2)
     assert errors == [
-        "error: training.lora.target_parameters: LoRA on expert weights cannot be "
-        "expert-parallel (distributed.ep_size=2): adapt attention only (training.lora.targets), "
-        "or use ep_size=1"
+        "error: training.method: qlora cannot be combined with distributed.ep_size=2: NF4 expert "
+        "weights are not expert-parallel; use lora, or ep_size=1"
     ]
     cfg = load_config(path, SFTConfig, [*moe, "distributed.ep_size=2"], validate=False)
     warnings = validate_config(cfg, ValidationContext(world_size=1))
@@ -185,9 +186,9 @@ def test_every_bundled_config_validates(name: str) -> None:
         assert {w.key for w in warnings} <= {"model.checkpoint_dir", "data.source"}
 
 
-def test_bundled_moe_config_validates_expert_parallel_with_attention_lora() -> None:
+def test_bundled_moe_config_validates_expert_parallel_with_expert_lora() -> None:
     # The header's expert-parallel variant of the Qwen3-30B-A3B config, on 8 ranks.
-    overrides = ["distributed.ep_size=8", "training.lora.target_parameters=[]"]
+    overrides = ["distributed.ep_size=8"]
     cfg = load_config(CONFIG_DIR / "qwen3_30b_a3b_lora.yaml", SFTConfig, overrides, validate=False)
     warnings = validate_config(cfg, ValidationContext(8, missing_paths="warn"))
     assert {w.key for w in warnings} <= {"model.checkpoint_dir", "data.source"}

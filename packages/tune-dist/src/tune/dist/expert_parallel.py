@@ -32,6 +32,13 @@ The experts module protocol (duck-typed; ``tune.models.GroupedExperts`` follows 
 
 - direct parameters stacked over experts on dim 0 (``gate_up_proj`` [E, 2H, D],
   ``down_proj`` [E, D, H], any others with a leading ``E``), and ``num_experts`` = E;
+- optionally sub-modules whose parameters are all stacked the same way, such as per-expert
+  adapter factors (tune-peft's expert LoRA keeps ``param_lora.<param>.lora_A`` [E, r, in] and
+  ``lora_B`` [E, out, r] there): every parameter under the experts module is sharded alike
+  (``Shard(0)`` on ``ep``, then FSDP over the expert data-parallel dims), its gradient scaled by
+  ``1 / ep``, and read as its local shard while the forward runs, so a weight computed from the
+  base and the factors (``W + s * B @ A``) covers the local experts; a parameter under it
+  without a leading ``E`` is refused;
 - ``forward(x [N, D], selected_experts [N, k] int64, weights [N, k], tokens_per_expert [E])
   -> [N, D]``, the weighted sum of the selected experts' outputs, reading its parameters as
   attributes (so the local shards can stand in for them during the call).
@@ -115,20 +122,33 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def _owner_and_leaf(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    prefix, _, leaf = name.rpartition(".")
+    return (module.get_submodule(prefix) if prefix else module), leaf
+
+
 @contextlib.contextmanager
-def _local_parameters(module: nn.Module, names: tuple[str, ...], grad_scale: float) -> Iterator[None]:
-    """Let ``module`` read the local shards (differentiable ``to_local``) of its DTensor params,
-    their gradients scaled by ``grad_scale``."""
-    saved = {name: module._parameters[name] for name in names}
+def _local_parameters(
+    module: nn.Module, names: tuple[str, ...], grad_scale: float
+) -> Iterator[list[torch.Tensor]]:
+    """Let ``module`` and its sub-modules read the local shards (differentiable ``to_local``) of
+    the DTensor params ``names`` (relative to ``module``), their gradients scaled by
+    ``grad_scale``. Yields the local tensors."""
+    owners = [_owner_and_leaf(module, name) for name in names]
+    saved = [(owner, leaf, owner._parameters[leaf]) for owner, leaf in owners]
     try:
-        for name, param in saved.items():
+        locals_ = []
+        for owner, leaf, param in saved:
             assert param is not None
             local = param.to_local() if isinstance(param, DTensor) else param
             # Plain tensors in _parameters for the call only (what functional_call does).
-            module._parameters[name] = _ScaleGrad.apply(local, grad_scale)  # type: ignore[assignment]
-        yield
+            scaled = _ScaleGrad.apply(local, grad_scale)
+            owner._parameters[leaf] = scaled
+            locals_.append(scaled)
+        yield locals_
     finally:
-        module._parameters.update(saved)
+        for owner, leaf, param in saved:
+            owner._parameters[leaf] = param
 
 
 class ExpertParallel:
@@ -176,7 +196,7 @@ class ExpertParallel:
         local_ids = torch.repeat_interleave(local_ids, recv_counts)  # [M], peer-major
         ones = x_recv.new_ones(x_recv.shape[0], 1)
         # 1 / ep: the local expert gradient sums the ep peers' tokens (see the module docstring).
-        with _local_parameters(self, self._ep_param_names, 1.0 / ep):  # type: ignore[arg-type]
+        with _local_parameters(self, self._ep_param_names, 1.0 / ep) as params:  # type: ignore[arg-type]
             if sum(recv_split):
                 y_recv = self._ep_base.forward(
                     self, x_recv, local_ids.unsqueeze(1), ones, recv_by_peer.sum(dim=0)
@@ -186,7 +206,7 @@ class ExpertParallel:
                 # still get a zero gradient, as a single process gives the unused experts'
                 # slices of its stacked parameters: FSDP peers then reduce the same parameters,
                 # and the optimizer steps (weight decay) every shard alike.
-                unused = sum(getattr(self, n).sum() for n in self._ep_param_names)
+                unused = sum(p.sum() for p in params)
                 y_recv = x_recv + 0.0 * unused  # [0, dim]
         y_sorted = all_to_all_rows(y_recv, send_split, recv_split, group)  # [N*k, dim]
         y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, -1)
@@ -224,18 +244,15 @@ def _check_experts(name: str, module: nn.Module, ep: int) -> tuple[str, ...]:
         raise ValueError(
             f"{name}: num_experts={num_experts} is not divisible by the expert-parallel degree {ep}"
         )
-    params = {n: p for n, p in module._parameters.items() if p is not None}
+    direct = [n for n, p in module._parameters.items() if p is not None]
+    # Sub-module parameters (per-expert adapter factors) are sharded like the direct ones.
+    params = dict(module.named_parameters(remove_duplicate=False))
     bad = {n: list(p.shape) for n, p in params.items() if p.shape[:1] != (num_experts,)}
-    if not params or bad:
+    if not direct or bad:
         raise ValueError(
-            f"{name}: expert parameters must be stacked with a leading num_experts={num_experts} "
-            f"dimension; got {bad or 'no parameters'}"
-        )
-    if any(True for _ in module.children()):
-        raise ValueError(
-            f"{name}: {type(module).__name__} holds submodules "
-            f"({[n for n, _ in module.named_children()]}); only modules whose parameters are all "
-            f"stacked experts can be expert-parallel"
+            f"{name}: every parameter of an expert-parallel experts module, sub-modules' "
+            f"included, must be stacked with a leading num_experts={num_experts} dimension; got "
+            f"{bad or 'no direct parameters'}"
         )
     return tuple(params)
 
@@ -243,8 +260,9 @@ def _check_experts(name: str, module: nn.Module, ep: int) -> tuple[str, ...]:
 def apply_ep(model: nn.Module, mesh: DeviceMesh, plan: EPPlan) -> list[str]:
     """Shard the experts modules named by ``plan`` over ``mesh["ep"]`` and make them dispatch.
 
-    Every matched module keeps its name and parameter names; its stacked parameters become
-    DTensors ``Shard(0)`` on the ``ep`` dimension (rank i keeps experts
+    Every matched module keeps its name and parameter names; its stacked parameters (those of
+    its sub-modules, e.g. per-expert LoRA factors, included) become DTensors ``Shard(0)`` on the
+    ``ep`` dimension (rank i keeps experts
     ``[i * E / ep, (i + 1) * E / ep)``) and its class a subclass with the expert-parallel forward.
     Call on every rank with the same (identically initialised) model; rank 0's values are sent.
 
@@ -276,12 +294,11 @@ def apply_ep(model: nn.Module, mesh: DeviceMesh, plan: EPPlan) -> list[str]:
             raise ValueError(f"{name} is already expert-parallel")
         names = _check_experts(name, module, ep)
         for pname in names:
-            param = module._parameters[pname]
+            owner, leaf = _owner_and_leaf(module, pname)
+            param = owner._parameters[leaf]
             assert param is not None
             dtensor = distribute_tensor(param.detach(), ep_mesh, [Shard(0)])
-            module.register_parameter(
-                pname, nn.Parameter(dtensor, requires_grad=param.requires_grad)
-            )
+            owner.register_parameter(leaf, nn.Parameter(dtensor, requires_grad=param.requires_grad))
         module.__class__ = _ep_class(type(module))
         module._ep_group = ep_mesh.get_group()  # type: ignore[assignment]
         module._ep_size = ep  # type: ignore[assignment]
@@ -313,9 +330,7 @@ def apply_expert_fsdp(model: nn.Module, mesh: DeviceMesh, **fully_shard_kwargs: 
 
     names = mesh.mesh_dim_names or ()
     if EXPERT_DP_SHARD not in names:
-        raise ValueError(
-            f"expert mesh has dimensions {names}; expected one from build_expert_mesh"
-        )
+        raise ValueError(f"expert mesh has dimensions {names}; expected one from build_expert_mesh")
     if DP_REPLICATE in names and mesh[DP_REPLICATE].size() > 1:
         dp_mesh = mesh[DP_REPLICATE, EXPERT_DP_SHARD]
     else:

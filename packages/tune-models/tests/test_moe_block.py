@@ -14,8 +14,6 @@ from tune.models import (
     GatedMLP,
     MoEFeedForward,
     clamped_swiglu,
-    load_balancing_loss,
-    router_z_loss,
 )
 
 DIM, HIDDEN, EXPERTS, TOP_K = 16, 8, 4, 2
@@ -208,29 +206,6 @@ def test_parity_with_transformers_sparse_moe_block(family, norm):
         ours.experts.implementation = impl  # type: ignore[assignment]
         diff = (ours(x) - want).abs().max().item()
         assert diff <= 1e-5, (impl, diff)
-
-
-def test_load_balancing_loss_matches_transformers():
-    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-
-    torch.manual_seed(2)
-    logits = torch.randn(30, EXPERTS)
-    scores = torch.softmax(logits, dim=-1)
-    selected = torch.topk(scores, TOP_K, dim=-1).indices
-    want = load_balancing_loss_func((logits,), EXPERTS, TOP_K)
-    got = load_balancing_loss(scores, selected, EXPERTS)
-    assert abs(got.item() - float(want)) <= 1e-6
-    uniform = torch.full((EXPERTS, EXPERTS), 1.0 / EXPERTS)
-    balanced = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0]])
-    assert load_balancing_loss(uniform, balanced, EXPERTS).item() == pytest.approx(TOP_K)
-
-
-def test_router_z_loss_value():
-    assert router_z_loss(torch.zeros(5, EXPERTS)).item() == pytest.approx(
-        torch.log(torch.tensor(float(EXPERTS))).item() ** 2
-    )
-    logits = torch.tensor([[0.0, 10.0, 0.0, 0.0]])
-    assert router_z_loss(logits).item() == pytest.approx((10.0 + 3 * 4.5399e-5) ** 2, rel=1e-4)
 
 
 def _deepseek_blocks(topk_groups: int) -> tuple[nn.Module, MoEFeedForward]:

@@ -122,6 +122,12 @@ def test_load_balancing_and_z_loss_match_transformers() -> None:
     assert abs(float(router_z_loss(two)) - float(pooled)) <= 1e-5
 
 
+def test_router_z_loss_values() -> None:
+    assert float(router_z_loss(torch.zeros(5, 4))) == pytest.approx(math.log(4.0) ** 2)
+    logits = torch.tensor([[0.0, 10.0, 0.0, 0.0]])
+    assert float(router_z_loss(logits)) == pytest.approx((10.0 + 3 * 4.5399e-5) ** 2, rel=1e-4)
+
+
 def test_load_balancing_loss_by_hand() -> None:
     ln3 = math.log(3.0)
     balanced = torch.tensor([[ln3, 0.0], [0.0, ln3], [5.0, 0.0]])  # p = .75/.25, .25/.75, pad

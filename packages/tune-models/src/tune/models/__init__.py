@@ -59,9 +59,7 @@ from tune.models.moe import (
     MoEFeedForward,
     RouterStats,
     clamped_swiglu,
-    load_balancing_loss,
     moe_experts_reference,
-    router_z_loss,
 )
 from tune.models.moe_decoder import MoEDecoderConfig, ProjectionRMSNorm, build_moe_decoder
 from tune.models.moe_keys import (
@@ -162,7 +160,6 @@ __all__ = [
     "generate",
     "hf_to_native_key",
     "layer_windows",
-    "load_balancing_loss",
     "load_hf_config",
     "model_from_checkpoint_dir",
     "moe_experts_reference",
@@ -175,7 +172,6 @@ __all__ = [
     "resolve_config",
     "resolve_implementation",
     "routed_expert_counts",
-    "router_z_loss",
     "sample_next_token",
     "setup_kv_cache",
     "sink_attention",

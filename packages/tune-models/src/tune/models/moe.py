@@ -450,34 +450,3 @@ class MoEFeedForward(nn.Module):
         """``x`` [B, T, dim] -> [B, T, dim]; keeps this call's stats on ``self.router_stats``."""
         out, self.router_stats = self.forward_with_stats(x)
         return out
-
-
-def load_balancing_loss(
-    scores: torch.Tensor, selected_experts: torch.Tensor, num_experts: int
-) -> torch.Tensor:
-    """Switch/Mixtral load-balancing loss ``E * sum_i f_i * P_i`` (a scalar).
-
-    ``f_i`` = fraction of tokens that chose expert ``i`` among their ``k`` slots (count_i / N, so
-    ``sum_i f_i = k``), ``P_i`` = mean router probability of expert ``i`` over the tokens. A
-    perfectly uniform router gives ``k``. For one layer and no attention mask this equals
-    transformers' ``load_balancing_loss_func`` (Mixtral, Qwen-MoE).
-
-    Args:
-        scores: [N, E] router probabilities (``RouterStats.scores``).
-        selected_experts: [N, k] chosen experts (``RouterStats.selected_experts``).
-        num_experts: ``E``.
-    """
-    n = selected_experts.shape[0]
-    counts = torch.zeros(num_experts, dtype=scores.dtype, device=scores.device)
-    counts = counts.scatter_add(
-        0,
-        selected_experts.reshape(-1),
-        torch.ones_like(selected_experts.reshape(-1), dtype=scores.dtype),
-    )
-    fraction = counts / n  # [E], no gradient (selection is discrete)
-    return num_experts * (fraction * scores.mean(dim=0)).sum()
-
-
-def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Router z-loss ``mean_n(logsumexp_i(logits[n, i]) ** 2)`` (ST-MoE); ``logits`` [N, E]."""
-    return torch.logsumexp(logits.float(), dim=-1).square().mean()

@@ -96,3 +96,23 @@ def test_parallelize_models_wraps_only_the_trained_model_in_one_process() -> Non
         assert all(b._compiled_call_impl is not None for b in blocks)
         # One process: no tensor parallel and no FSDP whatever the settings say.
         assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_pipeline_and_context_parallel_checks(recipe: str, local_paths: list[str]) -> None:
+    if recipe != "sft":  # the loops that run stages / sequence shards
+        for key in ("pp_size", "cp_size"):
+            errors = _errors(recipe, local_paths, 2, f"distributed.{key}=2")
+            assert any(e.startswith(f"error: distributed.{key}: ") and "runs in ['sft']" in e
+                       for e in errors), errors  # fmt: skip
+        return
+    cfg = _load(recipe, local_paths, 4, "distributed.cp_size=2")
+    assert cfg.distributed.cp_size == 2  # type: ignore[attr-defined]
+    errors = _errors(recipe, local_paths, 4, "distributed.cp_size=3")
+    assert any("cp_size 3 = 3 does not divide the world size 4" in e for e in errors), errors
+    errors = _errors(recipe, local_paths, 4, "distributed.cp_size=2", "distributed.tp_size=2")
+    assert any(e.startswith("error: distributed.cp_size: cannot be combined") for e in errors)
+    errors = _errors(recipe, local_paths, 2, "distributed.pp_size=2", "distributed.pp_schedule=x")
+    assert any(e.startswith("error: distributed.pp_schedule: unknown 'x'") for e in errors)
+    errors = _errors(recipe, local_paths, 2, "distributed.pp_size=2", "data.padding_free=true")
+    assert any("use data.padding_free=false" in e for e in errors), errors

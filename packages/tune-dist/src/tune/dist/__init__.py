@@ -18,6 +18,7 @@ _EXPORTS = {
         "apply_activation_offloading",
         "offload_activations",
     ),
+    "context_batches": ("context_parallel_batch",),
     "context_parallel": (
         "RingAttentionFn",
         "context_parallel_attention",
@@ -45,8 +46,10 @@ _EXPORTS = {
     ),
     "fsdp": ("apply_fsdp", "set_gradient_sync"),
     "mesh": (
+        "build_context_mesh",
         "build_expert_mesh",
         "build_mesh",
+        "context_data_rank_and_size",
         "data_parallel_mesh",
         "data_parallel_rank_and_size",
         "resolve_mesh_shape",
@@ -102,6 +105,7 @@ if TYPE_CHECKING:
         apply_activation_offloading,
         offload_activations,
     )
+    from tune.dist.context_batches import context_parallel_batch
     from tune.dist.context_parallel import (
         RingAttentionFn,
         context_parallel_attention,
@@ -148,8 +152,10 @@ if TYPE_CHECKING:
         saved_activation_elements,
     )
     from tune.dist.mesh import (
+        build_context_mesh,
         build_expert_mesh,
         build_mesh,
+        context_data_rank_and_size,
         data_parallel_mesh,
         data_parallel_rank_and_size,
         resolve_mesh_shape,
@@ -230,12 +236,15 @@ __all__ = [
     "apply_expert_fsdp",
     "apply_fsdp",
     "apply_tp",
+    "build_context_mesh",
     "build_expert_mesh",
     "build_mesh",
     "build_pipeline_mesh",
     "build_pipeline_schedule",
     "build_torchrun_argv",
+    "context_data_rank_and_size",
     "context_parallel_attention",
+    "context_parallel_batch",
     "count_target_tokens",
     "data_parallel_mesh",
     "data_parallel_rank_and_size",

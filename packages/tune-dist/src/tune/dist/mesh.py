@@ -1,5 +1,6 @@
 """Device meshes with data-parallel replicate/shard and tensor-parallel dimensions, and the
-expert mesh that expert parallelism carves out of the data-parallel shard dimension."""
+expert and context meshes that expert and context parallelism carve out of the data-parallel shard
+dimension."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ MESH_DIMS = (DP_REPLICATE, DP_SHARD, TP)
 EXPERT_DP_SHARD = "expert_dp_shard"
 EP = "ep"
 EXPERT_MESH_DIMS = (DP_REPLICATE, EXPERT_DP_SHARD, EP, TP)
+CP_DP_SHARD = "cp_dp_shard"
+CP = "cp"
+CONTEXT_MESH_DIMS = (DP_REPLICATE, CP_DP_SHARD, CP, TP)
 
 
 def resolve_mesh_shape(
@@ -111,6 +115,25 @@ def data_parallel_rank_and_size(mesh: DeviceMesh) -> tuple[int, int]:
     return rank, replicate.size() * shard.size()
 
 
+def _split_shard_dim(mesh: DeviceMesh, degree: int, dims: tuple[str, ...], what: str) -> DeviceMesh:
+    # (dp_replicate, dp_shard, tp) -> (dp_replicate, dp_shard / degree, degree, tp), same ranks.
+    if mesh.mesh_dim_names != MESH_DIMS:
+        raise ValueError(
+            f"mesh has dimensions {mesh.mesh_dim_names}; expected one built by build_mesh "
+            f"with {MESH_DIMS}"
+        )
+    replicate, shard, tp = (mesh[d].size() for d in MESH_DIMS)
+    if degree < 1 or shard % degree:
+        raise ValueError(f"{what} degree {degree} must divide dp_shard={shard}")
+    if mesh.mesh.flatten().tolist() != list(range(mesh.size())):
+        raise ValueError(f"the {what} mesh needs a mesh over ranks 0..world-1 in order")
+    shape = (replicate, shard // degree, degree, tp)
+    split = init_device_mesh(mesh.device_type, shape, mesh_dim_names=dims)
+    if dist.get_rank() == 0:
+        logger.info("%s mesh %s = %s", what, dims, shape)
+    return split
+
+
 def build_expert_mesh(mesh: DeviceMesh, ep: int) -> DeviceMesh:
     """The mesh experts live on: ``("dp_replicate", "expert_dp_shard", "ep", "tp")``, same ranks.
 
@@ -128,18 +151,32 @@ def build_expert_mesh(mesh: DeviceMesh, ep: int) -> DeviceMesh:
     Returns:
         A 4-D DeviceMesh of shape (dp_replicate, dp_shard / ep, ep, tp).
     """
-    if mesh.mesh_dim_names != MESH_DIMS:
-        raise ValueError(
-            f"mesh has dimensions {mesh.mesh_dim_names}; expected one built by build_mesh "
-            f"with {MESH_DIMS}"
-        )
-    replicate, shard, tp = (mesh[d].size() for d in MESH_DIMS)
-    if ep < 1 or shard % ep:
-        raise ValueError(f"expert-parallel degree ep={ep} must divide dp_shard={shard}")
-    if mesh.mesh.flatten().tolist() != list(range(mesh.size())):
-        raise ValueError("build_expert_mesh needs a mesh over ranks 0..world-1 in order")
-    shape = (replicate, shard // ep, ep, tp)
-    expert_mesh = init_device_mesh(mesh.device_type, shape, mesh_dim_names=EXPERT_MESH_DIMS)
-    if dist.get_rank() == 0:
-        logger.info("expert mesh %s = %s", EXPERT_MESH_DIMS, shape)
-    return expert_mesh
+    return _split_shard_dim(mesh, ep, EXPERT_MESH_DIMS, "expert-parallel")
+
+
+def build_context_mesh(mesh: DeviceMesh, cp: int) -> DeviceMesh:
+    """The mesh context parallelism splits sequences on: ``("dp_replicate", "cp_dp_shard", "cp",
+    "tp")``, same ranks.
+
+    Each group of ``cp`` consecutive ``dp_shard`` ranks (``mesh["cp"]``) holds the same
+    sequences, each rank a zig-zag share of their tokens; FSDP2 still shards over all of
+    ``dp_shard`` (every rank's gradients are summed the same way). The data loader reads
+    ``dp_size / cp`` shards: ``context_data_rank_and_size``. Collective: call once on every rank.
+
+    Args:
+        mesh: the mesh from ``build_mesh``.
+        cp: context-parallel degree; must divide ``mesh["dp_shard"].size()``.
+
+    Returns:
+        A 4-D DeviceMesh of shape (dp_replicate, dp_shard / cp, cp, tp).
+    """
+    return _split_shard_dim(mesh, cp, CONTEXT_MESH_DIMS, "context-parallel")
+
+
+def context_data_rank_and_size(mesh: DeviceMesh, cp: int) -> tuple[int, int]:
+    """The data shard a rank reads when groups of ``cp`` data-parallel ranks share sequences:
+    ``(data-parallel rank // cp, data-parallel size // cp)``."""
+    rank, size = data_parallel_rank_and_size(mesh)
+    if cp < 1 or size % cp:
+        raise ValueError(f"context-parallel degree {cp} must divide the data-parallel size {size}")
+    return rank // cp, size // cp

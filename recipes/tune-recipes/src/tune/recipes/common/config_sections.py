@@ -330,6 +330,20 @@ class DistributedConfig:
         ep_size: expert-parallel degree of a mixture-of-experts model: each group of ``ep_size``
             data-parallel ranks splits the routed experts and exchanges tokens (all-to-all);
             divides the data-parallel size and the expert count; needs ``fsdp``.
+        pp_size: pipeline-parallel degree: the decoder's layers are cut into ``pp_size`` stages
+            (``pp_size * pp_virtual_stages`` with an interleaved schedule), each on its own
+            ranks, run by ``pp_schedule``; divides the world size (data parallel = world /
+            (pp * tp)).
+        pp_schedule: ``gpipe``, ``1f1b``, ``interleaved_1f1b``, ``looped_bfs``, ``zero_bubble``
+            or ``zbv_zero_bubble`` (torch.distributed.pipelining's schedules).
+        pp_microbatches: micro-batches the pipeline splits each rank's batch into (null: the
+            number of stages); divides ``training.micro_batch_size``.
+        pp_virtual_stages: stages per rank for the interleaved schedules (null: 1 for gpipe and
+            1f1b, 2 otherwise).
+        cp_size: context-parallel degree: each sequence is split into ``2 * cp_size`` chunks and
+            every rank of a group of ``cp_size`` data-parallel ranks holds two (zig-zag), with
+            ring attention exchanging keys and values; ``data.max_seq_len`` must be a multiple
+            of ``2 * cp_size``.
         reshard_after_forward: free gathered parameters after forward (less memory, more comms).
         cpu_offload: keep sharded parameters on the CPU (FSDP only).
         backend: process-group backend (``auto``: nccl on CUDA, gloo on CPU).
@@ -338,6 +352,11 @@ class DistributedConfig:
     fsdp: bool = True
     tp_size: int = 1
     ep_size: int = 1
+    pp_size: int = 1
+    pp_schedule: str = "1f1b"
+    pp_microbatches: int | None = None
+    pp_virtual_stages: int | None = None
+    cp_size: int = 1
     reshard_after_forward: bool = True
     cpu_offload: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"

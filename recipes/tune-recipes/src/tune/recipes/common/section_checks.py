@@ -23,6 +23,7 @@ from tune.recipes.common.availability import (
     require_package,
 )
 from tune.recipes.common.availability import looks_local as looks_local  # recipes' checks use it
+from tune.recipes.common.layout_checks import check_layout, data_shards
 from tune.recipes.common.lora_settings import lora_settings_problem
 from tune.recipes.config.registries import OPTIMIZERS
 
@@ -317,16 +318,17 @@ def check_training(cfg: Any, c: Checks) -> None:
     check_optimizer(cfg, c, total)
     ok = c.positive("training.global_batch_size", t.global_batch_size)
     ok = c.positive("training.micro_batch_size", t.micro_batch_size) and ok
-    tp = cfg.distributed.tp_size
-    world = c.context.world_size
-    if ok and tp > 0 and world % tp == 0:
-        dp = world // tp
+    d, world = cfg.distributed, c.context.world_size
+    split = d.tp_size * getattr(d, "pp_size", 1) * getattr(d, "cp_size", 1)
+    if ok and split > 0 and world % split == 0:
+        dp = data_shards(d, world)
         per_step = dp * t.micro_batch_size
         c.require(
             t.global_batch_size % per_step == 0,
             "training.global_batch_size",
             f"{t.global_batch_size} is not divisible by data-parallel size {dp} (world size "
-            f"{world} / tp_size {tp}) × training.micro_batch_size {t.micro_batch_size} = {per_step}",
+            f"{world} / (tp_size × pp_size × cp_size) {split}) × training.micro_batch_size "
+            f"{t.micro_batch_size} = {per_step}",
         )
 
 
@@ -342,6 +344,7 @@ def check_distributed(cfg: Any, c: Checks) -> None:
     if dist.cpu_offload and not dist.fsdp:
         c.error("distributed.cpu_offload", "needs distributed.fsdp=true")
     check_expert_parallel(cfg, c)
+    check_layout(cfg, c)
     if dist.tp_size <= 1:
         return
     if getattr(cfg.data, "padding_free", None):

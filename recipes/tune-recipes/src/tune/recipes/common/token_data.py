@@ -103,7 +103,8 @@ def token_data(cfg: Any, tokenizer: Any, dp: Any, device: torch.device) -> Token
         "batch_size": t.micro_batch_size, "max_seq_len": d.max_seq_len, "packing": d.packing,
         "truncation": d.truncation, "seed": d.seed, "rank": dp.rank, "world_size": dp.size,
     }  # fmt: skip
-    padding_free = resolve_padding_free(
+    pipelined = cfg.distributed.pp_size > 1 and d.padding_free is None  # stages: fixed shapes
+    padding_free = False if pipelined else resolve_padding_free(
         d.padding_free, device=device, packing=d.packing, compile=t.compile,
         tp_size=cfg.distributed.tp_size,
     )  # fmt: skip

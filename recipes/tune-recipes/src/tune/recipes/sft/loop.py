@@ -8,11 +8,14 @@ device and under torchrun (FSDP2, optionally tensor parallel).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
 
 from tune.dist import seed_everything
+from tune.models import ep_plan
+from tune.recipes.common.context_split import context_split, reject_routed_experts
 from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
 from tune.recipes.common.recipe_run import run_training
@@ -55,6 +58,9 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
 
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
     dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
+    cp = context_split(dp, cfg.distributed.cp_size)  # None unless distributed.cp_size > 1
+    if cp is not None:
+        reject_routed_experts(model, bool(ep_plan(model)))
     parallelize_models(
         [model], dp, cfg.distributed, model_config=ckpt.config,
         activation_checkpointing=t.activation_checkpointing,
@@ -62,12 +68,13 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
     )  # fmt: skip
 
     # ---- data and the run's shared parts (optimizer, schedule, resume, loggers, driver) -------
-    data = token_data(cfg, checked_tokenizer(cfg, ckpt), dp, rt.device)
+    data = token_data(cfg, checked_tokenizer(cfg, ckpt), cp.data if cp else dp, rt.device)
     run = start_run(
         cfg, rt, dp, ckpt, lora, loader=data.loader, total_steps=data.total_steps,
         extra={"tokens_seen": 0},
     )  # fmt: skip
-    driver, accum = run.driver, t.gradient_accumulation_steps(dp.size)
+    driver = run.driver
+    accum = t.gradient_accumulation_steps(cp.data.size if cp else dp.size)
     # A sharded output weight needs plain CE; so does an HF head (it may scale its logits).
     fused = t.fused_ce and not dp.distributed and ckpt.implementation == "native"
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
@@ -80,8 +87,11 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
     # ---- one optimizer step: token-normalised accumulation over micro-batches ----------------
     def step_fn(step: int) -> StepResult:
         mbs, tokens = data.next_micro_batches(accum)
+        if cp is not None:  # this rank's zig-zag share of each sequence
+            mbs, tokens = [cp.shard(mb) for mb in mbs], tokens // cp.size
         metrics = driver.accumulate(
-            mbs, lambda mb: micro_batch_loss(model, mb, fused=fused, softcap=softcap, router=router),
+            mbs, lambda mb: micro_batch_loss(model, cp.attend(mb) if cp else mb, fused=fused,
+                                             softcap=softcap, router=router),
             count=lambda mb: (mb["labels"] != -100).sum(),
         )  # fmt: skip
         applied = driver.optimizer_step(step + 1)  # the bias moves only when the weights do
@@ -91,13 +101,16 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         return StepResult(metrics, tokens)
 
     def evaluate(step: int) -> dict[str, float]:
+        batches = data.validation_batches()
         val_loss = evaluate_token_loss(
-            model, data.validation_batches(), fused=fused, softcap=softcap,
+            model, cp.validation(batches, rt.device) if cp else batches, fused=fused, softcap=softcap,
             max_batches=data.max_eval_batches, reduce=dp.reduce,
         )  # fmt: skip
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
 
-    result = drive(run, step_fn, evaluate=evaluate if data.has_validation else None, desc="sft")
+    with cp.installed(model) if cp else contextlib.nullcontext():
+        result = drive(run, step_fn, evaluate=evaluate if data.has_validation else None,
+                       desc="sft")  # fmt: skip
 
     # ---- outputs: HF / PEFT directories, then the quantized model of a QAT run ------------------
     val = result.evaluation

@@ -1,0 +1,99 @@
+"""A training batch cut for context parallelism: padded to ``2 * cp`` chunks, this rank's zig-zag
+share of every per-token tensor, and the global document ids the ring attention masks with.
+
+Batch keys follow tune's convention (tune.data's collators): ``tokens`` and ``labels`` [B, T]
+always; ``positions`` (RoPE positions, restarting per packed document), ``document_ids`` (packed
+or padding-free rows) and ``attention_mask`` (right-padded rows, 1 = real token) when present.
+Anything else is passed through untouched::
+
+    local, documents = context_parallel_batch(batch, cp_size, cp_rank)
+    with context_parallel_attention(model, cp_group, document_ids=documents):
+        loss = loss_fn(model(local["tokens"], positions=local["positions"]), local["labels"])
+
+Each rank's trained-token count is that of its own shard, so summing counts and gradients over
+all data-parallel ranks (every rank of every CP group) gives the one-process result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from tune.dist.context_parallel import zigzag_shard
+
+PER_TOKEN_KEYS = ("tokens", "labels", "positions")
+
+
+def _right_padded(mask: torch.Tensor) -> bool:
+    # every row is ones then zeros: non-increasing along T
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
+
+
+def context_parallel_batch(
+    batch: Mapping[str, Any],
+    cp_size: int,
+    rank: int,
+    *,
+    pad_token: int = 0,
+    ignore_index: int = -100,
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """This rank's zig-zag share of ``batch`` and the batch's global document ids.
+
+    The sequence is padded at the end to a multiple of ``2 * cp_size`` (token ``pad_token``,
+    label ``ignore_index``, positions continuing, a document of its own), so any length works.
+    A right-padded ``attention_mask`` is dropped: with causal attention no real token sees the
+    padding after it, whose labels are ignored.
+
+    Args:
+        batch: ``tokens`` and ``labels`` [B, T], optional ``positions``, ``document_ids``,
+            ``attention_mask`` [B, T].
+        cp_size: ranks in the context-parallel group.
+        rank: this rank's index in it.
+        pad_token: token id of the added padding.
+        ignore_index: label of the added padding.
+
+    Returns:
+        ``(local, document_ids)``: ``local`` holds ``tokens``, ``labels`` and ``positions``
+        [B, T_pad / cp_size] (and the batch's other keys, unchanged); ``document_ids`` is the
+        padded global [B, T_pad] (None for one causal sequence per row), for
+        ``context_parallel_attention``.
+    """
+    missing = [k for k in ("tokens", "labels") if k not in batch]
+    if missing:
+        raise KeyError(f"context_parallel_batch: the batch has no {missing} (keys {sorted(batch)})")
+    tokens = batch["tokens"]
+    if tokens.dim() != 2:
+        raise ValueError(f"context_parallel_batch: tokens must be [B, T], got {tuple(tokens.shape)}")
+    B, T = tokens.shape
+    mask = batch.get("attention_mask")
+    if mask is not None and not _right_padded(mask):
+        raise ValueError(
+            "context_parallel_batch: attention_mask must be right padding (ones, then zeros, per "
+            "row); left-padded or holed rows cannot be split by zig-zag context parallelism"
+        )
+    pad = -T % (2 * cp_size)
+    positions = batch.get("positions")
+    if positions is None:
+        positions = torch.arange(T, device=tokens.device).expand(B, T)
+    documents = batch.get("document_ids")
+
+    def extend(x: torch.Tensor, fill: torch.Tensor | int) -> torch.Tensor:
+        if not pad:
+            return x
+        tail = fill if isinstance(fill, torch.Tensor) else x.new_full((B, pad), fill)
+        return torch.cat([x, tail], dim=1)
+
+    steps = torch.arange(1, pad + 1, device=tokens.device)
+    full = {
+        "tokens": extend(tokens, pad_token),
+        "labels": extend(batch["labels"], ignore_index),
+        "positions": extend(positions, positions[:, -1:] + steps),
+    }
+    if documents is not None:
+        documents = extend(documents, documents.max().item() + 1)
+    local = {k: v for k, v in batch.items() if k not in (*PER_TOKEN_KEYS, "document_ids",
+                                                         "attention_mask")}  # fmt: skip
+    local.update({k: zigzag_shard(v, cp_size, rank) for k, v in full.items()})
+    return local, documents

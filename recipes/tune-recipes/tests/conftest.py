@@ -158,3 +158,13 @@ def tied_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     from tune_testing import make_tiny_assets
 
     return make_tiny_assets(tmp_path_factory.mktemp("tied_assets"), tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def deep_tied_assets(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``tied_assets`` with 4 blocks: enough for 2 pipeline ranks of 2 virtual stages each."""
+    from tune_testing import make_tiny_assets
+
+    return make_tiny_assets(
+        tmp_path_factory.mktemp("deep_tied_assets"), tie_word_embeddings=True, num_layers=4
+    )

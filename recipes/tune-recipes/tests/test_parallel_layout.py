@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -100,11 +102,19 @@ def test_parallelize_models_wraps_only_the_trained_model_in_one_process() -> Non
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_pipeline_and_context_parallel_checks(recipe: str, local_paths: list[str]) -> None:
-    if recipe != "sft":  # the loops that run stages / sequence shards
-        for key in ("pp_size", "cp_size"):
+    runs = {"pp_size": ("sft", "preference"), "cp_size": ("sft",)}  # loops with stages / shards
+    for key, recipes in runs.items():
+        if recipe not in recipes:
             errors = _errors(recipe, local_paths, 2, f"distributed.{key}=2")
-            assert any(e.startswith(f"error: distributed.{key}: ") and "runs in ['sft']" in e
-                       for e in errors), errors  # fmt: skip
+            assert any(e.startswith(f"error: distributed.{key}: ") and f"runs in {list(recipes)}"
+                       in e for e in errors), errors  # fmt: skip
+    if recipe == "preference":  # a frozen full-tuning reference is not pipelined
+        errors = _errors(recipe, local_paths, 2, "distributed.pp_size=2", "training.method=full")
+        assert any(e.startswith("error: training.loss.name: dpo with training.method=full")
+                   for e in errors), errors  # fmt: skip
+        cfg = _load(recipe, local_paths, 2, "distributed.pp_size=2")
+        assert cfg.distributed.pp_size == 2  # type: ignore[attr-defined]
+    if recipe != "sft":
         return
     cfg = _load(recipe, local_paths, 4, "distributed.cp_size=2")
     assert cfg.distributed.cp_size == 2  # type: ignore[attr-defined]
@@ -116,3 +126,11 @@ def test_pipeline_and_context_parallel_checks(recipe: str, local_paths: list[str
     assert any(e.startswith("error: distributed.pp_schedule: unknown 'x'") for e in errors)
     errors = _errors(recipe, local_paths, 2, "distributed.pp_size=2", "data.padding_free=true")
     assert any("use data.padding_free=false" in e for e in errors), errors
+    config = Path(local_paths[0].split("=", 1)[1]) / "config.json"
+    config.write_text('{"num_hidden_layers": 2}')
+    try:
+        errors = _errors(recipe, local_paths, 2, "distributed.pp_size=2",
+                         "distributed.pp_schedule=interleaved_1f1b")  # fmt: skip
+    finally:
+        config.write_text("{}")
+    assert any("= 4 pipeline stages, but" in e and "has 2 layers" in e for e in errors), errors

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -36,18 +37,33 @@ def predicted(case: Case, world_size: int = 1) -> int:
     return estimate_memory(shape, counts, layout).total
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_saved_tensors_per_block_equal_the_formula(method: str) -> None:
-    """The per-block activation formula, against autograd's saved tensors (hooks)."""
+# A Mixtral-style MoE: 8 experts, 2 per token, no q/k norms (the formula has none).
+MOE_CONFIG = {**HF_CONFIG, "model_type": "mixtral", "hidden_size": 128, "intermediate_size": 96,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 512}  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "hf_config", "cp_size"), [
+    pytest.param("full", HF_CONFIG, 1, id="full"), pytest.param("lora", HF_CONFIG, 1, id="lora"),
+    pytest.param("full", HF_CONFIG, 2, id="full-cp2"),
+    pytest.param("full", MOE_CONFIG, 1, id="moe-full"),
+    pytest.param("lora", MOE_CONFIG, 1, id="moe-lora"),
+])  # fmt: skip
+def test_saved_tensors_per_block_equal_the_formula(
+    method: str, hf_config: dict[str, Any], cp_size: int
+) -> None:
+    """The per-block activation formula, against autograd's saved tensors (hooks); under context
+    parallelism one rank's block runs on its ``T / cp`` tokens (ring attention saves the local
+    shard's q, k, v, output and log-sum-exp, as local SDPA does)."""
     torch.manual_seed(0)
-    model = build_from_hf_config(HF_CONFIG, device="meta")
+    model = build_from_hf_config(hf_config, device="meta")
     shape, counts = model_plan_inputs(model, model.config, method, LORA)
     elements, fp32 = saved_activation_elements(shape, counts)
-    model = build_from_hf_config(HF_CONFIG, device="cpu", dtype=torch.float32)
+    model = build_from_hf_config(hf_config, device="cpu", dtype=torch.float32)
     model_plan_inputs(model, model.config, method, LORA)  # same freezing and adapters
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    B, T = 2, 64
-    tokens = torch.randint(0, HF_CONFIG["vocab_size"], (B, T))
+    B, T = 2, 64 // cp_size
+    tokens = torch.randint(0, hf_config["vocab_size"], (B, T))
     cos, sin = model.rotary["default"](torch.arange(T).expand(B, T))
     h = model.tok_embeddings(tokens)
     h = model.layers["0"](h, cos, sin, None)  # cos/sin saved here: shared by every block
@@ -62,7 +78,9 @@ def test_saved_tensors_per_block_equal_the_formula(method: str) -> None:
         model.layers["1"](h, cos, sin, None)
     for key in (cos.untyped_storage().data_ptr(), sin.untyped_storage().data_ptr()):
         saved.pop(key, None)
-    assert sum(saved.values()) == B * T * (elements + fp32) * 4
+    layout = TrainingLayout(seq_len=64, micro_batch_size=B, cp_size=cp_size)
+    offsets = 4 * shape.num_experts  # the grouped matmul's int32 [E] offsets, not per token
+    assert sum(saved.values()) == layout.tokens * (elements + fp32) * 4 + offsets
 
 
 def _check(name: str, measured: int, estimate: int) -> None:
@@ -109,6 +127,16 @@ def test_tune_plan_prints_the_table_and_a_layout(
         assert part in out
     assert main([*args, "--gpu-memory", "1MiB"]) == 1  # nothing fits
     assert "no candidate fits" in capsys.readouterr().out
+    # a pipeline of 2 stages x context parallel 2 on 4 ranks: data parallel 2, CP carved from it
+    layout = ["distributed.pp_size=2", "distributed.cp_size=2", "distributed.pp_schedule=gpipe"]
+    assert main([*args, *layout, "--world-size", "4", "--gpu-memory", "1GiB", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "world size 4 (tp 1, pp 2, cp 2, ep 1)" in out
+    assert "stage" in out.split("candidate layouts")[0]  # the peak's pipeline stage
+    assert "fsdp  tp  pp  cp  ep act. ckpt" in out
+    rows = {tuple(line.split()[:4]) for line in out.splitlines() if line.startswith("  ")}
+    assert {("4", "1", "1", "1"), ("2", "1", "2", "2"), ("4", "1", "1", "4")} <= rows  # fsdp..cp
+    assert "recommended: distributed.tp_size=1 distributed.pp_size=1 distributed.cp_size=1" in out
     assert parse_bytes("80GiB") == 80 * 2**30
     assert parse_bytes("80GB") == 80 * 10**9
     with pytest.raises(ValueError, match=r"--gpu-memory: expected e\.g\. 80GiB"):

@@ -55,14 +55,16 @@ def make_tiny_assets(
     seed: int = 0,
     tie_word_embeddings: bool = False,
     architecture: Literal["llama", "qwen3_moe"] = "llama",
+    num_layers: int | None = None,
 ) -> TinyAssets:
-    """Write a tiny random Llama or Qwen3-MoE (NF4-friendly sizes) and ``num_rows`` instruction
-    rows."""
+    """Write a tiny random Llama or Qwen3-MoE (NF4-friendly sizes; ``num_layers`` blocks, default
+    2) and ``num_rows`` instruction rows."""
     rows = synthetic_instruction_rows(num_rows, seed=seed)
     text = [f"{r['instruction']} {r['input']} {r['output']}" for r in rows]
     ckpt = make_tiny_checkpoint(
         root / "base", tokenizer_text=text, seed=seed, tie_word_embeddings=tie_word_embeddings,
-        architecture=architecture, **NF4_FRIENDLY_SIZES,
+        architecture=architecture,
+        **{**NF4_FRIENDLY_SIZES, **({"num_layers": num_layers} if num_layers else {})},
     )  # fmt: skip
     return TinyAssets(ckpt, write_jsonl(rows, root / "data.jsonl"))
 

@@ -118,12 +118,27 @@ def find_resume_step(
     return target
 
 
-def _options(trainable_only: bool) -> StateDictOptions:
+def _options(trainable_only: bool, flatten: bool = True) -> StateDictOptions:
     # Adapter runs save only trainable tensors; loading them must not report the frozen base
-    # weights (already loaded from the base checkpoint) as missing.
+    # weights (already loaded from the base checkpoint) as missing. The optimizer state is
+    # flattened to one key per parameter and value ("state.<fqn>.exp_avg",
+    # "param_groups.<fqn>.lr"), so a rank that holds other parameters (another pipeline stage,
+    # another expert shard) finds its own entries whatever layout saved the step.
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+    return StateDictOptions(
+        ignore_frozen_params=trainable_only, strict=not trainable_only,
+        flatten_optimizer_state_dict=flatten,
+    )  # fmt: skip
+
+
+def _flattened_optimizer(sharded_dir: Path) -> bool:
+    """Whether a DCP step holds the flattened optimizer state (steps written before it was
+    flattened hold one ``optimizer.param_groups`` list)."""
+    from tune.checkpoint.dcp_safe_read import read_dcp_metadata
+
+    keys = read_dcp_metadata(str(sharded_dir)).state_dict_metadata
+    return "optimizer.param_groups" not in keys
 
 
 def save_training_state(
@@ -272,7 +287,9 @@ def load_training_state(
     if distributed:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+        path = manager.resolve(path)
+        options = _options(trainable_only, _flattened_optimizer(path / SHARDED_DIR))
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
         sharded: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
         state = manager.load(path, sharded_state=sharded, load_model_state=False)
         set_state_dict(
@@ -280,7 +297,7 @@ def load_training_state(
             optimizer,
             model_state_dict=sharded["model"],
             optim_state_dict=sharded["optimizer"],
-            options=_options(trainable_only),
+            options=options,
         )
     else:
         state = manager.load(path)

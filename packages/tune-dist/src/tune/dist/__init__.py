@@ -18,7 +18,7 @@ _EXPORTS = {
         "apply_activation_offloading",
         "offload_activations",
     ),
-    "context_batches": ("context_parallel_batch",),
+    "context_batches": ("context_parallel_batch", "padded_batch"),
     "context_parallel": (
         "RingAttentionFn",
         "context_parallel_attention",
@@ -54,20 +54,20 @@ _EXPORTS = {
         "data_parallel_rank_and_size",
         "resolve_mesh_shape",
     ),
-    "memory_plan": (
+    "layout_search": ("LayoutChoice", "candidate_layouts", "recommend_layout"),
+    "memory_layout": (
         "GIB",
         "OPTIMIZER_STATE",
-        "LayoutChoice",
+        "PIPELINE_IN_FLIGHT",
         "MemoryEstimate",
         "ModelShape",
         "ParameterCounts",
         "TrainingLayout",
-        "estimate_memory",
-        "recommend_layout",
-        "saved_activation_elements",
     ),
+    "memory_plan": ("estimate_memory", "estimate_stages", "saved_activation_elements"),
     "module_matching": ("ModuleMatch", "find_modules"),
     "parallelize": ("PARALLELIZE_ORDER", "ParallelPlan", "parallelize"),
+    "pipeline_training": ("PipelinedModel", "setup_pipeline_parallel", "stage_module"),
     "pipeline": (
         "SCHEDULES",
         "StageLayers",
@@ -105,7 +105,7 @@ if TYPE_CHECKING:
         apply_activation_offloading,
         offload_activations,
     )
-    from tune.dist.context_batches import context_parallel_batch
+    from tune.dist.context_batches import context_parallel_batch, padded_batch
     from tune.dist.context_parallel import (
         RingAttentionFn,
         context_parallel_attention,
@@ -139,16 +139,19 @@ if TYPE_CHECKING:
         run_torchrun,
         torchrun_args,
     )
-    from tune.dist.memory_plan import (
+    from tune.dist.layout_search import LayoutChoice, candidate_layouts, recommend_layout
+    from tune.dist.memory_layout import (
         GIB,
         OPTIMIZER_STATE,
-        LayoutChoice,
+        PIPELINE_IN_FLIGHT,
         MemoryEstimate,
         ModelShape,
         ParameterCounts,
         TrainingLayout,
+    )
+    from tune.dist.memory_plan import (
         estimate_memory,
-        recommend_layout,
+        estimate_stages,
         saved_activation_elements,
     )
     from tune.dist.mesh import (
@@ -162,6 +165,7 @@ if TYPE_CHECKING:
     )
     from tune.dist.module_matching import ModuleMatch, find_modules
     from tune.dist.parallelize import PARALLELIZE_ORDER, ParallelPlan, parallelize
+    from tune.dist.pipeline_training import PipelinedModel, setup_pipeline_parallel, stage_module
     from tune.dist.pipeline import (
         SCHEDULES,
         StageLayers,
@@ -208,6 +212,7 @@ __all__ = [
     "MOE_EP_PLAN",
     "OPTIMIZER_STATE",
     "PARALLELIZE_ORDER",
+    "PIPELINE_IN_FLIGHT",
     "SCHEDULES",
     "STYLES",
     "ActivationOffloader",
@@ -218,6 +223,7 @@ __all__ = [
     "ModelShape",
     "ModuleMatch",
     "ParallelPlan",
+    "PipelinedModel",
     "ParameterCounts",
     "RingAttentionFn",
     "StageLayers",
@@ -242,6 +248,7 @@ __all__ = [
     "build_pipeline_mesh",
     "build_pipeline_schedule",
     "build_torchrun_argv",
+    "candidate_layouts",
     "context_data_rank_and_size",
     "context_parallel_attention",
     "context_parallel_batch",
@@ -251,6 +258,7 @@ __all__ = [
     "default_backend",
     "destroy_distributed",
     "estimate_memory",
+    "estimate_stages",
     "expert_parallel_modules",
     "find_modules",
     "gather_full_optimizer_state_dict",
@@ -261,6 +269,7 @@ __all__ = [
     "load_full_state_dict",
     "match_plan",
     "offload_activations",
+    "padded_batch",
     "parallelize",
     "pipeline_stages",
     "read_environment",
@@ -272,8 +281,10 @@ __all__ = [
     "schedule_style",
     "seed_everything",
     "set_gradient_sync",
+    "setup_pipeline_parallel",
     "setup_data_parallel",
     "stage_ids",
+    "stage_module",
     "sync_tied_gradients",
     "token_normalised_loss",
     "torchrun_args",

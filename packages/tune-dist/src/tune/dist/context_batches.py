@@ -31,49 +31,43 @@ def _right_padded(mask: torch.Tensor) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
-def context_parallel_batch(
+def padded_batch(
     batch: Mapping[str, Any],
-    cp_size: int,
-    rank: int,
+    length: int,
     *,
     pad_token: int = 0,
     ignore_index: int = -100,
-) -> tuple[dict[str, Any], torch.Tensor | None]:
-    """This rank's zig-zag share of ``batch`` and the batch's global document ids.
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """``tokens``, ``labels`` and ``positions`` [B, length], padded at the end, and the padded
+    ``document_ids`` (None without them).
 
-    The sequence is padded at the end to a multiple of ``2 * cp_size`` (token ``pad_token``,
-    label ``ignore_index``, positions continuing, a document of its own), so any length works.
-    A right-padded ``attention_mask`` is dropped: with causal attention no real token sees the
-    padding after it, whose labels are ignored.
+    The padding gets token ``pad_token``, label ``ignore_index``, positions continuing from each
+    row's last, and a document of its own. A right-padded ``attention_mask`` is dropped: with
+    causal attention no real token sees the padding after it, whose labels are ignored.
 
     Args:
-        batch: ``tokens`` and ``labels`` [B, T], optional ``positions``, ``document_ids``,
-            ``attention_mask`` [B, T].
-        cp_size: ranks in the context-parallel group.
-        rank: this rank's index in it.
+        batch: ``tokens`` and ``labels`` [B, T] (T <= length), optional ``positions``,
+            ``document_ids``, ``attention_mask`` [B, T].
+        length: the padded length.
         pad_token: token id of the added padding.
         ignore_index: label of the added padding.
-
-    Returns:
-        ``(local, document_ids)``: ``local`` holds ``tokens``, ``labels`` and ``positions``
-        [B, T_pad / cp_size] (and the batch's other keys, unchanged); ``document_ids`` is the
-        padded global [B, T_pad] (None for one causal sequence per row), for
-        ``context_parallel_attention``.
     """
     missing = [k for k in ("tokens", "labels") if k not in batch]
     if missing:
-        raise KeyError(f"context_parallel_batch: the batch has no {missing} (keys {sorted(batch)})")
+        raise KeyError(f"the batch has no {missing} (keys {sorted(batch)})")
     tokens = batch["tokens"]
     if tokens.dim() != 2:
-        raise ValueError(f"context_parallel_batch: tokens must be [B, T], got {tuple(tokens.shape)}")
+        raise ValueError(f"tokens must be [B, T], got {tuple(tokens.shape)}")
     B, T = tokens.shape
+    if T > length:
+        raise ValueError(f"the batch holds {T} tokens per row, more than the length {length}")
     mask = batch.get("attention_mask")
     if mask is not None and not _right_padded(mask):
         raise ValueError(
-            "context_parallel_batch: attention_mask must be right padding (ones, then zeros, per "
-            "row); left-padded or holed rows cannot be split by zig-zag context parallelism"
+            "attention_mask must be right padding (ones, then zeros, per row); left-padded or "
+            "holed rows cannot be cut along the sequence"
         )
-    pad = -T % (2 * cp_size)
+    pad = length - T
     positions = batch.get("positions")
     if positions is None:
         positions = torch.arange(T, device=tokens.device).expand(B, T)
@@ -92,7 +86,40 @@ def context_parallel_batch(
         "positions": extend(positions, positions[:, -1:] + steps),
     }
     if documents is not None:
-        documents = extend(documents, documents.max().item() + 1)
+        documents = extend(documents, int(documents.max().item()) + 1)
+    return full, documents
+
+
+def context_parallel_batch(
+    batch: Mapping[str, Any],
+    cp_size: int,
+    rank: int,
+    *,
+    pad_token: int = 0,
+    ignore_index: int = -100,
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """This rank's zig-zag share of ``batch`` and the batch's global document ids.
+
+    The sequence is first padded at the end to a multiple of ``2 * cp_size`` (``padded_batch``),
+    so any length works; a right-padded ``attention_mask`` is dropped.
+
+    Args:
+        batch: ``tokens`` and ``labels`` [B, T], optional ``positions``, ``document_ids``,
+            ``attention_mask`` [B, T].
+        cp_size: ranks in the context-parallel group.
+        rank: this rank's index in it.
+        pad_token: token id of the added padding.
+        ignore_index: label of the added padding.
+
+    Returns:
+        ``(local, document_ids)``: ``local`` holds ``tokens``, ``labels`` and ``positions``
+        [B, T_pad / cp_size] (and the batch's other keys, unchanged); ``document_ids`` is the
+        padded global [B, T_pad] (None for one causal sequence per row), for
+        ``context_parallel_attention``.
+    """
+    T = batch["tokens"].shape[-1] if "tokens" in batch else 0
+    full, documents = padded_batch(batch, T + (-T % (2 * cp_size)), pad_token=pad_token,
+                                   ignore_index=ignore_index)  # fmt: skip
     local = {k: v for k, v in batch.items() if k not in (*PER_TOKEN_KEYS, "document_ids",
                                                          "attention_mask")}  # fmt: skip
     local.update({k: zigzag_shard(v, cp_size, rank) for k, v in full.items()})

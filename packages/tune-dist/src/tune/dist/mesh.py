@@ -124,7 +124,7 @@ def _split_shard_dim(mesh: DeviceMesh, degree: int, dims: tuple[str, ...], what:
         )
     replicate, shard, tp = (mesh[d].size() for d in MESH_DIMS)
     if degree < 1 or shard % degree:
-        raise ValueError(f"{what} degree {degree} must divide dp_shard={shard}")
+        raise ValueError(f"{what} degree {dims[2]}={degree} must divide dp_shard={shard}")
     if mesh.mesh.flatten().tolist() != list(range(mesh.size())):
         raise ValueError(f"the {what} mesh needs a mesh over ranks 0..world-1 in order")
     shape = (replicate, shard // degree, degree, tp)

@@ -46,7 +46,11 @@ def gather_full_state_dict(
 
     Returns:
         {name: full CPU tensor} on rank 0, ``{}`` elsewhere. Collective: call on every rank.
+        For ``PipelinedModel.module`` (one pipeline rank's stages) every stage's parameters.
     """
+    pipeline = getattr(model, "_tune_pipeline", None)
+    if pipeline is not None:
+        return pipeline.full_state_dict(trainable_only)  # type: ignore[no-any-return]
     if not _distributed():
         keep = (
             {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else None

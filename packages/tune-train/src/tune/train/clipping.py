@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,6 +14,8 @@ def clip_grad_norm(
     max_norm: float | None,
     *,
     norm_type: float = 2.0,
+    group: Any = None,
+    norm_exclude: Iterable[Tensor] = (),
 ) -> Tensor:
     """Clip gradients in place to `max_norm` (if given) and return their total norm before clipping.
 
@@ -24,6 +27,12 @@ def clip_grad_norm(
         parameters: parameters whose `.grad` to clip (those without a gradient are skipped).
         max_norm: maximum total norm; None or `inf` only measures.
         norm_type: p of the p-norm (`inf` for the max norm).
+        group: a process group whose ranks hold *other* parameters (pipeline stages): the norm
+            is taken over all of them (collective: every rank of the group calls, also one
+            without gradients).
+        norm_exclude: parameters clipped but left out of the norm (with ``group``): a copy of a
+            weight another rank also holds, such as the LM head tied to the first stage's
+            embedding, counts once.
 
     Returns:
         0-d float tensor, the total norm over all gradients.
@@ -32,6 +41,10 @@ def clip_grad_norm(
     grads = [p.grad for p in params if p.grad is not None]
     if max_norm is not None and max_norm <= 0:
         raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+    if group is not None:
+        skip = {id(p) for p in norm_exclude}
+        measured = [p.grad for p in params if p.grad is not None and id(p) not in skip]
+        return _clip_across_ranks(grads, max_norm, norm_type, group, measured)
     if not grads:
         return torch.zeros(())
     if len({getattr(g, "device_mesh", None) for g in grads}) > 1:
@@ -58,6 +71,31 @@ def _clip_across_meshes(grads: list[Tensor], max_norm: float | None, norm_type: 
         by_mesh.setdefault(getattr(grad, "device_mesh", None), []).append(grad)
     norms = [_full(torch.nn.utils.get_total_norm(g, norm_type=norm_type)) for g in by_mesh.values()]
     total = torch.nn.utils.get_total_norm(norms, norm_type=norm_type)
+    if max_norm is not None and max_norm != float("inf"):
+        coef = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+        for grad in grads:
+            grad.mul_(coef)
+    return total
+
+
+def _clip_across_ranks(
+    grads: list[Tensor], max_norm: float | None, norm_type: float, group: Any,
+    measured: list[Tensor],
+) -> Tensor:  # fmt: skip
+    """One norm over gradients spread across ``group``'s ranks: the local norm of ``measured``
+    (per mesh, made full) to the p-th power summed over the group (max for the inf-norm), then
+    ``grads`` scaled locally."""
+    import torch.distributed as dist
+
+    local = _clip_across_meshes(measured, None, norm_type) if measured else torch.zeros(())
+    local = local.detach().float().reshape(())
+    if norm_type == float("inf"):
+        dist.all_reduce(local, op=dist.ReduceOp.MAX, group=group)
+        total = local
+    else:
+        power = local.pow(norm_type)
+        dist.all_reduce(power, group=group)
+        total = power.pow(1.0 / norm_type)
     if max_norm is not None and max_norm != float("inf"):
         coef = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
         for grad in grads:

@@ -132,6 +132,8 @@ class TrainingDriver:
         accumulator: token-normalised accumulation (sums over data-parallel ranks when built
             with a reduction).
         max_grad_norm: clip the total gradient norm to this (None: only measure).
+        grad_norm_group: a process group whose ranks hold other parameters (pipeline stages):
+            the norm is taken over all of them (None: this rank's parameters are the model's).
         gradient_sync: ``enabled -> None``, e.g. an FSDP2 module's
             ``set_requires_gradient_sync``: called before each micro-batch so only the last one
             synchronises gradients. None for one process.
@@ -156,6 +158,7 @@ class TrainingDriver:
         guard: NonFiniteGuard | None = None,
         accumulator: GradientAccumulator | None = None,
         max_grad_norm: float | None = None,
+        grad_norm_group: Any = None,
         gradient_sync: Callable[[bool], Any] | None = None,
         save: Callable[[int], Any] | None = None,
         evaluate: Callable[[int], Metrics | None] | None = None,
@@ -170,6 +173,9 @@ class TrainingDriver:
         self.guard = guard if guard is not None else NonFiniteGuard("skip")
         self.accumulator = accumulator if accumulator is not None else GradientAccumulator()
         self.max_grad_norm, self.gradient_sync = max_grad_norm, gradient_sync
+        self.grad_norm_group = grad_norm_group
+        # clipped but not counted in the norm (with grad_norm_group): copies of tied weights
+        self.grad_norm_exclude: tuple[torch.nn.Parameter, ...] = ()
         self.step_applied = True  # whether the last optimizer_step stepped (not skipped)
         self.save, self.evaluate, self.should_stop = save, evaluate, should_stop
         self.sink, self.progress, self.postfix = sink, progress, tuple(postfix)
@@ -217,7 +223,10 @@ class TrainingDriver:
         """
         if loss is None:
             loss = self._last.get("loss")
-        grad_norm = clip_grad_norm(self.params, self.max_grad_norm)
+        grad_norm = clip_grad_norm(
+            self.params, self.max_grad_norm, group=self.grad_norm_group,
+            norm_exclude=self.grad_norm_exclude,
+        )  # fmt: skip
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.step_applied = self.guard.step(
             self.optimizer, step=guard_step, loss=loss, grad_norm=grad_norm,

@@ -336,8 +336,9 @@ class DistributedConfig:
             (pp * tp)).
         pp_schedule: ``gpipe``, ``1f1b``, ``interleaved_1f1b``, ``looped_bfs``, ``zero_bubble``
             or ``zbv_zero_bubble`` (torch.distributed.pipelining's schedules).
-        pp_microbatches: micro-batches the pipeline splits each rank's batch into (null: the
-            number of stages); divides ``training.micro_batch_size``.
+        pp_microbatches: pipeline micro-batches each of a rank's micro-batches is split into
+            (null: ``pp_size``); divides ``training.micro_batch_size``. A step runs
+            ``gradient accumulation × pp_microbatches`` of them through the schedule.
         pp_virtual_stages: stages per rank for the interleaved schedules (null: 1 for gpipe and
             1f1b, 2 otherwise).
         cp_size: context-parallel degree: each sequence is split into ``2 * cp_size`` chunks and

@@ -95,10 +95,11 @@ def context_split(dp: DataParallel, cp_size: int, *, pad_token: int = 0) -> Cont
                         pad_token)  # fmt: skip
 
 
-def reject_routed_experts(model: nn.Module, has_experts: bool) -> None:
-    """Refuse a mixture-of-experts model under CP (its router losses would see one shard)."""
+def reject_routed_experts(model: nn.Module, has_experts: bool, key: str) -> None:
+    """Refuse a mixture-of-experts model under CP or PP (router losses and expert-load metrics
+    read every layer's routing of whole batches)."""
     if has_experts:
         raise ValueError(
-            "distributed.cp_size > 1: mixture-of-experts models are not context-parallel yet "
-            f"({type(model).__name__} has routed experts; their router losses are per batch)"
+            f"distributed.{key} > 1: mixture-of-experts models cannot use it yet "
+            f"({type(model).__name__} has routed experts); use {key}=1 (ep_size splits experts)"
         )

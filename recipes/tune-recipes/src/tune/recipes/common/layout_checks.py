@@ -4,12 +4,15 @@ size the batch is split over."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tune.config import Checks
 
 # Recipes whose loops run pipeline stages / zig-zag sequence shards.
-PIPELINE_RECIPES = ("sft",)
+PIPELINE_RECIPES = ("sft", "preference")
+REFERENCE_LOSSES = ("dpo", "ipo", "kto")
 CONTEXT_PARALLEL_RECIPES = ("sft",)
 PIPELINE_SCHEDULES = (
     "gpipe", "1f1b", "interleaved_1f1b", "looped_bfs", "zero_bubble", "zbv_zero_bubble",
@@ -68,21 +71,51 @@ def _check_pipeline(cfg: Any, c: Checks, recipe: str) -> None:
     if dist.pp_schedule == "zbv_zero_bubble" and virtual != 2:
         c.error("distributed.pp_virtual_stages", f"zbv_zero_bubble runs 2 stages per rank, got "
                                                  f"{virtual}")  # fmt: skip
-    micro = dist.pp_microbatches or dist.pp_size * virtual
+    layers = _num_layers(cfg.model.checkpoint_dir)
+    if layers is not None and dist.pp_size * virtual > layers:
+        c.error(key, f"{dist.pp_size} ranks × {virtual} stages each = {dist.pp_size * virtual} "
+                     f"pipeline stages, but {cfg.model.checkpoint_dir} has {layers} layers")  # fmt: skip
+    micro = dist.pp_microbatches or dist.pp_size
     if c.positive("distributed.pp_microbatches", micro) and t.micro_batch_size % micro:
         c.error("distributed.pp_microbatches",
                 f"{micro} does not divide training.micro_batch_size {t.micro_batch_size}: the "
                 "pipeline splits each rank's micro-batch into this many pieces")  # fmt: skip
-    if getattr(cfg.data, "padding_free", False) or getattr(cfg.data, "packing", False):
+    if getattr(cfg.data, "padding_free", False):
         c.error(key, "pipeline stages pass fixed-shape activations: use data.padding_free=false "
-                     "and data.packing=false (padded rows)")  # fmt: skip
+                     "(rows padded to data.max_seq_len) or data.packing=true")  # fmt: skip
     if getattr(cfg.model, "implementation", "native") == "transformers":
         c.error(key, "pipeline stages are cut from a native model; model.implementation="
                      "transformers cannot be")  # fmt: skip
-    if dist.ep_size > 1:
-        c.error(key, "cannot be combined with distributed.ep_size > 1 yet")
+    if dist.ep_size > 1 or dist.tp_size > 1:
+        c.error(key, "cannot be combined with distributed.ep_size or tp_size > 1 in the recipes "
+                     "yet (tune.dist composes PP with TP; the recipe wiring does not)")  # fmt: skip
     if t.method == "qlora":
         c.error("training.method", "qlora cannot be combined with distributed.pp_size > 1 yet")
+    loss = getattr(getattr(t, "loss", None), "name", None)
+    if loss == "kto":
+        c.error("training.loss.name", "kto (unpaired rows) cannot be combined with "
+                                      "distributed.pp_size > 1 yet")  # fmt: skip
+    elif loss in REFERENCE_LOSSES and t.method == "full":
+        c.error("training.loss.name", f"{loss} with training.method=full needs a frozen reference "
+                "model, which is not pipelined yet: use an adapter method (the reference is the "
+                "policy with its adapters disabled) or a reference-free loss (simpo, orpo, "
+                "reference_free_dpo)")  # fmt: skip
+    if getattr(getattr(cfg, "qat", None), "scheme", None) is not None:
+        c.error("qat.scheme", "quantization-aware training cannot be combined with "
+                              "distributed.pp_size > 1 yet")  # fmt: skip
+    if getattr(t, "compile", False) or getattr(t, "activation_offloading", False):
+        c.error(key, "cannot be combined with training.compile or training.activation_offloading "
+                     "yet")  # fmt: skip
+
+
+def _num_layers(checkpoint_dir: str) -> int | None:
+    """``num_hidden_layers`` of a local checkpoint's config.json (None when not readable here)."""
+    try:
+        config = json.loads((Path(checkpoint_dir).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    return layers if isinstance(layers, int) else None
 
 
 def _check_context(cfg: Any, c: Checks, recipe: str) -> None:

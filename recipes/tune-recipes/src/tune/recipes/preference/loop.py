@@ -9,12 +9,16 @@ forward (tune.train.steps.preference).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from tune.data import per_rank_batches, split_source
 from tune.dist import seed_everything
+from tune.models import ep_plan
+from tune.recipes.common.context_split import reject_routed_experts
 from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
+from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import Runtime
 from tune.recipes.common.training_run import (
@@ -25,6 +29,7 @@ from tune.recipes.common.training_run import (
     start_run,
 )
 from tune.recipes.preference.config import PreferenceConfig
+from tune.recipes.preference.pipeline import PairedObjective, PreferencePipeline
 from tune.recipes.preference.reference import reference_logprobs_fn
 from tune.recipes.preference.setup import (
     PREFERENCE_RESUME_KEYS,
@@ -64,11 +69,25 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
     )  # fmt: skip
     model = ckpt.model
     reference = frozen_reference(cfg, adapters=lora is not None, rt=rt)
-    dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
-    parallelize_models(
-        [model, reference], dp, cfg.distributed, model_config=ckpt.config,
-        activation_checkpointing=t.activation_checkpointing, compile=t.compile,
-    )  # fmt: skip
+    piped = None
+    if cfg.distributed.pp_size > 1 and rt.dist.is_distributed:  # this rank keeps its stages
+        reject_routed_experts(model, bool(ep_plan(model)), "pp_size")
+        dp, mesh = pipeline_data_parallel(rt, cfg.distributed)
+        paired = PairedObjective(obj)
+        piped = PreferencePipeline(pipeline_model(
+            model, mesh, dp, cfg.distributed, micro_batch_size=2 * t.micro_batch_size,
+            accumulation=t.gradient_accumulation_steps(dp.size), length=d.max_seq_len,
+            device=rt.device, activation_checkpointing=t.activation_checkpointing,
+            loss_sum=paired,
+        ), paired, adapters=lora is not None)  # fmt: skip
+        ckpt = dataclasses.replace(ckpt, model=piped.run.module())  # type: ignore[arg-type]
+        model = ckpt.model
+    else:
+        dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
+        parallelize_models(
+            [model, reference], dp, cfg.distributed, model_config=ckpt.config,
+            activation_checkpointing=t.activation_checkpointing, compile=t.compile,
+        )  # fmt: skip
 
     # ---- data: 2 x micro_batch_size sequences per forward (chosen rows, then rejected) -----
     tokenizer = checked_tokenizer(cfg, ckpt)
@@ -84,6 +103,9 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
         extra={"pairs_seen": 0}, extra_keys=PREFERENCE_RESUME_KEYS,
     )  # fmt: skip
     driver, accum = run.driver, t.gradient_accumulation_steps(dp.size)
+    if piped is not None:  # the gradient norm spans every stage; a tied head counts once
+        driver.grad_norm_group = piped.run.pipe.pp_mesh.get_group()
+        driver.grad_norm_exclude = tuple(piped.run.pipe.tied_copies())
     # A sharded output weight needs plain logits; so does an HF head (it may scale its logits).
     fused = t.fused_logprobs and not dp.distributed and ckpt.implementation == "native"
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)
@@ -98,6 +120,12 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
     # ---- one optimizer step; the unit of accumulation is the pair (KTO: the example) ----------
     def step_fn(step: int) -> StepResult:
         mbs = [{k: v.to(rt.device) for k, v in next(batches).items()} for _ in range(accum)]
+        if piped is not None:  # the schedule runs forward and backward of every stage
+            metrics = piped.step(mbs)
+            metrics.update(driver.optimizer_step(step + 1, loss=metrics["loss"]))
+            run.extra["pairs_seen"] = int(run.extra.get("pairs_seen", 0)) + metrics["num_pairs"]
+            tokens = sum(count_nonpadding_tokens(mb["tokens"], mb["attention_mask"]) for mb in mbs)
+            return StepResult(metrics, tokens)
         stats: list[Any] = [None]
 
         def loss(mb: dict[str, Any]) -> Any:
@@ -118,6 +146,10 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
         return StepResult(metrics, tokens)
 
     def evaluate(step: int) -> dict[str, float]:
+        if piped is not None:
+            held_out = preference_loader(cfg, val_ds, tokenizer, rank=dp.rank, world=dp.size,
+                                         train=False)  # fmt: skip
+            return piped.evaluate(held_out, accum, per_rank_batches(cfg.eval.max_batches, dp.size))
         return evaluate_preference(
             model, preference_loader(cfg, val_ds, tokenizer, rank=dp.rank, world=dp.size,
                                      train=False),

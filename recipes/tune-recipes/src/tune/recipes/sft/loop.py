@@ -9,6 +9,7 @@ device and under torchrun (FSDP2, optionally tensor parallel).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tune.models import ep_plan
 from tune.recipes.common.context_split import context_split, reject_routed_experts
 from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
+from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import Runtime
 from tune.recipes.common.token_data import token_data
@@ -57,15 +59,28 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         from tune.quant import prepare_qat  # torchao: imported only for a QAT run
 
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
-    dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
+    piped, pp = None, cfg.distributed.pp_size > 1 and rt.dist.is_distributed
+    if pp:  # this rank keeps its pipeline stages; `model` becomes their parameters
+        reject_routed_experts(model, bool(ep_plan(model)), "pp_size")
+        dp, mesh = pipeline_data_parallel(rt, cfg.distributed)
+        piped = pipeline_model(
+            model, mesh, dp, cfg.distributed, micro_batch_size=t.micro_batch_size,
+            accumulation=t.gradient_accumulation_steps(dp.size), length=cfg.data.max_seq_len,
+            device=rt.device, activation_checkpointing=t.activation_checkpointing,
+        )  # fmt: skip
+        ckpt = dataclasses.replace(ckpt, model=piped.module())  # type: ignore[arg-type]
+        model = ckpt.model
+    else:
+        dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
     cp = context_split(dp, cfg.distributed.cp_size)  # None unless distributed.cp_size > 1
     if cp is not None:
-        reject_routed_experts(model, bool(ep_plan(model)))
-    parallelize_models(
-        [model], dp, cfg.distributed, model_config=ckpt.config,
-        activation_checkpointing=t.activation_checkpointing,
-        activation_offloading=t.activation_offloading, compile=t.compile,
-    )  # fmt: skip
+        reject_routed_experts(model, bool(ep_plan(model)), "cp_size")
+    if not pp:
+        parallelize_models(
+            [model], dp, cfg.distributed, model_config=ckpt.config,
+            activation_checkpointing=t.activation_checkpointing,
+            activation_offloading=t.activation_offloading, compile=t.compile,
+        )  # fmt: skip
 
     # ---- data and the run's shared parts (optimizer, schedule, resume, loggers, driver) -------
     data = token_data(cfg, checked_tokenizer(cfg, ckpt), cp.data if cp else dp, rt.device)
@@ -74,6 +89,9 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         extra={"tokens_seen": 0},
     )  # fmt: skip
     driver = run.driver
+    if piped is not None:  # the gradient norm spans every stage
+        driver.grad_norm_group = piped.pipe.pp_mesh.get_group()
+        driver.grad_norm_exclude = tuple(piped.pipe.tied_copies())  # a tied head counts once
     accum = t.gradient_accumulation_steps(cp.data.size if cp else dp.size)
     # A sharded output weight needs plain CE; so does an HF head (it may scale its logits).
     fused = t.fused_ce and not dp.distributed and ckpt.implementation == "native"
@@ -89,12 +107,16 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         mbs, tokens = data.next_micro_batches(accum)
         if cp is not None:  # this rank's zig-zag share of each sequence
             mbs, tokens = [cp.shard(mb) for mb in mbs], tokens // cp.size
-        metrics = driver.accumulate(
-            mbs, lambda mb: micro_batch_loss(model, cp.attend(mb) if cp else mb, fused=fused,
-                                             softcap=softcap, router=router),
-            count=lambda mb: (mb["labels"] != -100).sum(),
-        )  # fmt: skip
-        applied = driver.optimizer_step(step + 1)  # the bias moves only when the weights do
+        if piped is not None:  # the schedule runs forward and backward of every stage
+            metrics = piped.step(mbs)
+        else:
+            metrics = driver.accumulate(
+                mbs, lambda mb: micro_batch_loss(model, cp.attend(mb) if cp else mb, fused=fused,
+                                                 softcap=softcap, router=router),
+                count=lambda mb: (mb["labels"] != -100).sum(),
+            )  # fmt: skip
+        # the routing bias moves only when the weights do
+        applied = driver.optimizer_step(step + 1, loss=metrics["loss"])
         metrics.update(router.finish_step(model, dp.reduce, update_bias=driver.step_applied))
         metrics.update(applied)
         run.extra["tokens_seen"] = run.extra.get("tokens_seen", 0) + tokens
@@ -102,6 +124,9 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
 
     def evaluate(step: int) -> dict[str, float]:
         batches = data.validation_batches()
+        if piped is not None:
+            val_loss = piped.validation_loss(batches, accum, data.max_eval_batches)
+            return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
         val_loss = evaluate_token_loss(
             model, cp.validation(batches, rt.device) if cp else batches, fused=fused, softcap=softcap,
             max_batches=data.max_eval_batches, reduce=dp.reduce,

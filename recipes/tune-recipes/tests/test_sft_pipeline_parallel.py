@@ -43,7 +43,14 @@ def _compare(one: Path, two: Path, file: str, atol: float) -> float:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    ("method", "schedule"), [("lora", "1f1b"), ("lora", "interleaved_1f1b"), ("full", "gpipe")]
+    ("method", "schedule"),
+    [
+        ("lora", "1f1b"),
+        ("full", "gpipe"),
+        # two stages per rank: the schedules tune.dist's own tests cover in every variant
+        pytest.param("lora", "interleaved_1f1b", marks=pytest.mark.slow),
+        pytest.param("lora", "zbv_zero_bubble", marks=pytest.mark.slow),
+    ],
 )
 def test_pp2_equals_one_process(
     deep_tied_assets: TinyAssets, tmp_path: Path, method: str, schedule: str

@@ -193,12 +193,45 @@ class PipelinedModel:
         return self._mean(losses, float(self.dp_size))
 
     @torch.no_grad()
+    def _forward(self, tokens: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor | None:
+        # Forward only, the whole batch through the stages in order, hidden states sent between
+        # ranks (any schedule's placement; torch's V schedules have no forward-only pass).
+        group = self.pp_mesh.get_group()
+        me, size, per_rank = self.pp_mesh.get_local_rank(), self.pp_mesh.size(), len(self.stages)
+        owner = {sid: r for r in range(size)
+                 for sid in stage_ids(r, size, per_rank, style=self.style)}  # fmt: skip
+        mine = stage_ids(me, size, per_rank, style=self.style)
+        x: torch.Tensor | None = None
+        for sid in range(size * per_rank):
+            holder = owner[sid]
+            if sid and owner[sid - 1] != holder and me in (owner[sid - 1], holder):
+                peer = dist.get_global_rank(group, holder if me != holder else owner[sid - 1])
+                if me == holder:
+                    shape = torch.zeros(3, dtype=torch.int64)
+                    dist.recv(shape, src=peer, group=group)
+                    x = torch.empty(*shape.tolist(), dtype=self.dtype, device=tokens.device)
+                    dist.recv(x, src=peer, group=group)
+                else:
+                    assert x is not None
+                    dist.send(torch.tensor(x.shape, dtype=torch.int64), dst=peer, group=group)
+                    dist.send(x.contiguous(), dst=peer, group=group)
+            if me == holder:
+                x = self.stages[mine.index(sid)](tokens if sid == 0 else x, **kwargs)
+        return x if self.holds_loss else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the activations passed between stages (the parameters' dtype)."""
+        return next(p for p in self.module.parameters()).dtype
+
+    @torch.no_grad()
     def loss_sum(self, tokens: torch.Tensor, labels: torch.Tensor, **kwargs: torch.Tensor) -> float:
         """Forward only: the batch's summed loss over every data-parallel rank (every rank)."""
-        self.loss.num_tokens, self.loss.scale = 1, 1.0
-        losses: list[torch.Tensor] = []
-        self.schedule.eval(tokens, target=labels, losses=losses, **kwargs)
-        return float(self._mean(losses, 1.0))
+        logits = self._forward(tokens, **kwargs)
+        local = torch.zeros((), dtype=torch.float64)
+        if logits is not None:
+            local = self.loss.loss_sum(logits, labels).detach().double().cpu()
+        return float(self.from_last_stage(local))
 
     @torch.no_grad()
     def forward_outputs(
@@ -208,20 +241,10 @@ class PipelinedModel:
         output_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         **kwargs: torch.Tensor,
     ) -> torch.Tensor | None:
-        """Forward only, ``output_fn(logits, target)`` per pipeline micro-batch on the last
-        stage (e.g. per-row log-probs [rows_mb]), concatenated in micro-batch order.
-
-        Returns:
-            The concatenated outputs on the ranks holding the last stage; None elsewhere.
-        """
-        saved = self.loss.loss_sum
-        self.loss.loss_sum, self.loss.num_tokens, self.loss.scale = output_fn, 1, 1.0
-        outputs: list[torch.Tensor] = []
-        try:
-            self.schedule.eval(tokens, target=target, losses=outputs, **kwargs)
-        finally:
-            self.loss.loss_sum = saved
-        return torch.cat([o.reshape(-1) for o in outputs]) if outputs else None
+        """Forward only, ``output_fn(logits, target)`` on the whole batch (e.g. per-row log-probs
+        [rows]) on the ranks holding the last stage; None elsewhere."""
+        logits = self._forward(tokens, **kwargs)
+        return None if logits is None else output_fn(logits, target)
 
     def full_state_dict(self, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         """Every stage's parameters, whole, on global rank 0 (``{}`` elsewhere). Collective."""

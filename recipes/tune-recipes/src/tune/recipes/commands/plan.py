@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from tune.config import declared_recipe
+from tune.recipes.common.layout_checks import recipe_runs_layout
 from tune.recipes.config import load_config
 from tune.recipes.discovery import find_config, load_recipe
 
@@ -193,6 +194,13 @@ def main(args: argparse.Namespace) -> int:
           f"{'peak/rank':>13}  fits")  # fmt: skip
     choices = recommend_layout(shape, counts, layout, world_size=world,
                                device_bytes=device_bytes, margin=args.margin)  # fmt: skip
+    runnable = [c for c in choices if recipe_runs_layout(
+        recipe_name, tp=c.layout.tp_size, pp=c.layout.pp_size, cp=c.layout.cp_size,
+        ep=c.layout.ep_size)]  # fmt: skip
+    if len(runnable) < len(choices):
+        print(f"  ({len(choices) - len(runnable)} layouts the {recipe_name} recipe cannot run yet "
+              "are left out: PP or CP with TP or EP, CP with PP)")  # fmt: skip
+    choices = runnable
     best_at = next((i for i, c in enumerate(choices) if c.fits), None)
     shown = range(len(choices)) if args.all else _shown(choices, best_at)
     if shown and shown[0] > 0:

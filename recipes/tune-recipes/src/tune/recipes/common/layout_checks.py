@@ -20,6 +20,13 @@ PIPELINE_SCHEDULES = (
 SINGLE_STAGE_SCHEDULES = ("gpipe", "1f1b")
 
 
+def recipe_runs_layout(recipe: str, *, tp: int, pp: int, cp: int, ep: int) -> bool:
+    """Whether ``recipe``'s loop runs this combination of degrees (``tune plan`` candidates)."""
+    if pp > 1 and (recipe not in PIPELINE_RECIPES or tp > 1 or ep > 1):
+        return False
+    return not (cp > 1 and (recipe not in CONTEXT_PARALLEL_RECIPES or max(tp, pp, ep) > 1))
+
+
 def data_shards(dist: Any, world: int) -> int:
     """Ranks reading distinct batches: world / (tp * pp * cp) (1 when that does not divide)."""
     split = max(dist.tp_size, 1) * max(dist.pp_size, 1) * max(dist.cp_size, 1)

@@ -114,3 +114,16 @@ def test_pp2_dpo_lora_equals_one_process(deep_tied_assets: TinyAssets, tmp_path:
     adapter = "adapter/adapter_model.safetensors"
     got, want = (load_file(str(tmp_path / f"pp{pp}" / adapter)) for pp in (2, 1))
     assert max((got[k] - want[k]).abs().max().item() for k in want) <= 2e-5
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_pp2_by_fsdp2_on_four_ranks(deep_tied_assets: TinyAssets, tmp_path: Path) -> None:
+    """PP = 2 x DP = 2: FSDP2 shards each stage over its two data-parallel ranks."""
+    one, four = tmp_path / "nproc1", tmp_path / "pp2dp2"
+    run_in_process("sft", "sft/tiny_cpu_lora", _overrides(deep_tied_assets, one))
+    pp = ["distributed.pp_size=2", "distributed.backend=gloo", "training.micro_batch_size=2"]
+    run_to_end(tune_command("sft", "sft/tiny_cpu_lora", _overrides(deep_tied_assets, four, *pp),
+                            nproc=4), TIMEOUT)  # fmt: skip
+    err = _compare(one, four, "adapter/adapter_model.safetensors", 2e-5)
+    print(f"pp=2 x dp=2 lora vs one process: adapter {err:.1e}")

@@ -18,7 +18,7 @@ _EXPORTS = {
         "apply_activation_offloading",
         "offload_activations",
     ),
-    "context_batches": ("context_parallel_batch", "padded_batch"),
+    "context_batches": ("ContextSplit", "context_parallel_batch", "context_split", "padded_batch"),
     "context_parallel": (
         "RingAttentionFn",
         "context_parallel_attention",
@@ -67,6 +67,7 @@ _EXPORTS = {
     "memory_plan": ("estimate_memory", "estimate_stages", "saved_activation_elements"),
     "module_matching": ("ModuleMatch", "find_modules"),
     "parallelize": ("PARALLELIZE_ORDER", "ParallelPlan", "parallelize"),
+    "pipeline_batches": ("PipelineBatches",),
     "pipeline_training": ("PipelinedModel", "setup_pipeline_parallel", "stage_module"),
     "pipeline": (
         "SCHEDULES",
@@ -105,7 +106,12 @@ if TYPE_CHECKING:
         apply_activation_offloading,
         offload_activations,
     )
-    from tune.dist.context_batches import context_parallel_batch, padded_batch
+    from tune.dist.context_batches import (
+        ContextSplit,
+        context_parallel_batch,
+        context_split,
+        padded_batch,
+    )
     from tune.dist.context_parallel import (
         RingAttentionFn,
         context_parallel_attention,
@@ -165,6 +171,7 @@ if TYPE_CHECKING:
     )
     from tune.dist.module_matching import ModuleMatch, find_modules
     from tune.dist.parallelize import PARALLELIZE_ORDER, ParallelPlan, parallelize
+    from tune.dist.pipeline_batches import PipelineBatches
     from tune.dist.pipeline_training import PipelinedModel, setup_pipeline_parallel, stage_module
     from tune.dist.pipeline import (
         SCHEDULES,
@@ -216,6 +223,7 @@ __all__ = [
     "SCHEDULES",
     "STYLES",
     "ActivationOffloader",
+    "ContextSplit",
     "DataParallel",
     "DistributedInfo",
     "LayoutChoice",
@@ -223,6 +231,7 @@ __all__ = [
     "ModelShape",
     "ModuleMatch",
     "ParallelPlan",
+    "PipelineBatches",
     "PipelinedModel",
     "ParameterCounts",
     "RingAttentionFn",
@@ -252,6 +261,7 @@ __all__ = [
     "context_data_rank_and_size",
     "context_parallel_attention",
     "context_parallel_batch",
+    "context_split",
     "count_target_tokens",
     "data_parallel_mesh",
     "data_parallel_rank_and_size",

@@ -4,7 +4,9 @@ share of every per-token tensor, and the global document ids the ring attention 
 Batch keys follow tune's convention (tune.data's collators): ``tokens`` and ``labels`` [B, T]
 always; ``positions`` (RoPE positions, restarting per packed document), ``document_ids`` (packed
 or padding-free rows) and ``attention_mask`` (right-padded rows, 1 = real token) when present.
-Anything else is passed through untouched::
+Anything else is passed through untouched. ``context_split`` is the same for a training loop:
+groups of ``cp_size`` consecutive data-parallel ranks read the same batches (``split.data`` is the
+layout the loader reads with) and ``split.shard(batch)`` / ``split.installed(model)`` run them::
 
     local, documents = context_parallel_batch(batch, cp_size, cp_rank)
     with context_parallel_attention(model, cp_group, document_ids=documents):
@@ -16,12 +18,18 @@ all data-parallel ranks (every rank of every CP group) gives the one-process res
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from tune.dist.context_parallel import zigzag_shard
+from tune.dist.context_parallel import RingAttentionFn, context_parallel_attention, zigzag_shard
+from tune.dist.data_parallel import DataParallel
+from tune.dist.mesh import build_context_mesh, context_data_rank_and_size
 
 PER_TOKEN_KEYS = ("tokens", "labels", "positions")
 
@@ -124,3 +132,71 @@ def context_parallel_batch(
                                                          "attention_mask")}  # fmt: skip
     local.update({k: zigzag_shard(v, cp_size, rank) for k, v in full.items()})
     return local, documents
+
+
+DOCUMENTS = "cp_document_ids"  # a sharded micro-batch's global document ids (not a model input)
+
+
+@dataclass
+class ContextSplit:
+    """This rank's place in its context-parallel group.
+
+    Args:
+        group: the group's process group.
+        rank: this rank's index in it.
+        size: the context-parallel degree.
+        data: the data-parallel layout the loader reads with (rank and size over the groups).
+        pad_token: token id of the padding added to reach a multiple of ``2 * size``.
+    """
+
+    group: Any
+    rank: int
+    size: int
+    data: DataParallel
+    pad_token: int = 0
+    _attention: RingAttentionFn | None = None
+
+    def shard(self, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """This rank's zig-zag share of ``batch`` (global document ids kept aside)."""
+        local, documents = context_parallel_batch(batch, self.size, self.rank,
+                                                  pad_token=self.pad_token)  # fmt: skip
+        if documents is not None:
+            local[DOCUMENTS] = documents
+        return local
+
+    def attend(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Point the ring attention at ``batch``'s documents; call before its forward."""
+        if self._attention is not None:
+            self._attention.document_ids = batch.get(DOCUMENTS)
+        return batch
+
+    def validation(
+        self, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device
+    ) -> Iterator[Any]:
+        """Sharded held-out batches on ``device``, the attention pointed at each as it is
+        consumed."""
+        for batch in batches:
+            yield self.attend(self.shard({k: v.to(device) for k, v in batch.items()}))
+
+    @contextlib.contextmanager
+    def installed(self, model: nn.Module) -> Iterator[None]:
+        """Ring attention in every attention module of ``model`` for the block (forward,
+        recomputation under activation checkpointing, and backward)."""
+        with context_parallel_attention(model, self.group) as fn:
+            self._attention = fn
+            try:
+                yield
+            finally:
+                self._attention = None
+
+
+def context_split(dp: DataParallel, cp_size: int, *, pad_token: int = 0) -> ContextSplit | None:
+    """The context-parallel group of this rank (collective), or None for ``cp_size`` 1 or one
+    process."""
+    if cp_size == 1 or not dp.distributed or dp.mesh is None:
+        return None
+    mesh = build_context_mesh(dp.mesh, cp_size)
+    rank, size = context_data_rank_and_size(dp.mesh, cp_size)
+    data = dataclasses.replace(dp, rank=rank, size=size)
+    return ContextSplit(mesh["cp"].get_group(), mesh["cp"].get_local_rank(), cp_size, data,
+                        pad_token)  # fmt: skip

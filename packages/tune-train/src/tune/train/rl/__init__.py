@@ -15,6 +15,7 @@ optimizer step, with the generator passed in.
 
 from tune.train.losses import group_advantages, k3_kl, policy_gradient_loss
 from tune.train.rl.backend import (
+    DecodeCopyBackend,
     GenerateFunction,
     GenerationBackend,
     PolicyGenerationBackend,
@@ -59,6 +60,7 @@ from tune.train.steps.grpo import (
 
 __all__ = [
     "DEFAULT_ANSWER_PATTERN",
+    "DecodeCopyBackend",
     "GenerateFunction",
     "GenerationBackend",
     "PolicyGenerationBackend",

@@ -8,11 +8,14 @@ inference engine (vLLM) can implement the same two methods instead.
 
     backend = PolicyGenerationBackend(model, generate, pad_id=tokenizer.pad_id)
     completions = backend.generate(prompts, SamplingSettings(64, stop_tokens=(eos,)), seed=0)
+
+``DecodeCopyBackend`` decodes with a copy of the policy made by a ``prepare`` function (adapters
+merged and weights quantized for decoding, say), remade at every ``sync_weights``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -155,6 +158,39 @@ class PolicyGenerationBackend:
     def sync_weights(self, model: nn.Module) -> None:
         """Decode with ``model`` from now on (the live policy: no copy)."""
         self.model = model
+
+
+class DecodeCopyBackend(PolicyGenerationBackend):
+    """Decoding with ``prepare(policy)``, a copy made for decoding (e.g. adapters merged, int8
+    weights), remade after every update by ``sync_weights``; the policy itself is untouched.
+
+    The copy samples from (almost) the policy's distribution; the loss still takes its
+    log-probs from the policy, as with any inference engine.
+
+    Args:
+        model: the policy (one process: the copy is whole).
+        generate: the decoding function, as for ``PolicyGenerationBackend``.
+        prepare: ``policy -> decoding model`` (must not modify the policy).
+        pad_id: id used for padding rows.
+        batch_size: rows decoded together (None: all rows of a call at once).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        generate: GenerateFunction,
+        prepare: Callable[[nn.Module], nn.Module],
+        *,
+        pad_id: int = 0,
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(prepare(model), generate, pad_id=pad_id, batch_size=batch_size)
+        self._prepare = prepare
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Remake the decoding copy from the updated policy."""
+        self.model = None  # type: ignore[assignment]  # release the old copy first
+        self.model = self._prepare(model)
 
 
 def cut_at_stop(tokens: Sequence[int], stop_tokens: Sequence[int]) -> list[int]:

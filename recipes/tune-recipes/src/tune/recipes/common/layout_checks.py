@@ -136,3 +136,13 @@ def _check_context(cfg: Any, c: Checks, recipe: str) -> None:
     if getattr(cfg.model, "implementation", "native") == "transformers":
         c.error(key, "ring attention replaces the attention of a native model; "
                      "model.implementation=transformers cannot use it")  # fmt: skip
+
+
+def reject_routed_experts(model: Any, has_experts: bool, key: str) -> None:
+    """Refuse a mixture-of-experts model under CP or PP (router losses and expert-load metrics
+    read every layer's routing of whole batches)."""
+    if has_experts:
+        raise ValueError(
+            f"distributed.{key} > 1: mixture-of-experts models cannot use it yet "
+            f"({type(model).__name__} has routed experts); use {key}=1 (ep_size splits experts)"
+        )

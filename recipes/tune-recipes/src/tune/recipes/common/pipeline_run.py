@@ -11,8 +11,7 @@ normalised by the step's trained tokens over every data-parallel rank, as withou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,8 +20,8 @@ from torch import nn
 from tune.dist import (
     DataParallel,
     ParallelPlan,
+    PipelineBatches,
     PipelinedModel,
-    padded_batch,
     parallelize,
     setup_pipeline_parallel,
 )
@@ -32,85 +31,9 @@ from tune.recipes.common.layout_checks import pipeline_virtual_stages
 from tune.recipes.common.runtime import Runtime
 from tune.train.losses import cross_entropy
 
-Batch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
-
 
 def _summed_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return cross_entropy(logits, labels).loss_sum
-
-
-@dataclass
-class PipelineRun:
-    """The pipelined model and the fixed batch shape of its steps.
-
-    Args:
-        pipe: this rank's stages and schedule (``pipe.module``: its parameters, model names).
-        length: tokens per row (``data.max_seq_len``).
-        rows: rows per step (accumulation × micro-batch size).
-        reduce: sums over data-parallel ranks.
-        device: where batches go.
-    """
-
-    pipe: PipelinedModel
-    length: int
-    rows: int
-    reduce: Callable[[torch.Tensor], torch.Tensor]
-    device: torch.device
-
-    def module(self) -> nn.Module:
-        """This rank's parameters under the model's names (optimizer, checkpoints, outputs)."""
-        return self.pipe.module
-
-    def batch(self, micro_batches: Sequence[Mapping[str, torch.Tensor]]) -> Batch:
-        """Tokens, labels and model keyword inputs [rows, length] of a step's micro-batches (a
-        short held-out group is filled with rows that train nothing)."""
-        parts = [padded_batch({k: v.to(self.device) for k, v in mb.items()}, self.length)
-                 for mb in micro_batches]  # fmt: skip
-        tokens, labels, positions = (torch.cat([p[0][k] for p in parts])
-                                     for k in ("tokens", "labels", "positions"))  # fmt: skip
-        documents = [p[1] if p[1] is not None else torch.zeros_like(p[0]["tokens"]) for p in parts]
-        missing = self.rows - tokens.shape[0]
-        if missing > 0:
-            tokens = torch.cat([tokens, tokens.new_zeros(missing, self.length)])
-            labels = torch.cat([labels, labels.new_full((missing, self.length), -100)])
-            positions = torch.cat([positions, positions[:1].expand(missing, -1)])
-            documents.append(tokens.new_zeros(missing, self.length))
-        kwargs = {"positions": positions}
-        if any(p[1] is not None for p in parts):
-            kwargs["document_ids"] = torch.cat(documents)
-        return tokens, labels, kwargs
-
-    def step(self, micro_batches: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
-        """Forward and backward of the step; ``{"loss", "num_tokens"}`` on every rank."""
-        tokens, labels, kwargs = self.batch(micro_batches)
-        count = self.reduce((labels != -100).sum())
-        loss = self.pipe.step(tokens, labels, num_tokens=count, **kwargs)
-        return {"loss": float(loss), "num_tokens": int(count)}
-
-    def validation_loss(
-        self, batches: Iterable[Mapping[str, torch.Tensor]], per_step: int, max_batches: int | None
-    ) -> float:
-        """Token-mean loss over held-out batches, ``per_step`` at a time (every rank)."""
-        self.pipe.module.eval()
-        total = count = 0.0
-        group: list[Mapping[str, torch.Tensor]] = []
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            group.append(batch)
-            if len(group) == per_step:
-                total, count = self._add(group, total, count)
-                group = []
-        if group:
-            total, count = self._add(group, total, count)
-        self.pipe.module.train()
-        return total / max(count, 1.0)
-
-    def _add(self, group: Sequence[Mapping[str, torch.Tensor]], total: float,
-             count: float) -> tuple[float, float]:  # fmt: skip
-        tokens, labels, kwargs = self.batch(group)
-        counted = float(self.reduce((labels != -100).sum()))
-        return total + self.pipe.loss_sum(tokens, labels, **kwargs), count + counted
 
 
 def pipeline_data_parallel(rt: Runtime, settings: DistributedConfig) -> tuple[DataParallel, Any]:
@@ -131,7 +54,7 @@ def pipeline_model(
     device: torch.device,
     activation_checkpointing: bool = False,
     loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _summed_ce,
-) -> PipelineRun:
+) -> PipelineBatches:
     """Cut ``model`` into this rank's stages, checkpoint / FSDP2-shard each, build the schedule.
 
     Args:
@@ -152,4 +75,4 @@ def pipeline_model(
         prepare_stage=lambda stage: parallelize(stage, dataclasses.replace(plan)),
     )  # fmt: skip
     reduce = dp.reduce or (lambda x: x)
-    return PipelineRun(pipe, length, accumulation * micro_batch_size, reduce, device)
+    return PipelineBatches(pipe, length, accumulation * micro_batch_size, reduce, device)

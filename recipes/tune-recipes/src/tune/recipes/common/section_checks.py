@@ -323,12 +323,13 @@ def check_training(cfg: Any, c: Checks) -> None:
     if ok and split > 0 and world % split == 0:
         dp = data_shards(d, world)
         per_step = dp * t.micro_batch_size
+        split_by = (f"tp_size {d.tp_size}" if split == d.tp_size
+                    else f"(tp_size × pp_size × cp_size) {split}")  # fmt: skip
         c.require(
             t.global_batch_size % per_step == 0,
             "training.global_batch_size",
             f"{t.global_batch_size} is not divisible by data-parallel size {dp} (world size "
-            f"{world} / (tp_size × pp_size × cp_size) {split}) × training.micro_batch_size "
-            f"{t.micro_batch_size} = {per_step}",
+            f"{world} / {split_by}) × training.micro_batch_size {t.micro_batch_size} = {per_step}",
         )
 
 

@@ -55,5 +55,8 @@ REWARDS = Registry(
 GENERATION_BACKENDS = Registry(
     "tune.generation_backends",
     "generation backend",
-    {"builtin": "tune.recipes.grpo.backend:builtin_generation_backend"},
+    {
+        "builtin": "tune.recipes.grpo.backend:builtin_generation_backend",
+        "int8": "tune.recipes.grpo.backend:int8_generation_backend",
+    },
 )

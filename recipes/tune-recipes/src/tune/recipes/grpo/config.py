@@ -53,7 +53,8 @@ class RolloutConfig:
         top_p: nucleus threshold (null: off).
         top_k: top-k filter (null: off).
         stop_token_ids: extra ids that end a completion (besides the tokenizer's EOS).
-        backend: a ``tune.generation_backends`` name (``builtin``) or an allowed import.
+        backend: a ``tune.generation_backends`` name (``builtin``; ``int8``: decode from an int8
+            copy of the policy, remade after every update, one process) or an allowed import.
         backend_options: keyword arguments of the backend (e.g. ``batch_size``).
     """
 

@@ -15,8 +15,8 @@ from typing import Any
 from tune.data import per_rank_batches, split_source
 from tune.dist import seed_everything
 from tune.models import ep_plan
-from tune.recipes.common.context_split import reject_routed_experts
 from tune.recipes.common.finetune_method import load_for_method
+from tune.recipes.common.layout_checks import reject_routed_experts
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
 from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
 from tune.recipes.common.recipe_run import run_training
@@ -29,7 +29,7 @@ from tune.recipes.common.training_run import (
     start_run,
 )
 from tune.recipes.preference.config import PreferenceConfig
-from tune.recipes.preference.pipeline import PairedObjective, PreferencePipeline
+from tune.recipes.preference.pipeline import PreferencePipeline
 from tune.recipes.preference.reference import reference_logprobs_fn
 from tune.recipes.preference.setup import (
     PREFERENCE_RESUME_KEYS,
@@ -46,6 +46,7 @@ from tune.train.steps.preference import (
     preference_stats,
     summarize_stats,
 )
+from tune.train.steps.preference_pairs import PairedObjective
 from tune.train.steps.router import RouterObjective
 
 
@@ -80,7 +81,7 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
             device=rt.device, activation_checkpointing=t.activation_checkpointing,
             loss_sum=paired,
         ), paired, adapters=lora is not None)  # fmt: skip
-        ckpt = dataclasses.replace(ckpt, model=piped.run.module())  # type: ignore[arg-type]
+        ckpt = dataclasses.replace(ckpt, model=piped.run.pipe.module)  # type: ignore[arg-type]
         model = ckpt.model
     else:
         dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)

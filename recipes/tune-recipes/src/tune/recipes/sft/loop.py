@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tune.dist import seed_everything
+from tune.dist import context_split, seed_everything
 from tune.models import ep_plan
-from tune.recipes.common.context_split import context_split, reject_routed_experts
 from tune.recipes.common.finetune_method import load_for_method
+from tune.recipes.common.layout_checks import reject_routed_experts
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
 from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
 from tune.recipes.common.recipe_run import run_training
@@ -68,7 +68,7 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
             accumulation=t.gradient_accumulation_steps(dp.size), length=cfg.data.max_seq_len,
             device=rt.device, activation_checkpointing=t.activation_checkpointing,
         )  # fmt: skip
-        ckpt = dataclasses.replace(ckpt, model=piped.module())  # type: ignore[arg-type]
+        ckpt = dataclasses.replace(ckpt, model=piped.pipe.module)  # type: ignore[arg-type]
         model = ckpt.model
     else:
         dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)

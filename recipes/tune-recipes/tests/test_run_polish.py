@@ -56,7 +56,10 @@ def test_a_recipe_file_without_run_is_one_line(
 
 
 # Heavy modules a single-device LoRA sft run has no use for (DCP: ~0.5 s of start-up).
-UNNEEDED_MODULES = ("torchao", "transformers", "peft", "torch.distributed.checkpoint")
+UNNEEDED_MODULES = (
+    "torchao", "transformers", "peft", "torch.distributed.checkpoint",
+    "torch.distributed.pipelining",
+)  # fmt: skip
 
 
 def test_plain_lora_run_imports_no_torchao_and_prints_no_warning(

@@ -18,7 +18,6 @@ from tune.models import ep_plan
 from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.layout_checks import reject_routed_experts
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
-from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import Runtime
 from tune.recipes.common.training_run import (
@@ -29,7 +28,6 @@ from tune.recipes.common.training_run import (
     start_run,
 )
 from tune.recipes.preference.config import PreferenceConfig
-from tune.recipes.preference.pipeline import PreferencePipeline
 from tune.recipes.preference.reference import reference_logprobs_fn
 from tune.recipes.preference.setup import (
     PREFERENCE_RESUME_KEYS,
@@ -46,7 +44,6 @@ from tune.train.steps.preference import (
     preference_stats,
     summarize_stats,
 )
-from tune.train.steps.preference_pairs import PairedObjective
 from tune.train.steps.router import RouterObjective
 
 
@@ -72,6 +69,11 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
     reference = frozen_reference(cfg, adapters=lora is not None, rt=rt)
     piped = None
     if cfg.distributed.pp_size > 1 and rt.dist.is_distributed:  # this rank keeps its stages
+        # imported here: torch.distributed.pipelining and DTensor cost ~0.5 s of start-up
+        from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
+        from tune.recipes.preference.pipeline import PreferencePipeline
+        from tune.train.steps.preference_pairs import PairedObjective
+
         reject_routed_experts(model, bool(ep_plan(model)), "pp_size")
         dp, mesh = pipeline_data_parallel(rt, cfg.distributed)
         paired = PairedObjective(obj)

@@ -19,7 +19,6 @@ from tune.models import ep_plan
 from tune.recipes.common.finetune_method import load_for_method
 from tune.recipes.common.layout_checks import reject_routed_experts
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
-from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import Runtime
 from tune.recipes.common.token_data import token_data
@@ -61,6 +60,9 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
     piped, pp = None, cfg.distributed.pp_size > 1 and rt.dist.is_distributed
     if pp:  # this rank keeps its pipeline stages; `model` becomes their parameters
+        # imported here: torch.distributed.pipelining and DTensor cost ~0.5 s of start-up
+        from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
+
         reject_routed_experts(model, bool(ep_plan(model)), "pp_size")
         dp, mesh = pipeline_data_parallel(rt, cfg.distributed)
         piped = pipeline_model(

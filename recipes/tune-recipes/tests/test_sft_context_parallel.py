@@ -32,10 +32,12 @@ def _adapter(out: Path) -> dict:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("padding_free", ["true", "false"])
+@pytest.mark.parametrize(
+    "padding_free", ["true", "false", pytest.param("packed", marks=pytest.mark.slow)]
+)
 def test_cp2_equals_one_process(tiny_assets: TinyAssets, tmp_path: Path, padding_free: str) -> None:
     one, two = tmp_path / "nproc1", tmp_path / "cp2"
-    rows = f"data.padding_free={padding_free}"
+    rows = f"data.padding_free={padding_free}" if padding_free != "packed" else "data.packing=true"
     run_in_process("sft", "sft/tiny_cpu_lora", _overrides(tiny_assets, one, rows))
     cp = ["distributed.cp_size=2", "distributed.backend=gloo", rows]
     run_to_end(tune_command("sft", "sft/tiny_cpu_lora", _overrides(tiny_assets, two, *cp),

@@ -50,6 +50,7 @@ def _compare(one: Path, two: Path, file: str, atol: float) -> float:
         # two stages per rank: the schedules tune.dist's own tests cover in every variant
         pytest.param("lora", "interleaved_1f1b", marks=pytest.mark.slow),
         pytest.param("lora", "zbv_zero_bubble", marks=pytest.mark.slow),
+        pytest.param("packed", "1f1b", marks=pytest.mark.slow),
     ],
 )
 def test_pp2_equals_one_process(
@@ -57,14 +58,17 @@ def test_pp2_equals_one_process(
 ) -> None:
     """4 tied blocks: the embedding (first stage) and the head (last stage) are one weight."""
     one, two = tmp_path / "nproc1", tmp_path / "pp2"
+    packed = ["data.packing=true", "data.max_seq_len=128"] if method == "packed" else []
+    method = "lora" if method == "packed" else method
     config = f"sft/tiny_cpu_{method}"
-    run_in_process("sft", config, _overrides(deep_tied_assets, one))
+    run_in_process("sft", config, _overrides(deep_tied_assets, one, *packed))
     pp = [
         "distributed.pp_size=2",
         f"distributed.pp_schedule={schedule}",
         "distributed.backend=gloo",
     ]
     save = ["checkpointing.save_every_n_steps=2"] if method == "full" else []
+    pp = [*pp, *packed]
     run_to_end(tune_command("sft", config, _overrides(deep_tied_assets, two, *pp, *save), nproc=2),
                TIMEOUT)  # fmt: skip
     file = "adapter/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"

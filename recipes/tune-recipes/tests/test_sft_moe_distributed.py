@@ -76,3 +76,22 @@ def test_moe_expert_lora_two_ranks_match_one_process_and_resume(
     print(
         f"moe lora, 2 ranks vs 1: loss {loss_err:.1e}, adapter {err:.1e}; resumed {resume_err:.1e}"
     )
+
+
+@pytest.mark.distributed
+def test_moe_qlora_expert_parallel_matches_one_process(
+    moe_assets: TinyAssets, tmp_path: Path
+) -> None:
+    """QLoRA at EP=2: the NF4 expert stacks stay whole on both ranks and each reads its own
+    experts' slice; the expert LoRA factors are split. Same losses and adapter as one process."""
+    one, two = tmp_path / "nproc1", tmp_path / "ep2"
+    qlora = ["training.method=qlora"]
+    run_in_process("sft", "sft/tiny_cpu_moe_lora", _overrides(moe_assets, one, *qlora))
+    ep = ["distributed.fsdp=true", "distributed.backend=gloo", "distributed.ep_size=2", *qlora]
+    run_to_end(tune_command("sft", "sft/tiny_cpu_moe_lora", _overrides(moe_assets, two, *ep),
+                            nproc=2), TIMEOUT)  # fmt: skip
+    losses = {run: read_jsonl_metrics(run / "metrics.jsonl", "loss") for run in (one, two)}
+    assert sorted(losses[two]) == list(range(1, STEPS + 1))
+    assert losses[two] == pytest.approx(losses[one], abs=1e-5)
+    err = _assert_close(_adapter(two), _adapter(one), atol=5e-6)
+    print(f"moe qlora, EP=2 vs 1: adapter {err:.1e}")

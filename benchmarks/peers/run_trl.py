@@ -16,19 +16,15 @@ from typing import Any
 import torch
 from run_hf import to_hf_inputs
 from runner_support import (
-    BETAS,
-    EPS,
     LORA_ALPHA,
     LORA_R,
     LORA_TARGETS_HF,
-    LR,
-    MAX_GRAD_NORM,
-    WEIGHT_DECAY,
     batch_digest,
     flatten_batch,
     load_batches,
     runner_args,
     set_threads,
+    trainer_arguments,
     write_result,
 )
 
@@ -82,29 +78,9 @@ def main() -> None:
             return loss
 
     config = SFTConfig(
-        output_dir=str(args.work_dir / "trainer"),
-        per_device_train_batch_size=1,
-        max_steps=args.steps,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        optim="adamw_torch",
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        adam_epsilon=EPS,
-        weight_decay=WEIGHT_DECAY,
-        max_grad_norm=MAX_GRAD_NORM,
-        train_sampling_strategy="sequential",
-        remove_unused_columns=False,
+        **trainer_arguments(args),
         dataset_kwargs={"skip_prepare_dataset": True},
-        dataloader_num_workers=0,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
         bf16=False,
-        seed=0,
     )
     trainer = RecordingTrainer(
         model=model,

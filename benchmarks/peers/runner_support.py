@@ -114,3 +114,31 @@ def write_result(
         "notes": notes,
     }
     (work_dir / "result.json").write_text(json.dumps(record, indent=1))
+
+
+def trainer_arguments(args: Any) -> dict[str, Any]:
+    """The ``TrainingArguments`` (or TRL ``SFTConfig``) settings every Trainer-based runner shares:
+    the fixture's optimizer and constant LR, sequential sampling over the saved batches."""
+    return {
+        "output_dir": str(args.work_dir / "trainer"),
+        "per_device_train_batch_size": 1,
+        "max_steps": args.steps,
+        "learning_rate": LR,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "adam_beta1": BETAS[0],
+        "adam_beta2": BETAS[1],
+        "adam_epsilon": EPS,
+        "weight_decay": WEIGHT_DECAY,
+        "max_grad_norm": MAX_GRAD_NORM,
+        "train_sampling_strategy": "sequential",
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "seed": 0,
+    }

@@ -9,14 +9,11 @@ forward (tune.train.steps.preference).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from tune.data import per_rank_batches, split_source
 from tune.dist import seed_everything
-from tune.models import ep_plan
 from tune.recipes.common.finetune_method import load_for_method
-from tune.recipes.common.layout_checks import reject_routed_experts
 from tune.recipes.common.parallelism import parallelize_models, setup_data_parallel
 from tune.recipes.common.recipe_run import run_training
 from tune.recipes.common.runtime import Runtime
@@ -70,21 +67,15 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
     piped = None
     if cfg.distributed.pp_size > 1 and rt.dist.is_distributed:  # this rank keeps its stages
         # imported here: torch.distributed.pipelining and DTensor cost ~0.5 s of start-up
-        from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
+        from tune.recipes.common.pipeline_run import pipelined_checkpoint
         from tune.recipes.preference.pipeline import PreferencePipeline
         from tune.train.steps.preference_pairs import PairedObjective
 
-        reject_routed_experts(model, bool(ep_plan(model)), "pp_size")
-        dp, mesh = pipeline_data_parallel(rt, cfg.distributed)
         paired = PairedObjective(obj)
-        piped = PreferencePipeline(pipeline_model(
-            model, mesh, dp, cfg.distributed, micro_batch_size=2 * t.micro_batch_size,
-            accumulation=t.gradient_accumulation_steps(dp.size), length=d.max_seq_len,
-            device=rt.device, activation_checkpointing=t.activation_checkpointing,
-            loss_sum=paired,
-        ), paired, adapters=lora is not None)  # fmt: skip
-        ckpt = dataclasses.replace(ckpt, model=piped.run.pipe.module)  # type: ignore[arg-type]
-        model = ckpt.model
+        ckpt, dp, staged = pipelined_checkpoint(
+            ckpt, rt, cfg, micro_batch_size=2 * t.micro_batch_size, loss_sum=paired
+        )
+        piped, model = PreferencePipeline(staged, paired, adapters=lora is not None), ckpt.model
     else:
         dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
         parallelize_models(
@@ -106,9 +97,10 @@ def _train(cfg: PreferenceConfig, rt: Runtime) -> dict[str, Any]:
         extra={"pairs_seen": 0}, extra_keys=PREFERENCE_RESUME_KEYS,
     )  # fmt: skip
     driver, accum = run.driver, t.gradient_accumulation_steps(dp.size)
-    if piped is not None:  # the gradient norm spans every stage; a tied head counts once
-        driver.grad_norm_group = piped.run.pipe.pp_mesh.get_group()
-        driver.grad_norm_exclude = tuple(piped.run.pipe.tied_copies())
+    if piped is not None:
+        from tune.recipes.common.pipeline_run import clip_across_stages
+
+        clip_across_stages(driver, piped.run)
     # A sharded output weight needs plain logits; so does an HF head (it may scale its logits).
     fused = t.fused_logprobs and not dp.distributed and ckpt.implementation == "native"
     softcap = getattr(ckpt.config, "final_logit_softcapping", None)

@@ -9,7 +9,6 @@ device and under torchrun (FSDP2, optionally tensor parallel).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -58,31 +57,23 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         from tune.quant import prepare_qat  # torchao: imported only for a QAT run
 
         prepare_qat(model, cfg.qat.scheme, exclude=list(cfg.qat.exclude))
-    piped, pp = None, cfg.distributed.pp_size > 1 and rt.dist.is_distributed
-    if pp:  # this rank keeps its pipeline stages; `model` becomes their parameters
+    piped = None
+    if cfg.distributed.pp_size > 1 and rt.dist.is_distributed:  # this rank keeps its stages
         # imported here: torch.distributed.pipelining and DTensor cost ~0.5 s of start-up
-        from tune.recipes.common.pipeline_run import pipeline_data_parallel, pipeline_model
+        from tune.recipes.common.pipeline_run import pipelined_checkpoint
 
-        reject_routed_experts(model, bool(ep_plan(model)), "pp_size")
-        dp, mesh = pipeline_data_parallel(rt, cfg.distributed)
-        piped = pipeline_model(
-            model, mesh, dp, cfg.distributed, micro_batch_size=t.micro_batch_size,
-            accumulation=t.gradient_accumulation_steps(dp.size), length=cfg.data.max_seq_len,
-            device=rt.device, activation_checkpointing=t.activation_checkpointing,
-        )  # fmt: skip
-        ckpt = dataclasses.replace(ckpt, model=piped.pipe.module)  # type: ignore[arg-type]
+        ckpt, dp, piped = pipelined_checkpoint(ckpt, rt, cfg, micro_batch_size=t.micro_batch_size)
         model = ckpt.model
     else:
         dp = setup_data_parallel(rt, tp_size=cfg.distributed.tp_size)
-    cp = context_split(dp, cfg.distributed.cp_size)  # None unless distributed.cp_size > 1
-    if cp is not None:
-        reject_routed_experts(model, bool(ep_plan(model)), "cp_size")
-    if not pp:
         parallelize_models(
             [model], dp, cfg.distributed, model_config=ckpt.config,
             activation_checkpointing=t.activation_checkpointing,
             activation_offloading=t.activation_offloading, compile=t.compile,
         )  # fmt: skip
+    cp = context_split(dp, cfg.distributed.cp_size)  # None unless distributed.cp_size > 1
+    if cp is not None:
+        reject_routed_experts(model, bool(ep_plan(model)), "cp_size")
 
     # ---- data and the run's shared parts (optimizer, schedule, resume, loggers, driver) -------
     data = token_data(cfg, checked_tokenizer(cfg, ckpt), cp.data if cp else dp, rt.device)
@@ -91,9 +82,10 @@ def _train(cfg: SFTConfig, rt: Runtime) -> dict[str, Any]:
         extra={"tokens_seen": 0},
     )  # fmt: skip
     driver = run.driver
-    if piped is not None:  # the gradient norm spans every stage
-        driver.grad_norm_group = piped.pipe.pp_mesh.get_group()
-        driver.grad_norm_exclude = tuple(piped.pipe.tied_copies())  # a tied head counts once
+    if piped is not None:
+        from tune.recipes.common.pipeline_run import clip_across_stages
+
+        clip_across_stages(driver, piped)
     accum = t.gradient_accumulation_steps(cp.data.size if cp else dp.size)
     # A sharded output weight needs plain CE; so does an HF head (it may scale its logits).
     fused = t.fused_ce and not dp.distributed and ckpt.implementation == "native"

@@ -4,8 +4,10 @@ Two tables, CPU, float32, 1 thread, both blocks holding the same weights:
 
 1. A Qwen3-30B-A3B-shaped layer at a quarter of its width (dim 512, expert width 192, 128 experts,
    top-8, normalised top-k) for several token counts: median step time of each implementation,
-   the ratio to transformers' default ("eager") experts, and the largest difference of the output
-   and of the input gradient against it (equal results are part of the measurement).
+   tune's ratio to transformers' per-expert loop ("eager") and to its model-level default
+   ("grouped_mm", the same torch kernel as ours), the matmul floor (the block's FLOPs at this
+   thread's measured matmul rate) and the largest difference of the output and of the input
+   gradient against the eager loop (equal results are part of the measurement).
 2. Per-token cost as the number of experts grows from 8 to 128 at fixed active parameters (top-8,
    same expert width): time per token relative to 8 experts, for each implementation.
 
@@ -108,14 +110,46 @@ def inputs(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1, tokens, DIM, generator=gen), torch.randn(1, tokens, DIM, generator=gen)
 
 
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n x n float32 matmul on this thread (the floor's denominator)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_flops(tokens: int, num_experts: int) -> float:
+    """Matmul FLOPs of one forward+backward (weight gradients included): each of the
+    ``tokens * TOP_K`` routed copies meets gate+up [DIM -> 2 * EXPERT_WIDTH] and down
+    [EXPERT_WIDTH -> DIM]; the router is [DIM -> num_experts]. Backward = 2x forward."""
+    experts = 2 * tokens * TOP_K * 3 * DIM * EXPERT_WIDTH
+    router = 2 * tokens * DIM * num_experts
+    return 3 * (experts + router)
+
+
 def table_layer(rounds: int) -> None:
     print(
         f"\n1. Qwen3-MoE-shaped layer: dim {DIM}, expert width {EXPERT_WIDTH}, 128 experts, top-{TOP_K}"
     )
+    rate = matmul_rate()
+    print(
+        f"   floor = the block's matmul FLOPs at this thread's best 2048^3 matmul rate "
+        f"({rate / 1e9:.1f} GFLOP/s): no implementation at equal FLOPs runs below it, so "
+        "'grouped_mm / floor' bounds any speed-up over transformers' default (grouped_mm)"
+    )
     blocks = variants(128)
     names = list(blocks)
     head = f"{'tokens':>6} " + " ".join(f"{n + ' ms':>26}" for n in names)
-    print(head + f" {'eager / tune auto':>18} {'max |d out|':>12} {'max |d grad|':>12}")
+    print(
+        head + f" {'eager / tune auto':>18} {'grouped_mm / tune auto':>23} {'floor ms':>9}"
+        f" {'grouped_mm / floor':>19} {'max |d out|':>12} {'max |d grad|':>12}"
+    )
     for tokens in (128, 512, 2048):
         x, grad = inputs(tokens)
         times = median_times(blocks, x, grad, rounds)
@@ -124,8 +158,13 @@ def table_layer(rounds: int) -> None:
         d_out = (out - want_out).abs().max().item()
         d_grad = (x_grad - want_grad).abs().max().item()
         ratio = times["transformers eager"] / times["tune auto"]
+        grouped = times["transformers grouped_mm"]
+        floor = matmul_flops(tokens, 128) / rate
         cells = " ".join(f"{times[n] * 1e3:26.1f}" for n in names)
-        print(f"{tokens:6d} {cells} {ratio:18.2f} {d_out:12.2e} {d_grad:12.2e}")
+        print(
+            f"{tokens:6d} {cells} {ratio:18.2f} {grouped / times['tune auto']:23.2f}"
+            f" {floor * 1e3:9.1f} {grouped / floor:19.2f} {d_out:12.2e} {d_grad:12.2e}"
+        )
 
 
 def table_flatness(rounds: int, tokens: int = 2048) -> None:

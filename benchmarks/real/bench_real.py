@@ -7,7 +7,11 @@ shared with ``nox -s bench -- peers``). An unfiltered ``nox -s bench`` skips it:
 run it. ``TUNE_BENCH_QUICK=1`` makes it a smoke run (1 warm-up + 2 measured steps).
 
 Usage: TUNE_BENCH_REAL=1 python benchmarks/real/bench_real.py [--quick] [--repeats N]
-    [--only tune transformers+peft ...] [--rows LoRA full ...]
+    [--only tune transformers+peft ...] [--rows LoRA full ...] [--report-only]
+
+``--report-only`` rebuilds the table, chart and results.json from the last run's results.json.
+The committed results of a full run are in ``benchmarks/real/results/``; ``profile_step.py``
+beside this file profiles tune's step (padding-free and packed) on the same fixture.
 
 Writes ``bench_results/peers_real/{table.md,results.json,real.png}``; exits 1 when a library's
 step-1 loss (or a full fine-tune curve) differs from tune's by more than 1e-3 relative.

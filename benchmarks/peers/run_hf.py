@@ -47,7 +47,7 @@ def to_hf_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
     set_threads(args.threads)
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     saved = load_batches(args.fixture, args.packed, args.steps)
     model = AutoModelForCausalLM.from_pretrained(
@@ -74,6 +74,35 @@ def main() -> None:
         digests.append(batch_digest(batch))  # the saved (padded) batch this step trains on
         return inputs
 
+    train_and_record(
+        Trainer,
+        args,
+        digests,
+        library="transformers+peft",
+        versions=f"transformers {version('transformers')}",
+        notes="Trainer, sdpa, adamw_torch",
+        model=model,
+        args=TrainingArguments(**trainer_arguments(args)),
+        train_dataset=items,
+        data_collator=collate,
+    )
+
+
+def train_and_record(
+    trainer_class: type,
+    run: Any,
+    digests: list[str],
+    *,
+    library: str,
+    versions: str,
+    notes: str,
+    **trainer_kwargs: Any,
+) -> None:
+    """Train ``trainer_class(**trainer_kwargs)`` (a transformers ``Trainer`` or a subclass such as
+    TRL's ``SFTTrainer``), recording each step's loss and time (``on_step_begin`` to
+    ``on_step_end``), check the step count and write result.json."""
+    from transformers import TrainerCallback
+
     losses: list[float] = []
     times: list[float] = []
 
@@ -84,36 +113,27 @@ def main() -> None:
         def on_step_end(self, *_: Any, **__: Any) -> None:
             times.append(time.perf_counter() - self.start)
 
-    class RecordingTrainer(Trainer):
+    class RecordingTrainer(trainer_class):
         def training_step(self, *a: Any, **kw: Any) -> torch.Tensor:
             loss = super().training_step(*a, **kw)
             losses.append(float(loss))
             return loss
 
-    training_args = TrainingArguments(
-        **trainer_arguments(args),
-    )
-    trainer = RecordingTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=items,
-        data_collator=collate,
-        callbacks=[StepTimer()],
-    )
-    trainer.train()
-    if len(losses) != args.steps:
-        raise RuntimeError(f"Trainer ran {len(losses)} steps, expected {args.steps}")
-    versions = f"transformers {version('transformers')}"
-    if args.method == "lora":
+    RecordingTrainer(callbacks=[StepTimer()], **trainer_kwargs).train()
+    if len(losses) != run.steps:
+        raise RuntimeError(
+            f"{trainer_class.__name__} ran {len(losses)} steps, expected {run.steps}"
+        )
+    if run.method == "lora":
         versions += f", peft {version('peft')}"
     write_result(
-        args.work_dir,
-        library="transformers+peft",
+        run.work_dir,
+        library=library,
         version=versions,
         losses=losses,
         step_times=times,
         digests=digests,
-        notes="Trainer, sdpa, adamw_torch" + (", padding-free rows" if args.flat else ""),
+        notes=notes + (", padding-free rows" if run.flat else ""),
     )
 
 

@@ -9,12 +9,11 @@ layout, as for ``run_hf.py``. A step is timed from ``on_step_begin`` to ``on_ste
 
 from __future__ import annotations
 
-import time
 from importlib.metadata import version
 from typing import Any
 
 import torch
-from run_hf import to_hf_inputs
+from run_hf import to_hf_inputs, train_and_record
 from runner_support import (
     LORA_ALPHA,
     LORA_R,
@@ -25,7 +24,6 @@ from runner_support import (
     runner_args,
     set_threads,
     trainer_arguments,
-    write_result,
 )
 
 
@@ -33,7 +31,7 @@ def main() -> None:
     args = runner_args(__doc__.splitlines()[0])
     set_threads(args.threads)
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     saved = load_batches(args.fixture, args.packed, args.steps)
@@ -61,49 +59,22 @@ def main() -> None:
         digests.append(batch_digest(batch))
         return to_hf_inputs(flatten_batch(batch) if args.flat else batch)
 
-    losses: list[float] = []
-    times: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, *_: Any, **__: Any) -> None:
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_: Any, **__: Any) -> None:
-            times.append(time.perf_counter() - self.start)
-
-    class RecordingTrainer(SFTTrainer):
-        def training_step(self, *a: Any, **kw: Any) -> torch.Tensor:
-            loss = super().training_step(*a, **kw)
-            losses.append(float(loss))
-            return loss
-
-    config = SFTConfig(
-        **trainer_arguments(args),
-        dataset_kwargs={"skip_prepare_dataset": True},
-        bf16=False,
-    )
-    trainer = RecordingTrainer(
+    train_and_record(
+        SFTTrainer,
+        args,
+        digests,
+        library="trl",
+        versions=f"trl {version('trl')}, transformers {version('transformers')}",
+        notes="SFTTrainer, sdpa, adamw_torch",
         model=model,
-        args=config,
+        args=SFTConfig(
+            **trainer_arguments(args),
+            dataset_kwargs={"skip_prepare_dataset": True},
+            bf16=False,
+        ),
         train_dataset=dataset,
         data_collator=collate,
         peft_config=peft_config,
-        callbacks=[StepTimer()],
-    )
-    trainer.train()
-    if len(losses) != args.steps:
-        raise RuntimeError(f"SFTTrainer ran {len(losses)} steps, expected {args.steps}")
-    versions = f"trl {version('trl')}, transformers {version('transformers')}"
-    if args.method == "lora":
-        versions += f", peft {version('peft')}"
-    write_result(
-        args.work_dir,
-        library="trl",
-        version=versions,
-        losses=losses,
-        step_times=times,
-        digests=digests,
-        notes="SFTTrainer, sdpa, adamw_torch" + (", padding-free rows" if args.flat else ""),
     )
 
 

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.models import grouped_linear as gl
+from tune.models.grouped_linear import GradBuffers, grouped_linear, reusable_grad
 from tune.models.mlp import ACTIVATIONS
 
 ExpertsImplementation = Literal["auto", "grouped_mm", "sorted", "loop"]
@@ -82,13 +84,15 @@ class RouterStats:
 def _grouped_mm_usable(x: torch.Tensor, weight: torch.Tensor, hidden_dim: int) -> bool:
     if not hasattr(torch, "_grouped_mm") or x.dtype != weight.dtype:
         return False
+    # Both kernels want rows whose strides are multiples of 16 bytes.
+    if (x.shape[-1] * x.element_size()) % 16 or (hidden_dim * x.element_size()) % 16:
+        return False
     if x.device.type == "cpu":  # torch 2.13 loops over the groups in C++ (fp32, bf16, fp16)
         if torch.compiler.is_compiling():  # but its meta function accepts bf16 only
             return x.dtype == torch.bfloat16
         return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    # The CUDA kernel wants bf16 operands (autocast does not cast them) and rows whose strides
-    # are multiples of 16 bytes.
-    return x.is_cuda and x.dtype == torch.bfloat16 and x.shape[-1] % 8 == 0 and hidden_dim % 8 == 0
+    # The CUDA kernel wants bf16 operands (autocast does not cast them).
+    return x.is_cuda and x.dtype == torch.bfloat16
 
 
 def moe_experts_reference(
@@ -191,6 +195,7 @@ class GroupedExperts(nn.Module):
         if bias:
             self.gate_up_proj_bias = nn.Parameter(torch.empty(num_experts, 2 * hidden_dim))
             self.down_proj_bias = nn.Parameter(torch.empty(num_experts, dim))
+        self._grad_buffers = GradBuffers()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -246,27 +251,91 @@ class GroupedExperts(nn.Module):
         # Stable sort keeps each expert's tokens in token order (deterministic results).
         flat_experts = selected_experts.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)  # [N*k]
-        x_sorted = x[order // k]  # [N*k, dim], grouped by expert
+        token_of_row = order // k  # [N*k]
+        x_sorted = x[token_of_row]  # [N*k, dim], grouped by expert
+        w_sorted = weights.reshape(-1)[order].unsqueeze(-1)  # [N*k, 1]
+        if impl == "grouped_mm" and self._fuse_gather_scatter(x, n * k):
+            return self._gather_scatter(x, token_of_row, w_sorted, tokens_per_expert)
         if impl == "grouped_mm":
-            y_sorted = self._grouped_mm(x_sorted, tokens_per_expert, flat_experts[order])
+            y_sorted = self._grouped_mm(x_sorted, tokens_per_expert, flat_experts[order], w_sorted)
         else:
-            y_sorted = self._sorted_loop(x_sorted, tokens_per_expert)
+            y_sorted = self._sorted_loop(x_sorted, tokens_per_expert) * w_sorted
+        if x.device.type == "cpu":  # sequential on the CPU, so deterministic
+            return x.new_zeros(n, self.dim).index_add_(0, token_of_row, y_sorted)  # [N, dim]
         # Unsort into [N, k, dim] and reduce over k: no atomics, unlike index_add on CUDA.
         y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, self.dim)
-        return (y * weights.unsqueeze(-1)).sum(dim=1)
+        return y.sum(dim=1)
 
     def _grouped_mm(
-        self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor, sorted_experts: torch.Tensor
+        self,
+        x_sorted: torch.Tensor,
+        tokens_per_expert: torch.Tensor,
+        sorted_experts: torch.Tensor,
+        w_sorted: torch.Tensor,
     ) -> torch.Tensor:
+        """Rows [N*k, dim] grouped by expert -> their experts' outputs times their routing
+        weights ``w_sorted`` [N*k, 1] (applied to the hidden rows, which are narrower)."""
         offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)  # [E] end of each group
-        h = torch._grouped_mm(x_sorted, self.gate_up_proj.transpose(-2, -1), offs=offsets)
+        h = self._project(x_sorted, "gate_up_proj", offsets, tokens_per_expert)
         if self.gate_up_proj_bias is not None:  # row r belongs to expert sorted_experts[r]
             h = h + self.gate_up_proj_bias[sorted_experts]
         gate, up = h.chunk(2, dim=-1)  # [N*k, hidden_dim] each
-        y = torch._grouped_mm(self._gated(gate, up), self.down_proj.transpose(-2, -1), offs=offsets)
+        y = self._project(self._gated(gate, up) * w_sorted, "down_proj", offsets, tokens_per_expert)
         if self.down_proj_bias is not None:
-            y = y + self.down_proj_bias[sorted_experts]
+            y = y + w_sorted * self.down_proj_bias[sorted_experts]
         return y
+
+    def _fuse_gather_scatter(self, x: torch.Tensor, rows: int) -> bool:
+        """Whether the CPU path skips the [N*k, dim] gathered input and per-row output: when
+        they are large enough that each would be a fresh mapping every step (see
+        ``grouped_linear.FUSED_MIN_BYTES``), for plain weights without biases."""
+        return (
+            x.device.type == "cpu"
+            and rows * self.dim * x.element_size() >= gl.FUSED_MIN_BYTES
+            and self.gate_up_proj_bias is None
+            and self.down_proj_bias is None
+            and not torch.compiler.is_compiling()
+            and all(
+                type(w) in (torch.Tensor, nn.Parameter) for w in (self.gate_up_proj, self.down_proj)
+            )
+        )
+
+    def _gather_scatter(
+        self,
+        x: torch.Tensor,
+        token_of_row: torch.Tensor,
+        w_sorted: torch.Tensor,
+        tokens_per_expert: torch.Tensor,
+    ) -> torch.Tensor:
+        """The grouped path with the token gather and the sum over ``k`` inside the expert loops:
+        ``x`` [N, dim] -> [N, dim]."""
+        counts = tokens_per_expert.tolist()
+        h = gl.gather_grouped_linear(
+            x, self.gate_up_proj, token_of_row, counts, self._claim("gate_up_proj")
+        )  # [N*k, 2 * hidden_dim]
+        gate, up = h.chunk(2, dim=-1)
+        return gl.grouped_linear_scatter_add(
+            self._gated(gate, up) * w_sorted,
+            self.down_proj,
+            token_of_row,
+            counts,
+            x.shape[0],
+            self._claim("down_proj"),
+        )
+
+    def _claim(self, name: str) -> torch.Tensor | None:
+        weight = getattr(self, name)
+        return self._grad_buffers.claim(name, weight) if reusable_grad(weight) else None
+
+    def _project(
+        self, rows: torch.Tensor, name: str, offsets: torch.Tensor, tokens_per_expert: torch.Tensor
+    ) -> torch.Tensor:
+        """``rows`` [M, in] grouped by expert through the stacked weight ``name`` -> [M, out]."""
+        weight = getattr(self, name)
+        if reusable_grad(weight):  # CPU training: the weight gradient reuses last step's memory
+            counts = tokens_per_expert.tolist()
+            return grouped_linear(rows, weight, offsets, counts, self._claim(name))
+        return torch._grouped_mm(rows, weight.transpose(-2, -1), offs=offsets)
 
     def _sorted_loop(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
         counts = tokens_per_expert.tolist()  # one host sync; the grouped_mm path has none

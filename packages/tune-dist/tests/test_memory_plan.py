@@ -140,8 +140,9 @@ def test_moe_experts_divide_by_ep_and_activations_use_the_active_width() -> None
     assert c.parameters == d.parameters
     assert d.communication < c.communication
     elements, fp32 = td.saved_activation_elements(MOE)
-    # norms, q/k/v and gate inputs 4 d; 2 q, 2 kv; gate/up/act/down of 8 experts; 3 [k, d] copies
-    assert elements == 4 * 2048 + 2 * 4096 + 2 * 512 + 4 * 8 * 768 + 3 * 8 * 2048
+    # norms, q/k/v and gate inputs 4 d; 2 q, 2 kv; gate/up/act/down of 8 experts, their
+    # unweighted hidden rows; the permuted tokens [k, d] (the experts train)
+    assert elements == 4 * 2048 + 2 * 4096 + 2 * 512 + 5 * 8 * 768 + 1 * 8 * 2048
     assert fp32 == 2 + 32 + 128 + 8 * 8 + 1  # norms, LSE, router scores, indices and weights
     # TP keeps the MoE block whole: only attention's tensors split
     tp_elements, _ = td.saved_activation_elements(MOE, tp_size=2)

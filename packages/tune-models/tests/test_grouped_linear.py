@@ -11,6 +11,7 @@ import torch
 from tune.models import MoEFeedForward
 from tune.models import grouped_linear as gl
 from tune.models.grouped_linear import GradBuffers, grouped_linear
+from tune.models.moe import sum_expert_rows
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="no torch._grouped_mm")
 
@@ -156,3 +157,26 @@ def test_gather_and_scatter_variants_equal_gathered_copies():
     for got, want in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert torch.count_nonzero(results[1][2][1]) == 0  # expert 1 has no rows
+
+
+@pytest.mark.parametrize("scatter", [True, False], ids=["scatter_add", "gather"])
+def test_sum_expert_rows_keeps_no_row_copy_for_backward(scatter):
+    gen = torch.Generator().manual_seed(4)
+    n, k, dim = 5, 3, 8
+    order = torch.randperm(n * k, generator=gen)  # sorted row r holds slot order[r]
+    y_sorted = torch.randn(n * k, dim, generator=gen, requires_grad=True)
+    want = torch.zeros(n * k, dim).index_copy(0, order, y_sorted).view(n, k, dim).sum(1)
+    saved: list[int] = []  # storage bytes of every saved tensor
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        got = sum_expert_rows(y_sorted, order, order // k, n, scatter=scatter)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert saved
+    assert all(nbytes <= n * k * 8 for nbytes in saved), saved  # index tensors only
+    dout = torch.randn(n, dim, generator=gen)
+    (grad,) = torch.autograd.grad(got, y_sorted, dout)
+    torch.testing.assert_close(grad, dout[order // k], rtol=0, atol=0)

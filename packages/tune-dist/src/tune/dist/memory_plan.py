@@ -86,12 +86,13 @@ ROTARY_FLOAT32_PER_TOKEN_HEAD_DIM = 2  # cos and sin, float32, shared by every b
 # Transient tensors of one block's backward, per token, in elements of the ffn width.
 BACKWARD_WORKSPACE_PER_TOKEN = 3
 # A MoE feed-forward's saved tensors per token beyond the gated MLP's (measured on tune.models'
-# MoEFeedForward): the experts' outputs and those outputs unpermuted for the router weighting
-# ([N * k, d] each; the permuted tokens into the experts too when the experts train, counted
+# MoEFeedForward on the CPU): the routed experts' unweighted hidden rows ([N * k, moe width], kept
+# for the routing weights' gradient; the weights scale the hidden rows before the down
+# projection) and, when the experts train, the permuted tokens into them ([N * k, d], counted
 # with the "gate_up" input); in float32 units, the router's scores [N, E], three int64 [N * k]
-# index tensors and two float32 copies of the [N, k] weights (8 per expert chosen), and the
+# index tensors and two float32 copies of the routing weights (8 per expert chosen), and the
 # weights' sum.
-MOE_DISPATCH_COPIES = 2
+MOE_HIDDEN_COPIES = 1
 MOE_FLOAT32_PER_TOKEN_CHOICE = 8
 MOE_FLOAT32_PER_TOKEN = 1
 # Logits-sized float32 tensors alive at once: logits, log-softmax, its gradient (plain CE);
@@ -129,9 +130,10 @@ def saved_activation_elements(
                 if width not in ("width", "ffn"))  # fmt: skip
     split += params.adapter_saved_per_token if params is not None else 0
     whole = 0.0
-    if shape.num_experts:  # + the permuted tokens, [N * k, d] each
-        copies = MOE_DISPATCH_COPIES + (1 if "gate_up" in trained else 0)
-        whole = ffn + copies * shape.experts_per_token * shape.hidden_size
+    if shape.num_experts:  # + the routed hidden rows and the permuted tokens
+        routed = shape.experts_per_token * shape.moe_intermediate_size * MOE_HIDDEN_COPIES
+        tokens = shape.experts_per_token * shape.hidden_size if "gate_up" in trained else 0
+        whole = ffn + routed + tokens
     else:
         split += ffn
     norms = widths["width"] * SAVED_ALWAYS["width"]

@@ -135,6 +135,35 @@ def moe_experts_reference(
     return out
 
 
+def sum_expert_rows(
+    y_sorted: torch.Tensor,
+    order: torch.Tensor,
+    token_of_row: torch.Tensor,
+    num_tokens: int,
+    *,
+    scatter: bool,
+) -> torch.Tensor:
+    """Sum each token's ``k`` expert rows -> [N, dim].
+
+    Args:
+        y_sorted: [N*k, dim] rows grouped by expert; row ``r`` is (token, slot) pair ``order[r]``.
+        order: [N*k] int64 the pair of each row (``argsort`` of the flat expert choices).
+        token_of_row: [N*k] int64 ``order // k``.
+        num_tokens: ``N``.
+        scatter: add the rows into place with ``scatter_add`` (sequential, so deterministic, on
+            the CPU); else unsort them into [N, k, dim] with a gather and reduce over ``k`` (no
+            atomics, as on CUDA). Neither keeps ``y_sorted`` for the backward, which
+            ``index_add`` and ``index_copy`` would (their backward saves the source).
+    """
+    dim = y_sorted.shape[-1]
+    if scatter:
+        index = token_of_row.unsqueeze(1).expand(-1, dim)  # [N*k, dim], a view
+        return y_sorted.new_zeros(num_tokens, dim).scatter_add_(0, index, y_sorted)
+    positions = torch.arange(order.numel(), device=order.device)
+    inverse = torch.empty_like(order).scatter_(0, order, positions)  # sorted row of each pair
+    return y_sorted[inverse].view(num_tokens, -1, dim).sum(dim=1)
+
+
 class GroupedExperts(nn.Module):
     """``E`` gated MLPs stored stacked, applied to tokens grouped by expert.
 
@@ -252,19 +281,15 @@ class GroupedExperts(nn.Module):
         flat_experts = selected_experts.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)  # [N*k]
         token_of_row = order // k  # [N*k]
-        x_sorted = x[token_of_row]  # [N*k, dim], grouped by expert
         w_sorted = weights.reshape(-1)[order].unsqueeze(-1)  # [N*k, 1]
         if impl == "grouped_mm" and self._fuse_gather_scatter(x, n * k):
             return self._gather_scatter(x, token_of_row, w_sorted, tokens_per_expert)
+        x_sorted = x[token_of_row]  # [N*k, dim], grouped by expert
         if impl == "grouped_mm":
             y_sorted = self._grouped_mm(x_sorted, tokens_per_expert, flat_experts[order], w_sorted)
         else:
             y_sorted = self._sorted_loop(x_sorted, tokens_per_expert) * w_sorted
-        if x.device.type == "cpu":  # sequential on the CPU, so deterministic
-            return x.new_zeros(n, self.dim).index_add_(0, token_of_row, y_sorted)  # [N, dim]
-        # Unsort into [N, k, dim] and reduce over k: no atomics, unlike index_add on CUDA.
-        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, self.dim)
-        return y.sum(dim=1)
+        return sum_expert_rows(y_sorted, order, token_of_row, n, scatter=x.device.type == "cpu")
 
     def _grouped_mm(
         self,

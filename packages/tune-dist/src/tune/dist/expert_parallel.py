@@ -9,9 +9,10 @@ forward, for the ``N`` tokens of this rank and their ``k`` chosen experts::
     order    = argsort(selected_experts.flatten())     # (token, slot) pairs grouped by expert
     counts   = all_to_all(tokens_per_expert)           # how many rows each peer sends my experts
     x_recv   = all_to_all(x[order // k])               # rows for my experts, peer-major
-    y_recv   = experts_local(x_recv, local ids, weights 1)
+    w_recv   = all_to_all(weights[order])              # each row's routing weight travels with it
+    y_recv   = experts_local(x_recv, local ids, w_recv) # weighted rows
     y_sorted = all_to_all(y_recv)                      # back to the ranks that own the tokens
-    out      = sum_k weights * unsort(y_sorted)        # [N, dim]
+    out      = sum_k unsort(y_sorted)                  # [N, dim]
 
 Both all-to-alls are differentiable (backward sends gradients the reverse way), so an expert's
 gradient sums the contributions of every EP peer's tokens.
@@ -202,27 +203,43 @@ class ExpertParallel:
         recv_by_peer = recv_counts.view(ep, local)
         recv_split = recv_by_peer.sum(dim=1).tolist()
         x_recv = all_to_all_rows(x_sorted, recv_split, send_split, group)  # [M, dim]
+        # The routing weights travel with their rows: the experts scale their hidden rows by
+        # them, the same arithmetic as one process (EP's parity with it depends on that).
+        w_sorted = weights.reshape(-1)[order].unsqueeze(-1)  # [N*k, 1]
+        w_recv = all_to_all_rows(w_sorted, recv_split, send_split, group)  # [M, 1]
         local_ids = torch.arange(local, device=x.device).repeat(ep)  # [ep * local]
         local_ids = torch.repeat_interleave(local_ids, recv_counts)  # [M], peer-major
-        ones = x_recv.new_ones(x_recv.shape[0], 1)
         # 1 / ep: the local expert gradient sums the ep peers' tokens (see the module docstring).
         start = dist.get_rank(group) * local
         with _local_parameters(self, self._ep_param_names, 1.0 / ep,  # type: ignore[arg-type]
                                self._ep_whole, (start, local)) as params:  # fmt: skip
             if sum(recv_split):
                 y_recv = self._ep_base.forward(
-                    self, x_recv, local_ids.unsqueeze(1), ones, recv_by_peer.sum(dim=0)
-                )  # [M, dim]
+                    self, x_recv, local_ids.unsqueeze(1), w_recv, recv_by_peer.sum(dim=0)
+                )  # [M, dim], weighted
             else:
                 # No rows came (experts modules need not take zero tokens). The local experts
                 # still get a zero gradient, as a single process gives the unused experts'
                 # slices of its stacked parameters: FSDP peers then reduce the same parameters,
                 # and the optimizer steps (weight decay) every shard alike.
-                unused = sum(p.sum() for p in params)
+                unused = sum(p.sum() for p in params) + w_recv.sum()
                 y_recv = x_recv + 0.0 * unused  # [0, dim]
-        y_sorted = all_to_all_rows(y_recv, send_split, recv_split, group)  # [N*k, dim]
-        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted).view(n, k, -1)
-        return (y * weights.unsqueeze(-1)).sum(dim=1)
+        y_sorted = all_to_all_rows(y_recv, send_split, recv_split, group)  # [N*k, dim], weighted
+        return _sum_rows(y_sorted, order, k, n)
+
+
+def _sum_rows(y_sorted: torch.Tensor, order: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """Each token's ``k`` weighted rows summed -> [N, dim], in the order and with the ops of
+    ``tune.models.moe.sum_expert_rows`` (on the CPU a ``scatter_add`` over the rows sorted by
+    expert; elsewhere a gather into [N, k, dim] and a sum), so EP adds in the same order as one
+    process."""
+    dim = y_sorted.shape[-1]
+    if y_sorted.device.type == "cpu":
+        index = (order // k).unsqueeze(1).expand(-1, dim)  # [N*k, dim], a view
+        return y_sorted.new_zeros(n, dim).scatter_add_(0, index, y_sorted)
+    positions = torch.arange(order.numel(), device=order.device)
+    inverse = torch.empty_like(order).scatter_(0, order, positions)
+    return y_sorted[inverse].view(n, k, dim).sum(dim=1)
 
 
 _EP_CLASSES: dict[type, type] = {}

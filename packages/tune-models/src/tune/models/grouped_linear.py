@@ -276,6 +276,12 @@ def reusable_grad(weight: torch.Tensor) -> bool:
         and weight.requires_grad
         and weight.is_leaf
         and weight.device.type == "cpu"
-        and type(weight) in (torch.Tensor, torch.nn.Parameter)
+        and is_plain(weight)
         and not torch.compiler.is_compiling()
     )
+
+
+def is_plain(weight: torch.Tensor) -> bool:
+    """A plain tensor or Parameter: not a tensor subclass (NF4, DTensor), whose indexing per
+    expert may dequantize or communicate."""
+    return type(weight) in (torch.Tensor, torch.nn.Parameter)

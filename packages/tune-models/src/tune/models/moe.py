@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.models import grouped_linear as gl
-from tune.models.grouped_linear import GradBuffers, grouped_linear, reusable_grad
+from tune.models.grouped_linear import GradBuffers, grouped_linear, is_plain, reusable_grad
 from tune.models.mlp import ACTIVATIONS
 
 ExpertsImplementation = Literal["auto", "grouped_mm", "sorted", "loop"]
@@ -301,11 +301,13 @@ class GroupedExperts(nn.Module):
         """Rows [N*k, dim] grouped by expert -> their experts' outputs times their routing
         weights ``w_sorted`` [N*k, 1] (applied to the hidden rows, which are narrower)."""
         offsets = torch.cumsum(tokens_per_expert, dim=0).to(torch.int32)  # [E] end of each group
-        h = self._project(x_sorted, "gate_up_proj", offsets, tokens_per_expert)
+        # Host counts for the CPU weight-gradient loops (no sync there); CUDA needs none.
+        counts = tokens_per_expert.tolist() if x_sorted.device.type == "cpu" else None
+        h = self._project(x_sorted, "gate_up_proj", offsets, counts)
         if self.gate_up_proj_bias is not None:  # row r belongs to expert sorted_experts[r]
             h = h + self.gate_up_proj_bias[sorted_experts]
         gate, up = h.chunk(2, dim=-1)  # [N*k, hidden_dim] each
-        y = self._project(self._gated(gate, up) * w_sorted, "down_proj", offsets, tokens_per_expert)
+        y = self._project(self._gated(gate, up) * w_sorted, "down_proj", offsets, counts)
         if self.down_proj_bias is not None:
             y = y + w_sorted * self.down_proj_bias[sorted_experts]
         return y
@@ -320,9 +322,8 @@ class GroupedExperts(nn.Module):
             and self.gate_up_proj_bias is None
             and self.down_proj_bias is None
             and not torch.compiler.is_compiling()
-            and all(
-                type(w) in (torch.Tensor, nn.Parameter) for w in (self.gate_up_proj, self.down_proj)
-            )
+            and is_plain(self.gate_up_proj)
+            and is_plain(self.down_proj)
         )
 
     def _gather_scatter(
@@ -353,17 +354,16 @@ class GroupedExperts(nn.Module):
         return self._grad_buffers.claim(name, weight) if reusable_grad(weight) else None
 
     def _project(
-        self, rows: torch.Tensor, name: str, offsets: torch.Tensor, tokens_per_expert: torch.Tensor
+        self, rows: torch.Tensor, name: str, offsets: torch.Tensor, counts: list[int] | None
     ) -> torch.Tensor:
         """``rows`` [M, in] grouped by expert through the stacked weight ``name`` -> [M, out]."""
         weight = getattr(self, name)
-        if reusable_grad(weight):  # CPU training: the weight gradient reuses last step's memory
-            counts = tokens_per_expert.tolist()
+        if counts is not None and reusable_grad(weight):  # CPU training: reuse last step's memory
             return grouped_linear(rows, weight, offsets, counts, self._claim(name))
         return torch._grouped_mm(rows, weight.transpose(-2, -1), offs=offsets)
 
     def _sorted_loop(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
-        counts = tokens_per_expert.tolist()  # one host sync; the grouped_mm path has none
+        counts = tokens_per_expert.tolist()  # one host sync (the CUDA grouped_mm path has none)
         # unbind, not indexing: the backward of E selects would write E zero-filled [E, out, in]
         # gradients (quadratic in E); unbind's backward stacks the E slices once.
         gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)

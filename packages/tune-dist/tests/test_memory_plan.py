@@ -20,8 +20,9 @@ def test_full_finetune_parts_follow_the_formula() -> None:
     est = td.estimate_memory(SHAPE, FULL, layout)
     assert est.parameters == FULL.trainable * 2
     assert est.optimizer_state == FULL.trainable * 2 * 2  # AdamW: two bf16 moments
-    # one block saves 4 d + 2 H hd + 2 Hkv hd + 4 I elements and 2 + H float32 per token
-    per_token = 4 * 4096 + 2 * 4096 + 2 * 1024 + 4 * 14336
+    # one block saves 4 d + 2 H hd + 2 Hkv hd + 3 I (gate, up, down's input) elements and
+    # 2 + H float32 per token
+    per_token = 4 * 4096 + 2 * 4096 + 2 * 1024 + 3 * 14336
     assert td.saved_activation_elements(SHAPE) == (per_token, 2 + 32)
     assert est.total == sum(n for _, n in est.rows()[:-1]) == est.rows()[-1][1]
     sharded = td.estimate_memory(SHAPE, FULL, dataclasses.replace(layout, fsdp_size=8))
@@ -140,9 +141,9 @@ def test_moe_experts_divide_by_ep_and_activations_use_the_active_width() -> None
     assert c.parameters == d.parameters
     assert d.communication < c.communication
     elements, fp32 = td.saved_activation_elements(MOE)
-    # norms, q/k/v and gate inputs 4 d; 2 q, 2 kv; gate/up/act/down of 8 experts, their
-    # unweighted hidden rows; the permuted tokens [k, d] (the experts train)
-    assert elements == 4 * 2048 + 2 * 4096 + 2 * 512 + 5 * 8 * 768 + 1 * 8 * 2048
+    # norms, q/k/v and gate inputs 4 d; 2 q, 2 kv; gate/up/down's input of 8 experts; the
+    # permuted tokens [k, d] (the experts train)
+    assert elements == 4 * 2048 + 2 * 4096 + 2 * 512 + 3 * 8 * 768 + 1 * 8 * 2048
     assert fp32 == 2 + 32 + 128 + 8 * 8 + 1  # norms, LSE, router scores, indices and weights
     # TP keeps the MoE block whole: only attention's tensors split
     tp_elements, _ = td.saved_activation_elements(MOE, tp_size=2)

@@ -86,13 +86,12 @@ ROTARY_FLOAT32_PER_TOKEN_HEAD_DIM = 2  # cos and sin, float32, shared by every b
 # Transient tensors of one block's backward, per token, in elements of the ffn width.
 BACKWARD_WORKSPACE_PER_TOKEN = 3
 # A MoE feed-forward's saved tensors per token beyond the gated MLP's (measured on tune.models'
-# MoEFeedForward on the CPU): the routed experts' unweighted hidden rows ([N * k, moe width], kept
-# for the routing weights' gradient; the weights scale the hidden rows before the down
-# projection) and, when the experts train, the permuted tokens into them ([N * k, d], counted
-# with the "gate_up" input); in float32 units, the router's scores [N, E], three int64 [N * k]
-# index tensors and two float32 copies of the routing weights (8 per expert chosen), and the
-# weights' sum.
-MOE_HIDDEN_COPIES = 1
+# MoEFeedForward on the CPU): when the experts train, the permuted tokens into them
+# ([N * k, d], counted with the "gate_up" input); in float32 units, the router's scores [N, E],
+# three int64 [N * k] index tensors and two float32 copies of the routing weights (8 per expert
+# chosen), and the weights' sum. The routed hidden rows are the gated MLP's (gate-up rows and the
+# down projection's input): the routing weights scale the hidden rows inside the gated function,
+# which keeps no unweighted copy.
 MOE_FLOAT32_PER_TOKEN_CHOICE = 8
 MOE_FLOAT32_PER_TOKEN = 1
 # Logits-sized float32 tensors alive at once: logits, log-softmax, its gradient (plain CE);
@@ -130,10 +129,9 @@ def saved_activation_elements(
                 if width not in ("width", "ffn"))  # fmt: skip
     split += params.adapter_saved_per_token if params is not None else 0
     whole = 0.0
-    if shape.num_experts:  # + the routed hidden rows and the permuted tokens
-        routed = shape.experts_per_token * shape.moe_intermediate_size * MOE_HIDDEN_COPIES
+    if shape.num_experts:  # + the permuted tokens
         tokens = shape.experts_per_token * shape.hidden_size if "gate_up" in trained else 0
-        whole = ffn + routed + tokens
+        whole = ffn + tokens
     else:
         split += ffn
     norms = widths["width"] * SAVED_ALWAYS["width"]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune.models.gated_function import can_fuse_gated, gated_hidden
+
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
@@ -44,4 +46,11 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the gated MLP to ``x`` [B, T, dim] -> [B, T, dim]."""
-        return self.down_proj(self._act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)  # [B, T, hidden_dim] each
+        if can_fuse_gated(gate, up):  # saves gate and up only (see tune.models.gated_function)
+            fn = None if self.activation == "silu" else self._gated
+            return self.down_proj(gated_hidden(gate, up, fn))
+        return self.down_proj(self._gated(gate, up))
+
+    def _gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return self._act(gate) * up

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune.models import grouped_linear as gl
+from tune.models.gated_function import can_fuse_gated, packed_gated_hidden
 from tune.models.grouped_linear import GradBuffers, grouped_linear, is_plain, reusable_grad
 from tune.models.mlp import ACTIVATIONS
 
@@ -242,6 +243,15 @@ class GroupedExperts(nn.Module):
             return clamped_swiglu(gate, up, self.swiglu_alpha, self.swiglu_limit)
         return self._act(gate) * up
 
+    def _hidden(self, gate_up: torch.Tensor, w_sorted: torch.Tensor) -> torch.Tensor:
+        """Gate-up rows [M, 2 * hidden_dim] and routing weights [M, 1] -> weighted hidden rows
+        [M, hidden_dim]; eager training saves only the two inputs (``packed_gated_hidden``)."""
+        if can_fuse_gated(gate_up, w_sorted):
+            silu = self.glu == "gated" and self.activation == "silu"
+            return packed_gated_hidden(gate_up, w_sorted, None if silu else self._gated)
+        gate, up = gate_up.chunk(2, dim=-1)  # [M, hidden_dim] each
+        return self._gated(gate, up) * w_sorted
+
     def forward(
         self,
         x: torch.Tensor,
@@ -306,8 +316,7 @@ class GroupedExperts(nn.Module):
         h = self._project(x_sorted, "gate_up_proj", offsets, counts)
         if self.gate_up_proj_bias is not None:  # row r belongs to expert sorted_experts[r]
             h = h + self.gate_up_proj_bias[sorted_experts]
-        gate, up = h.chunk(2, dim=-1)  # [N*k, hidden_dim] each
-        y = self._project(self._gated(gate, up) * w_sorted, "down_proj", offsets, counts)
+        y = self._project(self._hidden(h, w_sorted), "down_proj", offsets, counts)
         if self.down_proj_bias is not None:
             y = y + w_sorted * self.down_proj_bias[sorted_experts]
         return y
@@ -339,9 +348,8 @@ class GroupedExperts(nn.Module):
         h = gl.gather_grouped_linear(
             x, self.gate_up_proj, token_of_row, counts, self._claim("gate_up_proj")
         )  # [N*k, 2 * hidden_dim]
-        gate, up = h.chunk(2, dim=-1)
         return gl.grouped_linear_scatter_add(
-            self._gated(gate, up) * w_sorted,
+            self._hidden(h, w_sorted),
             self.down_proj,
             token_of_row,
             counts,

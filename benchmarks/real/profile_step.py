@@ -1,9 +1,10 @@
-"""Where a training step's time goes: tune's SmolLM2 LoRA step, padding-free rows vs packed rows.
+"""Where a training step's time goes: tune's SmolLM2 step, LoRA on padding-free and packed rows
+and full fine-tuning.
 
 Runs the ``sft`` recipe in process on the real-model fixture of ``nox -s bench -- real``
 (``bench_results/peers_real/fixture``: SmolLM2-135M-Instruct, its tokenizer, 1,200 instruction
-rows) with the benchmark's settings (LoRA r=8 on every linear layer, AdamW, global batch 4,
-max length 512, float32), each variant in a fresh process, and profiles the measured steps with
+rows) with the benchmark's settings (LoRA r=8 on every linear layer or full fine-tuning, AdamW,
+global batch 4, max length 512, float32), each variant in a fresh process, and profiles the measured steps with
 ``torch.profiler`` (after the warm-up steps). It reports, per variant:
 
 - real tokens per step, ms per step and ms per 1,000 real tokens;
@@ -15,6 +16,7 @@ max length 512, float32), each variant in a fresh process, and profiles the meas
 - peak RSS, and peak RSS per real token of a step above the process's RSS before training.
 
     python benchmarks/real/profile_step.py [--fixture DIR] [--warmup 2] [--steps 4] [--threads 2]
+        [--variants unpacked packed full]
 
 Writes ``bench_results/peers_real/profile.md`` (and ``profile.json``).
 """
@@ -60,8 +62,16 @@ def op_class(name: str) -> str:
     return "other"
 
 
-def profile_variant(fixture: Path, packed: bool, warmup: int, steps: int, work: Path) -> dict:
+VARIANTS = {  # name: (label, packed rows, training method)
+    "unpacked": ("padding-free", False, "lora"),
+    "packed": ("packed", True, "lora"),
+    "full": ("full, padding-free", False, "full"),
+}
+
+
+def profile_variant(fixture: Path, variant: str, warmup: int, steps: int, work: Path) -> dict:
     """Run the recipe with the profiler on steps ``warmup + 1 .. warmup + steps`` (this process)."""
+    label, packed, method = VARIANTS[variant]
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -88,13 +98,13 @@ def profile_variant(fixture: Path, packed: bool, warmup: int, steps: int, work: 
 
     driver.TrainingDriver.run = profiled_run  # type: ignore[method-assign]
     fx = json.loads((fixture / "fixture.json").read_text())
-    out = work / ("packed" if packed else "unpacked")
+    out = work / variant
     overrides = [
         f"model.checkpoint_dir={fixture / 'model'}",
         f"data.max_seq_len={fx.get('max_seq_len', 512)}",
         f"data.source={fixture / 'data.jsonl'}",
         f"data.packing={'true' if packed else 'false'}",
-        "training.method=lora",
+        f"training.method={method}",
         f"training.max_steps={warmup + steps}",
         f"checkpointing.output_dir={out}",
     ]
@@ -120,7 +130,7 @@ def profile_variant(fixture: Path, packed: bool, warmup: int, steps: int, work: 
     ops.sort(key=lambda kv: -kv[1])
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
-        "variant": "packed" if packed else "padding-free",
+        "variant": label,
         "tokens_per_step": tokens,
         "step_ms": step_s * 1e3,
         "ms_per_1k_tokens": step_s * 1e3 / tokens * 1e3,
@@ -143,7 +153,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"# Where tune's training step goes: {args.fixture.name} "
         f"({fixture['parameters'] / 1e6:.1f}M parameters, vocab {fixture['vocab_size']}), "
-        f"LoRA r=8, batch 4, max length {fixture.get('max_seq_len', 512)}",
+        f"LoRA r=8 or full fine-tuning, batch 4, max length {fixture.get('max_seq_len', 512)}",
         "",
         f"{args.threads} threads, float32, the benchmark fixture; mean of {args.steps} profiled "
         f"steps after {args.warmup} warm-up steps, each variant in a fresh process "
@@ -191,7 +201,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--variant", choices=["unpacked", "packed"], help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (args.fixture / "fixture.json").is_file():
@@ -199,14 +210,12 @@ def main() -> int:
         return 1
     work = args.work or args.out / "profile-runs"
     if args.variant:  # a child: one variant, its result as JSON on the last line
-        result = profile_variant(
-            args.fixture, args.variant == "packed", args.warmup, args.steps, work
-        )
+        result = profile_variant(args.fixture, args.variant, args.warmup, args.steps, work)
         print("RESULT " + json.dumps(result))
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     results = []
-    for variant in ("unpacked", "packed"):
+    for variant in args.variants:
         cmd = [sys.executable, __file__, "--variant", variant, "--fixture", str(args.fixture),
                "--warmup", str(args.warmup), "--steps", str(args.steps), "--work", str(work)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

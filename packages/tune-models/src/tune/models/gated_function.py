@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 GatedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -116,6 +117,7 @@ class _GatedHidden(torch.autograd.Function):
         return _forward(gate, up, None, fn)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         gate, up = ctx.saved_tensors
         d_gate, d_up, _ = _backward(gate, up, None, ctx.fn, grad, None, weight_grad=False)
@@ -133,6 +135,7 @@ class _PackedGatedHidden(torch.autograd.Function):
         return _forward(gate, up, weight, fn)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         gate_up, weight = ctx.saved_tensors
         d_gate_up = torch.empty_like(gate_up, memory_format=torch.contiguous_format)

@@ -207,3 +207,11 @@ def test_fused_linear_ce_on_cuda_matches_plain_and_saves_memory() -> None:
     assert _rel(hidden.grad, ref_grads[0]) < 1e-4  # TF32-free fp32 matmuls differ in order only
     assert _rel(weight.grad, ref_grads[1]) < 1e-4
     assert fused_peak < plain_peak / 3
+
+
+@pytest.mark.parametrize("rows", [1, 15, 16, 17, 300])
+def test_logsumexp_by_row_blocks_equals_torch_bit_for_bit(rows: int) -> None:
+    from tune.train.losses.fused_linear_ce import _logsumexp_rows
+
+    logits = torch.randn(rows, 1000, generator=torch.Generator().manual_seed(rows)) * 8
+    assert torch.equal(_logsumexp_rows(logits), torch.logsumexp(logits, dim=-1, keepdim=True))

@@ -10,6 +10,25 @@ from torch.autograd.function import once_differentiable
 
 from tune.train.losses.cross_entropy import IGNORE_INDEX, TokenLoss
 
+# Rows per torch.logsumexp call in `_logsumexp_rows` (a [16, V] temporary: 3 MiB at V=49152).
+LSE_ROWS = 16
+
+
+def _logsumexp_rows(logits: Tensor) -> Tensor:
+    """`torch.logsumexp(logits, -1, keepdim=True)` [C, 1] of `logits` [C, V], equal bit for bit,
+    computed LSE_ROWS rows at a time.
+
+    torch.logsumexp makes a [C, V] `logits - max` temporary: for a 1,024-row chunk of a
+    49,152-token vocabulary a 201 MB allocation, which on the CPU is a fresh mapping faulted in
+    page by page on every chunk, alive beside the logits. By row blocks the temporary stays small
+    and reused: 2.2-3.5x faster here (44-50 ms against 157-168 ms at 1,016 rows, 2 threads).
+    """
+    out = logits.new_empty(logits.shape[0], 1)
+    for start in range(0, logits.shape[0], LSE_ROWS):
+        rows = slice(start, start + LSE_ROWS)
+        torch.logsumexp(logits[rows], dim=-1, keepdim=True, out=out[rows])
+    return out
+
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Summed CE of `hidden @ weight.T` computed chunk by chunk over the labelled tokens.
@@ -54,7 +73,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if softcap is not None:
                 tanh_logits = torch.tanh(logits / softcap)
                 logits = tanh_logits * softcap
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (C, 1)
+            lse = _logsumexp_rows(logits)  # (C, 1)
             target = logits.gather(1, chunk_labels)  # (C, 1)
             loss_sum += (lse - target).sum()
             if not (need_hidden_grad or need_weight_grad):

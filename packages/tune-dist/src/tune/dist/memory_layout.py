@@ -21,9 +21,9 @@ OPTIMIZER_STATE: dict[str, tuple[float, float]] = {
 # Tensors autograd saves in one decoder block, per token, in elements (measured, see memory_plan):
 # always the two norms' inputs, SDPA's q, k, v and output (the o-projection's input is a view of
 # it), the MLP's gate and up (tune.models' gated function recomputes act(gate) in the backward;
-# for MoE experts the [N * k, 2 * moe width] gate-up rows); a Linear also saves its input when its weight is trained
-# or adapted (``ParameterCounts.trained_inputs``): the normed states of q/k/v ("qkv") and of
-# gate/up ("gate_up") [width each], act(gate) * up for down ("down") [ffn].
+# for MoE experts the [N * k, 2 * moe width] gate-up rows); a Linear also saves its input when
+# its weight is trained or adapted (``ParameterCounts.trained_inputs``): the normed states of
+# q/k/v ("qkv") and of gate/up ("gate_up") [width each], act(gate) * up for down ("down") [ffn].
 SAVED_ALWAYS = {"width": 2, "q_heads": 2, "kv_heads": 2, "ffn": 2}
 SAVED_IF_TRAINED = {"qkv": ("width", 1), "gate_up": ("width", 1), "down": ("ffn", 1)}
 # Micro-batches whose activations a pipeline's first stage keeps at its peak, by schedule

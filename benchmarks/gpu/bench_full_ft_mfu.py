@@ -23,14 +23,10 @@ import sys
 import time
 
 import torch
+from timed_training import sync, train_random_tokens
 
 # Dense bf16 tensor-core peaks (no sparsity) from the vendors' data sheets, FLOP/s.
 NOMINAL_BF16 = {"H100 80GB HBM3": 989e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192) -> float:
@@ -38,12 +34,12 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192) -> floa
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
@@ -74,7 +70,6 @@ def main() -> int:
 
     from tune.models import build_from_hf_config, named_size_config
     from tune.train import transformer_flops_per_token
-    from tune.train.steps import micro_batch_loss
 
     config = named_size_config(args.size)
     if args.tiny:
@@ -92,29 +87,13 @@ def main() -> int:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-5, fused=device.type == "cuda", foreach=None
     )
-    g = torch.Generator(device=device).manual_seed(0)
     vocab = config["vocab_size"]
-
-    def batch() -> dict[str, torch.Tensor]:
-        tokens = torch.randint(0, vocab, (args.batch, args.seq), device=device, generator=g)
-        return {"tokens": tokens, "labels": torch.roll(tokens, -1, dims=1)}
-
-    times: list[float] = []
-    losses: list[float] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for step in range(args.warmup + args.steps):
-        b = batch()
-        _sync(device)
-        start = time.perf_counter()
-        loss = micro_batch_loss(model, b, fused=True).mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))  # syncs
-        _sync(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+    times, losses = train_random_tokens(
+        model, optimizer, vocab=vocab, batch=args.batch, seq=args.seq, warmup=args.warmup,
+        steps=args.steps, device=device,
+    )  # fmt: skip
 
     # Matmul parameters: all but the input embedding (a tied head counts once, as the head).
     n_params = sum(p.numel() for p in model.parameters())

@@ -136,6 +136,15 @@ def moe_experts_reference(
     return out
 
 
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` [len(rows), dim]. On the CPU by ``index_select``: whole rows copied, and a
+    backward (``index_add_``) that is sequential like ``x[rows]``'s, so equal bit for bit, but
+    faster here at a 512-token Qwen3-MoE-shaped block's 4,096 rows (0.46 against 1.33 ms
+    forward, 0.35 against 1.08 ms backward). On CUDA ``index_add_`` would add with atomics;
+    ``x[rows]``'s backward sorts, so it stays deterministic."""
+    return x.index_select(0, rows) if x.device.type == "cpu" else x[rows]
+
+
 def sum_expert_rows(
     y_sorted: torch.Tensor,
     order: torch.Tensor,
@@ -294,7 +303,7 @@ class GroupedExperts(nn.Module):
         w_sorted = weights.reshape(-1)[order].unsqueeze(-1)  # [N*k, 1]
         if impl == "grouped_mm" and self._fuse_gather_scatter(x, n * k):
             return self._gather_scatter(x, token_of_row, w_sorted, tokens_per_expert)
-        x_sorted = x[token_of_row]  # [N*k, dim], grouped by expert
+        x_sorted = _gather_rows(x, token_of_row)  # [N*k, dim], grouped by expert
         if impl == "grouped_mm":
             y_sorted = self._grouped_mm(x_sorted, tokens_per_expert, flat_experts[order], w_sorted)
         else:

@@ -386,3 +386,18 @@ def test_experts_take_an_empty_batch(impl):
     assert out.shape == (0, DIM)
     out.sum().backward()
     assert x.grad is not None
+
+
+def test_cpu_row_gather_equals_advanced_indexing_bit_for_bit():
+    from tune.models.moe import _gather_rows
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 48, generator=gen, requires_grad=True)
+    rows = torch.randint(0, 64, (512,), generator=gen)  # repeats: the backward must add them
+    grad = torch.randn(512, 48, generator=gen)
+    got = _gather_rows(x, rows)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    want = x[rows]
+    (want_grad,) = torch.autograd.grad(want, x, grad)
+    assert torch.equal(got, want)
+    assert torch.equal(got_grad, want_grad)

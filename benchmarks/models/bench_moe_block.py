@@ -1,6 +1,6 @@
 """MoE block forward+backward: tune.models.MoEFeedForward vs transformers' Qwen3-MoE block.
 
-Two tables, CPU, float32, 1 thread, both blocks holding the same weights:
+Three tables, CPU, float32, 1 thread, both blocks holding the same weights:
 
 1. A Qwen3-30B-A3B-shaped layer at a quarter of its width (dim 512, expert width 192, 128 experts,
    top-8, normalised top-k) for several token counts: median step time of each implementation,
@@ -8,12 +8,15 @@ Two tables, CPU, float32, 1 thread, both blocks holding the same weights:
    ("grouped_mm", the same torch kernel as ours), the matmul floor (the block's FLOPs at this
    thread's measured matmul rate) and the largest difference of the output and of the input
    gradient against the eager loop (equal results are part of the measurement).
-2. Per-token cost as the number of experts grows from 8 to 128 at fixed active parameters (top-8,
-   same expert width): time per token relative to 8 experts, for each implementation.
+2. The published Qwen3-30B-A3B layer itself (dim 2048, expert width 768, 128 experts, top-8):
+   tune against transformers' ``grouped_mm`` only, and the differences against it (the eager
+   loop's backward writes zero-filled gradients of both expert stacks, 2.4 GB, per expert).
+3. Per-token cost as the number of experts grows from 8 to 128 at fixed active parameters (top-8,
+   quarter-width experts): time per token relative to 8 experts, for each implementation.
 
 Steps alternate between implementations (A B C A B C ...) so drift hits all alike.
 
-    python benchmarks/models/bench_moe_block.py [--rounds 3]
+    python benchmarks/models/bench_moe_block.py [--rounds 3] [--skip-published]
 """
 
 from __future__ import annotations
@@ -31,16 +34,19 @@ from torch import nn
 
 torch.set_num_threads(1)
 
-DIM, EXPERT_WIDTH, TOP_K = 512, 192, 8
+DIM, EXPERT_WIDTH, TOP_K = 512, 192, 8  # the quarter-width layer of tables 1 and 3
+PUBLISHED_DIM, PUBLISHED_WIDTH = 2048, 768  # Qwen3-30B-A3B: hidden_size, moe_intermediate_size
 
 
-def transformers_block(num_experts: int, implementation: str) -> nn.Module:
+def transformers_block(
+    num_experts: int, implementation: str, dim: int = DIM, width: int = EXPERT_WIDTH
+) -> nn.Module:
     """transformers' Qwen3-MoE sparse block, random weights (seeded, so every call is equal)."""
     from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen3_moe
 
     config = qwen3_moe.Qwen3MoeConfig(
-        hidden_size=DIM,
-        moe_intermediate_size=EXPERT_WIDTH,
+        hidden_size=dim,
+        moe_intermediate_size=width,
         num_experts=num_experts,
         num_experts_per_tok=TOP_K,
         norm_topk_prob=True,
@@ -55,11 +61,17 @@ def transformers_block(num_experts: int, implementation: str) -> nn.Module:
     return block
 
 
-def tune_block(reference: nn.Module, num_experts: int, implementation: str) -> nn.Module:
+def tune_block(
+    reference: nn.Module,
+    num_experts: int,
+    implementation: str,
+    dim: int = DIM,
+    width: int = EXPERT_WIDTH,
+) -> nn.Module:
     """Ours with the reference block's weights (only the router's name differs)."""
     from tune.models import MoEFeedForward
 
-    block = MoEFeedForward(DIM, EXPERT_WIDTH, num_experts, TOP_K, norm_topk_prob=True)
+    block = MoEFeedForward(dim, width, num_experts, TOP_K, norm_topk_prob=True)
     state = {
         ("router.weight" if k == "gate.weight" else k): v for k, v in reference.state_dict().items()
     }
@@ -105,9 +117,9 @@ def median_times(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def inputs(tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(tokens: int, dim: int = DIM) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    return torch.randn(1, tokens, DIM, generator=gen), torch.randn(1, tokens, DIM, generator=gen)
+    return torch.randn(1, tokens, dim, generator=gen), torch.randn(1, tokens, dim, generator=gen)
 
 
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
@@ -124,12 +136,12 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def matmul_flops(tokens: int, num_experts: int) -> float:
+def matmul_flops(tokens: int, num_experts: int, dim: int = DIM, width: int = EXPERT_WIDTH) -> float:
     """Matmul FLOPs of one forward+backward (weight gradients included): each of the
-    ``tokens * TOP_K`` routed copies meets gate+up [DIM -> 2 * EXPERT_WIDTH] and down
-    [EXPERT_WIDTH -> DIM]; the router is [DIM -> num_experts]. Backward = 2x forward."""
-    experts = 2 * tokens * TOP_K * 3 * DIM * EXPERT_WIDTH
-    router = 2 * tokens * DIM * num_experts
+    ``tokens * TOP_K`` routed copies meets gate+up [dim -> 2 * width] and down
+    [width -> dim]; the router is [dim -> num_experts]. Backward = 2x forward."""
+    experts = 2 * tokens * TOP_K * 3 * dim * width
+    router = 2 * tokens * dim * num_experts
     return 3 * (experts + router)
 
 
@@ -167,40 +179,82 @@ def table_layer(rounds: int) -> None:
         )
 
 
+def table_published_layer(rounds: int) -> None:
+    dim, width = PUBLISHED_DIM, PUBLISHED_WIDTH
+    print(
+        f"\n2. The published Qwen3-30B-A3B layer: dim {dim}, expert width {width}, 128 experts,"
+        f" top-{TOP_K}; differences against transformers grouped_mm"
+    )
+    rate = matmul_rate()
+    hf = transformers_block(128, "grouped_mm", dim, width)
+    blocks = {"transformers grouped_mm": hf, "tune auto": tune_block(hf, 128, "auto", dim, width)}
+    print(
+        f"{'tokens':>6} {'transformers grouped_mm ms':>27} {'tune auto ms':>13}"
+        f" {'grouped_mm / tune auto':>23} {'floor ms':>9} {'tune / floor':>13}"
+        f" {'max |d out|':>12} {'max |d grad|':>12} {'max |out|':>10}"
+    )
+    for tokens in (128, 512, 2048):
+        x, grad = inputs(tokens, dim)
+        times = median_times(blocks, x, grad, rounds)
+        _, want_out, want_grad = step(hf, x, grad)
+        _, out, x_grad = step(blocks["tune auto"], x, grad)
+        d_out = (out - want_out).abs().max().item()
+        d_grad = (x_grad - want_grad).abs().max().item()
+        tune = times["tune auto"]
+        floor = matmul_flops(tokens, 128, dim, width) / rate
+        print(
+            f"{tokens:6d} {times['transformers grouped_mm'] * 1e3:27.1f} {tune * 1e3:13.1f}"
+            f" {times['transformers grouped_mm'] / tune:23.2f} {floor * 1e3:9.1f}"
+            f" {tune / floor:13.2f} {d_out:12.2e} {d_grad:12.2e}"
+            f" {want_out.abs().max().item():10.2e}"
+        )
+
+
 def table_flatness(rounds: int, tokens: int = 2048) -> None:
     print(
-        f"\n2. Per-token cost at fixed active parameters (top-{TOP_K}, expert width {EXPERT_WIDTH}),"
-        f" {tokens} tokens; relative to 8 experts. transformers eager is left out past 32 experts:"
-        " its backward writes one zero-filled [E, out, in] gradient per expert (quadratic in E)."
+        f"\n3. Per-token cost at fixed active parameters (top-{TOP_K}, expert width {EXPERT_WIDTH}),"
+        f" {tokens} tokens; relative to 8 experts. Every round steps every expert count, so drift"
+        " hits all rows alike. transformers eager is left out past 32 experts: its backward writes"
+        " one zero-filled [E, out, in] gradient per expert (quadratic in E)."
     )
-    base: dict[str, float] = {}
+    counts = (8, 16, 32, 64, 128)
+    blocks: dict[str, nn.Module] = {}
+    for num_experts in counts:
+        for name, block in variants(num_experts).items():
+            if not (name == "transformers eager" and num_experts > 32):
+                blocks[f"{num_experts}/{name}"] = block
     x, grad = inputs(tokens)
+    times = median_times(blocks, x, grad, rounds)
     names = list(variants(8))
     print(f"{'experts':>7} " + " ".join(f"{n + ' us/token (rel)':>38}" for n in names))
-    for num_experts in (8, 16, 32, 64, 128):
-        blocks = variants(num_experts)
-        if num_experts > 32:
-            del blocks["transformers eager"]
-        times = median_times(blocks, x, grad, rounds)
+    for num_experts in counts:
         cells = []
         for name in names:
-            if name not in times:
+            key = f"{num_experts}/{name}"
+            if key not in times:
                 cells.append(f"{'-':>38}")
                 continue
-            per_token = times[name] / tokens * 1e6
-            base.setdefault(name, per_token)
-            cells.append(f"{per_token:30.1f} ({per_token / base[name]:4.2f})")
+            per_token = times[key] / tokens * 1e6
+            base = times[f"{counts[0]}/{name}"] / tokens * 1e6
+            cells.append(f"{per_token:30.1f} ({per_token / base:4.2f})")
         print(f"{num_experts:7d} " + " ".join(cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--skip-published",
+        action="store_true",
+        help="leave out table 2 (the full-width layer: about 3 minutes and 10 GB of memory)",
+    )
     args = parser.parse_args()
     print(
         f"CPU, {torch.get_num_threads()} thread(s), float32, forward+backward, median of {args.rounds}"
     )
     sections: list[Callable[[int], None]] = [table_layer, table_flatness]
+    if not args.skip_published:
+        sections.insert(1, table_published_layer)
     for section in sections:
         section(args.rounds)
 

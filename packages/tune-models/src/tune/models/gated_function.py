@@ -14,7 +14,10 @@ float32 elements) and two per routed row for the MoE experts. Outputs and gradie
 plain ops' bit for bit (the same kernels in the same order). The SwiGLU forward+backward also
 runs faster than the plain ops (0.76-0.86x their time here: fewer temporaries), and the packed
 form writes the gradient of both halves into one [M, 2 * hidden] tensor, where ``chunk``'s
-backward would concatenate two.
+backward would concatenate two. On the CPU the SwiGLU runs in row blocks that stay in cache
+from one op to the next (``BLOCK_ELEMENTS``): at [16384, 2 * 192] (a 2,048-token
+Qwen3-MoE-shaped block at a quarter width) 1.4x faster than in one pass, at [8192, 1536]
+(SmolLM2's MLP) 1.5x, and equal at [2048, 1536].
 
 Under ``torch.compile`` (which plans its own saved tensors) and for tensor subclasses the
 modules keep their plain ops (``can_fuse_gated``).
@@ -22,6 +25,7 @@ modules keep their plain ops (``can_fuse_gated``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,15 +43,56 @@ def can_fuse_gated(*tensors: torch.Tensor) -> bool:
     return eager and all(type(t) is torch.Tensor for t in tensors)
 
 
-def _silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate).mul_(up)
+# Elements per hidden-width tensor in one row block of the SwiGLU kernels on the CPU (float32:
+# 768 KiB). Every op of the forward and of the backward runs block by block, so a block's gate,
+# up, silu and gradient are still in the core's cache when the next op reads them, instead of
+# streaming each whole [M, hidden] tensor from memory once per op. Other devices run one block
+# (a kernel launch per op and block would cost more than it saves).
+BLOCK_ELEMENTS = 3 << 16
+# Each block but the last holds a multiple of this many elements. torch's CPU kernels run the
+# silu's exp in vector lanes (up to 2 x 16 float32 per step with AVX-512) and the elements past
+# the last full step of a contiguous run in scalar code, whose last bit can differ; with whole
+# steps per block the same elements take the scalar code as in one pass over the tensor, so
+# the results equal the unblocked ops' bit for bit.
+_BLOCK_ALIGN = 64
+
+
+def row_blocks(rows: int, width: int, device: torch.device | None = None) -> list[slice]:
+    """Row slices of ``rows`` rows covering about ``BLOCK_ELEMENTS`` elements of width ``width``
+    each (a multiple of ``_BLOCK_ALIGN`` elements, but for the last); one slice off the CPU."""
+    if device is not None and device.type != "cpu":
+        return [slice(0, rows)]
+    width = max(width, 1)
+    align = _BLOCK_ALIGN // math.gcd(width, _BLOCK_ALIGN)  # rows per whole number of steps
+    step = max(align, BLOCK_ELEMENTS // width // align * align)
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., width] -> [R, width] (a view where the layout allows: read-only use)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def _row_view(t: torch.Tensor) -> torch.Tensor:
+    """[..., width] -> [R, width], always a view (written into)."""
+    return t.view(-1, t.shape[-1])
 
 
 def _forward(
     gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor | None, fn: GatedFn | None
 ) -> torch.Tensor:
-    hidden = _silu_gate(gate, up) if fn is None else fn(gate, up)
-    return hidden if weight is None else hidden.mul_(weight)
+    if fn is not None:
+        hidden = fn(gate, up)
+        return hidden if weight is None else hidden.mul_(weight)
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)  # silu(gate) * up
+    g, u, o = _rows(gate), _rows(up), _row_view(out)
+    w = None if weight is None else _rows(weight)
+    for r in row_blocks(g.shape[0], g.shape[1], gate.device):
+        torch.ops.aten.silu.out(g[r], out=o[r])
+        o[r].mul_(u[r])
+        if w is not None:
+            o[r].mul_(w[r])
+    return out
 
 
 Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -68,17 +113,47 @@ def _backward(
     recomputing the silu: the gradients equal the plain ops' bit for bit."""
     if fn is not None:
         return _backward_by_autograd(gate, up, weight, fn, grad, out, weight_grad)
-    act = F.silu(gate)
+    if out is None:
+        out = (_empty_rows_like(gate), _empty_rows_like(up))
     d_weight = None
+    if weight is not None and weight_grad:
+        d_weight = torch.empty(weight.shape, dtype=grad.dtype, device=grad.device)
+    g, u, dy = _rows(gate), _rows(up), _rows(grad)
+    d_g, d_u = _row_view(out[0]), _row_view(out[1])
+    w = None if weight is None else _rows(weight)
+    d_w = None if d_weight is None else _row_view(d_weight)
+    for r in row_blocks(g.shape[0], g.shape[1], gate.device):
+        _silu_backward_block(
+            g[r], u[r], None if w is None else w[r], dy[r], d_g[r], d_u[r],
+            None if d_w is None else d_w[r],
+        )  # fmt: skip
+    return out[0], out[1], d_weight
+
+
+def _empty_rows_like(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous uninitialised tensor shaped like ``t``."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _silu_backward_block(
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    weight: torch.Tensor | None,
+    grad: torch.Tensor,
+    d_gate: torch.Tensor,
+    d_up: torch.Tensor,
+    d_weight: torch.Tensor | None,
+) -> None:
+    """One row block of the SwiGLU backward, written into ``d_gate``, ``d_up`` and
+    ``d_weight`` [rows, 1] (if given): autograd's kernels for ``silu(gate) * up * weight``."""
+    act = F.silu(gate)
     if weight is not None:
-        if weight_grad:
-            d_weight = (grad * act.mul(up)).sum(dim=-1, keepdim=True)  # [M, 1]
+        if d_weight is not None:
+            torch.sum(grad * act.mul(up), dim=-1, keepdim=True, out=d_weight)
         grad = grad * weight
-    d_gate, d_up = out if out is not None else (torch.empty_like(gate), torch.empty_like(up))
     torch.mul(grad, act, out=d_up)
     torch.mul(grad, up, out=d_gate)  # d act, turned into d gate in place:
     torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
-    return d_gate, d_up, d_weight
 
 
 def _backward_by_autograd(

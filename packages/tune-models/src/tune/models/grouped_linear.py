@@ -27,7 +27,7 @@ tensor, exactly as without the cache. So results, hooks and ``autograd.grad`` ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -105,8 +105,9 @@ class _GroupedLinear(torch.autograd.Function):
             dx = torch._grouped_mm(dy, weight, offs=offsets)  # [M, in]
         dw = _weight_grad(ctx, weight)
         if dw is not None:
-            for expert, span in _spans(ctx.counts, dw):
-                torch.mm(dy[span].t(), x[span], out=dw[expert])  # [out, in]
+            dws, dys, xs = dw.unbind(0), dy.split(ctx.counts), x.split(ctx.counts)
+            for e in _experts(ctx.counts, dws):
+                torch.mm(dys[e].t(), xs[e], out=dws[e])  # [out, in]
         return dx, dw, None, None, None
 
 
@@ -123,8 +124,9 @@ class _GatherGroupedLinear(torch.autograd.Function):
         grad_buffer: torch.Tensor | None,
     ) -> torch.Tensor:
         out = x.new_empty(rows.shape[0], weight.shape[1])  # [M, out]
-        for expert, span in _spans(counts):
-            torch.mm(x.index_select(0, rows[span]), weight[expert].t(), out=out[span])
+        outs, ws, row_groups = out.split(counts), weight.unbind(0), rows.split(counts)
+        for e in _experts(counts):
+            torch.mm(x.index_select(0, row_groups[e]), ws[e].t(), out=outs[e])
         _remember(ctx, x, weight, rows, counts, grad_buffer)
         return out
 
@@ -133,11 +135,13 @@ class _GatherGroupedLinear(torch.autograd.Function):
         x, weight, rows = ctx.saved_tensors
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         dw = _weight_grad(ctx, weight)
-        for expert, span in _spans(ctx.counts, dw):
+        dws = None if dw is None else dw.unbind(0)
+        douts, ws, row_groups = dout.split(ctx.counts), weight.unbind(0), rows.split(ctx.counts)
+        for e in _experts(ctx.counts, dws):
             if dx is not None:
-                dx.index_add_(0, rows[span], dout[span] @ weight[expert])
-            if dw is not None:
-                torch.mm(dout[span].t(), x.index_select(0, rows[span]), out=dw[expert])
+                dx.index_add_(0, row_groups[e], douts[e] @ ws[e])
+            if dws is not None:
+                torch.mm(douts[e].t(), x.index_select(0, row_groups[e]), out=dws[e])
         return dx, dw, None, None, None
 
 
@@ -156,8 +160,9 @@ class _GroupedLinearScatterAdd(torch.autograd.Function):
         grad_buffer: torch.Tensor | None,
     ) -> torch.Tensor:
         out = x.new_zeros(num_rows, weight.shape[1])  # [N, out]
-        for expert, span in _spans(counts):
-            out.index_add_(0, rows[span], x[span] @ weight[expert].t())
+        xs, ws, row_groups = x.split(counts), weight.unbind(0), rows.split(counts)
+        for e in _experts(counts):
+            out.index_add_(0, row_groups[e], xs[e] @ ws[e].t())
         _remember(ctx, x, weight, rows, counts, grad_buffer)
         return out
 
@@ -166,12 +171,15 @@ class _GroupedLinearScatterAdd(torch.autograd.Function):
         x, weight, rows = ctx.saved_tensors
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         dw = _weight_grad(ctx, weight)
-        for expert, span in _spans(ctx.counts, dw):
-            dy = dout.index_select(0, rows[span])  # [count, out]
-            if dx is not None:
-                torch.mm(dy, weight[expert], out=dx[span])
-            if dw is not None:
-                torch.mm(dy.t(), x[span], out=dw[expert])
+        dws = None if dw is None else dw.unbind(0)
+        dxs = None if dx is None else dx.split(ctx.counts)
+        xs, ws, row_groups = x.split(ctx.counts), weight.unbind(0), rows.split(ctx.counts)
+        for e in _experts(ctx.counts, dws):
+            dy = dout.index_select(0, row_groups[e])  # [count, out]
+            if dxs is not None:
+                torch.mm(dy, ws[e], out=dxs[e])
+            if dws is not None:
+                torch.mm(dy.t(), xs[e], out=dws[e])
         return dx, dw, None, None, None, None
 
 
@@ -198,17 +206,15 @@ def _weight_grad(ctx: Any, weight: torch.Tensor) -> torch.Tensor | None:
     return buffer
 
 
-def _spans(
-    counts: list[int], zero_empty: torch.Tensor | None = None
-) -> Iterator[tuple[int, slice]]:
-    """(expert, its row slice) for the experts with rows; zeroes ``zero_empty[e]`` for the rest."""
-    start = 0
+def _experts(counts: list[int], zero_empty: Sequence[torch.Tensor] | None = None) -> Iterator[int]:
+    """The experts with rows; zeroes ``zero_empty[e]`` (their gradients) for the rest. The
+    loops index per-expert views made once by ``split``/``unbind`` (one C++ call each, where
+    slicing per expert would dispatch two or three ops per expert)."""
     for expert, count in enumerate(counts):
         if count:
-            yield expert, slice(start, start + count)
+            yield expert
         elif zero_empty is not None:
             zero_empty[expert].zero_()
-        start += count
 
 
 def gather_grouped_linear(

@@ -35,7 +35,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
 CONFIG = "sft/tiny_cpu_moe_ep_2proc"
 STEPS, SAVE_AT = 4, 2
-PARITY = 1e-5
+PARITY = 1e-5  # losses
+# The adapter after 4 AdamW steps at lr 3e-3 carries the rounding of every step's reductions:
+# the same one-process run at 1 and at 2 torch threads writes adapters 1.8e-5 apart (its losses
+# equal), and EP=2 against one process reads 0.8-1.3e-5 depending on that process's threads.
+# A wrong shard or factor gathered from the EP ranks would be off by the factors' scale (1e-2).
+ADAPTER_PARITY = 5e-5
 SETTINGS = (
     "training.method=lora", "checkpointing.save_adapter=true",
     "training.lora.target_parameters=[experts.gate_up_proj,experts.down_proj]",
@@ -84,7 +89,7 @@ def test_ep2_equals_one_process_and_its_checkpoint_resumes_at_ep1(
     assert sorted(adapters[0]) == sorted(adapters[1])
     assert any(".mlp.experts." in k for k in adapters[0]), sorted(adapters[0])[:8]
     adapter_err = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
-    assert adapter_err < PARITY
+    assert adapter_err < ADAPTER_PARITY
 
     # Resume the EP=2 run's DCP step in one process (experts whole), from step 2.
     resumed = tmp_path / "resumed"

@@ -75,38 +75,32 @@ def test_packed_weighted_form_equals_chunk_and_multiply(fn: Fn, weight_trains: b
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["gate_and_up", "packed_weighted"])
-def test_row_blocks_give_the_plain_ops_bits(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
-    """The SwiGLU runs in blocks of 8 rows here (192 elements: whole vector steps; the last
-    block shorter, with the scalar tail): outputs and all gradients still equal the plain
-    ops' bit for bit."""
+def test_row_blocks_give_the_plain_ops_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed SwiGLU runs in blocks of 8 rows here (192 elements: whole vector steps; the
+    last block shorter): output and both gradients still equal the plain ops' bit for bit."""
     width = 24
     monkeypatch.setattr(gated_function, "BLOCK_ELEMENTS", 5 * width)  # rounded up to 8 rows
+    monkeypatch.setattr(gated_function, "MIN_BLOCKED_ELEMENTS", 0)
     assert [b.stop - b.start for b in gated_function.row_blocks(34, width)] == [8, 8, 8, 8, 2]
     assert gated_function.row_blocks(34, width, torch.device("meta")) == [slice(0, 34)]  # not CPU
     g = torch.Generator().manual_seed(2)
-    upstream = torch.randn(2, 17, width, generator=g)
-    if packed:
-        gate_up = torch.randn(34, 2 * width, generator=g) * 4
-        weight = torch.rand(34, 1, generator=g)
-        ref_in = [gate_up.clone().requires_grad_(), weight.clone().requires_grad_()]
-        got_in = [gate_up.clone().requires_grad_(), weight.clone().requires_grad_()]
-        ref = _plain(*ref_in[0].chunk(2, dim=-1), None) * ref_in[1]
-        got = packed_gated_hidden(*got_in)
-        upstream = upstream.view(34, width)
-    else:
-        gate, up = (
-            torch.randn(2, 17, width, generator=g) * 4,
-            torch.randn(2, 17, width, generator=g),
-        )
-        ref_in = [gate.clone().requires_grad_(), up.clone().requires_grad_()]
-        got_in = [gate.clone().requires_grad_(), up.clone().requires_grad_()]
-        ref, got = _plain(*ref_in, None), gated_hidden(*got_in)
+    gate_up = torch.randn(34, 2 * width, generator=g) * 4
+    weight = torch.rand(34, 1, generator=g)
+    upstream = torch.randn(34, width, generator=g)
+    ref_in = [gate_up.clone().requires_grad_(), weight.clone().requires_grad_()]
+    got_in = [gate_up.clone().requires_grad_(), weight.clone().requires_grad_()]
+    ref = _plain(*ref_in[0].chunk(2, dim=-1), None) * ref_in[1]
+    got = packed_gated_hidden(*got_in)
     assert torch.equal(got, ref)
     ref_grads = torch.autograd.grad(ref, ref_in, upstream)
     got_grads = torch.autograd.grad(got, got_in, upstream)
     for a, b in zip(got_grads, ref_grads, strict=True):
         assert torch.equal(a, b)
+
+
+def test_small_inputs_run_in_one_block() -> None:
+    assert gated_function.row_blocks(4096, 192) == [slice(0, 4096)]  # 786,432 elements
+    assert len(gated_function.row_blocks(8192, 192)) == 8  # 1,024 rows each
 
 
 def test_only_the_inputs_are_saved() -> None:

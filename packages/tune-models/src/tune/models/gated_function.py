@@ -14,10 +14,10 @@ float32 elements) and two per routed row for the MoE experts. Outputs and gradie
 plain ops' bit for bit (the same kernels in the same order). The SwiGLU forward+backward also
 runs faster than the plain ops (0.76-0.86x their time here: fewer temporaries), and the packed
 form writes the gradient of both halves into one [M, 2 * hidden] tensor, where ``chunk``'s
-backward would concatenate two. On the CPU the SwiGLU runs in row blocks that stay in cache
-from one op to the next (``BLOCK_ELEMENTS``): at [16384, 2 * 192] (a 2,048-token
-Qwen3-MoE-shaped block at a quarter width) 1.4x faster than in one pass, at [8192, 1536]
-(SmolLM2's MLP) 1.5x, and equal at [2048, 1536].
+backward would concatenate two. On the CPU the packed (MoE) form runs in row blocks that stay
+in cache from one op to the next (``BLOCK_ELEMENTS``): 1.2-1.35x faster than one pass for a
+quarter-width Qwen3-MoE block's [8192-16384, 2 * 192] rows, 1.7-1.9x for the published
+width's [16384, 2 * 768].
 
 Under ``torch.compile`` (which plans its own saved tensors) and for tensor subclasses the
 modules keep their plain ops (``can_fuse_gated``).
@@ -43,12 +43,18 @@ def can_fuse_gated(*tensors: torch.Tensor) -> bool:
     return eager and all(type(t) is torch.Tensor for t in tensors)
 
 
-# Elements per hidden-width tensor in one row block of the SwiGLU kernels on the CPU (float32:
-# 768 KiB). Every op of the forward and of the backward runs block by block, so a block's gate,
-# up, silu and gradient are still in the core's cache when the next op reads them, instead of
-# streaming each whole [M, hidden] tensor from memory once per op. Other devices run one block
-# (a kernel launch per op and block would cost more than it saves).
+# The MoE experts' weighted SwiGLU (``packed_gated_hidden``) runs on the CPU in row blocks of
+# about this many elements per hidden-width tensor (float32: 768 KiB): every op of the forward
+# and of the backward runs block by block, so a block's gate, up, silu and gradient are still in
+# the core's cache when the next op reads them, instead of streaming each whole [M, hidden]
+# tensor from memory once per op (8 passes in the backward). Measured against one pass, 1
+# thread: 1.2-1.35x faster at [8192 and 16384, 2 * 192], 1.24-1.29x at [4096, 2 * 768],
+# 1.7-1.9x at [16384, 2 * 768]; 0.88-1.17x (noise) at [2048 and 4096, 2 * 192], hence
+# ``MIN_BLOCKED_ELEMENTS``. The dense ``gated_hidden`` keeps one pass: at [M, 1536] blocks read
+# 0.75-1.35x, no steady gain. Other devices run one pass too (a kernel launch per op and block
+# would cost more than it saves).
 BLOCK_ELEMENTS = 3 << 16
+MIN_BLOCKED_ELEMENTS = 1 << 20  # below this many elements per hidden tensor, one pass
 # Each block but the last holds a multiple of this many elements. torch's CPU kernels run the
 # silu's exp in vector lanes (up to 2 x 16 float32 per step with AVX-512) and the elements past
 # the last full step of a contiguous run in scalar code, whose last bit can differ; with whole
@@ -59,13 +65,21 @@ _BLOCK_ALIGN = 64
 
 def row_blocks(rows: int, width: int, device: torch.device | None = None) -> list[slice]:
     """Row slices of ``rows`` rows covering about ``BLOCK_ELEMENTS`` elements of width ``width``
-    each (a multiple of ``_BLOCK_ALIGN`` elements, but for the last); one slice off the CPU."""
-    if device is not None and device.type != "cpu":
+    each (a multiple of ``_BLOCK_ALIGN`` elements, but for the last); one slice off the CPU or
+    below ``MIN_BLOCKED_ELEMENTS``."""
+    if (device is not None and device.type != "cpu") or rows * width < MIN_BLOCKED_ELEMENTS:
         return [slice(0, rows)]
     width = max(width, 1)
     align = _BLOCK_ALIGN // math.gcd(width, _BLOCK_ALIGN)  # rows per whole number of steps
     step = max(align, BLOCK_ELEMENTS // width // align * align)
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _blocks(rows: torch.Tensor, blocked: bool) -> list[slice]:
+    """The row blocks of the 2-D ``rows`` to run (one unless ``blocked``)."""
+    if not blocked:
+        return [slice(0, rows.shape[0])]
+    return row_blocks(rows.shape[0], rows.shape[1], rows.device)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -79,7 +93,11 @@ def _row_view(t: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(
-    gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor | None, fn: GatedFn | None
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    weight: torch.Tensor | None,
+    fn: GatedFn | None,
+    blocked: bool = False,
 ) -> torch.Tensor:
     if fn is not None:
         hidden = fn(gate, up)
@@ -87,7 +105,7 @@ def _forward(
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)  # silu(gate) * up
     g, u, o = _rows(gate), _rows(up), _row_view(out)
     w = None if weight is None else _rows(weight)
-    for r in row_blocks(g.shape[0], g.shape[1], gate.device):
+    for r in _blocks(g, blocked):
         torch.ops.aten.silu.out(g[r], out=o[r])
         o[r].mul_(u[r])
         if w is not None:
@@ -106,6 +124,7 @@ def _backward(
     grad: torch.Tensor,
     out: tuple[torch.Tensor, torch.Tensor] | None,
     weight_grad: bool,
+    blocked: bool = False,
 ) -> Grads:
     """(d gate, d up, d weight [M, 1] or None); the first two written into ``out`` if given.
 
@@ -122,7 +141,7 @@ def _backward(
     d_g, d_u = _row_view(out[0]), _row_view(out[1])
     w = None if weight is None else _rows(weight)
     d_w = None if d_weight is None else _row_view(d_weight)
-    for r in row_blocks(g.shape[0], g.shape[1], gate.device):
+    for r in _blocks(g, blocked):
         _silu_backward_block(
             g[r], u[r], None if w is None else w[r], dy[r], d_g[r], d_u[r],
             None if d_w is None else d_w[r],
@@ -207,7 +226,7 @@ class _PackedGatedHidden(torch.autograd.Function):
         ctx.save_for_backward(gate_up, weight)
         ctx.fn = fn
         gate, up = gate_up.chunk(2, dim=-1)
-        return _forward(gate, up, weight, fn)
+        return _forward(gate, up, weight, fn, blocked=True)
 
     @staticmethod
     @once_differentiable
@@ -218,7 +237,7 @@ class _PackedGatedHidden(torch.autograd.Function):
         halves = d_gate_up.chunk(2, dim=-1)
         weight_grad = weight is not None and ctx.needs_input_grad[1]
         out = (halves[0], halves[1])
-        _, _, d_weight = _backward(gate, up, weight, ctx.fn, grad, out, weight_grad)
+        _, _, d_weight = _backward(gate, up, weight, ctx.fn, grad, out, weight_grad, blocked=True)
         return d_gate_up, d_weight, None
 
 
